@@ -1,0 +1,117 @@
+"""Model folders: `config.json` + `model.safetensors` (+ `tokenizers/<key>/` cards).
+
+Nothing here unpickles: weights go through safetensors, everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmntp.model.config import ModelConfig
+from mmntp.model.transformer import Transformer
+from mmntp.model.vocab import VocabLayout
+from mmntp.tokenizers import Tokenizer, load_tokenizer
+
+FORMAT = "mmntp-model"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+TIED_KEY = "heads.token.proj.weight"
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model folder: weights, its vocabulary and the tokenizers it was trained with."""
+
+    model: Transformer
+    vocab: VocabLayout
+    tokenizers: dict[str, Tokenizer] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # free-form (training recipe, data)
+    path: Path | None = None
+
+
+def save_model(
+    directory: str | Path,
+    model: Transformer,
+    vocab: VocabLayout,
+    tokenizers: dict[str, Tokenizer] | None = None,
+    meta: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write a model folder; `dtype` optionally narrows the stored weights (e.g. bf16)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if vocab.size != model.config.vocab_size:
+        raise ValueError(
+            f"vocabulary size {vocab.size} != model vocab_size {model.config.vocab_size}"
+        )
+    refs = {}
+    for key, tok in (tokenizers or {}).items():
+        refs[key] = f"tokenizers/{key}"
+        tok.save(directory / refs[key])
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model.config.to_dict(),
+        "vocab": vocab.to_dict(),
+        "tokenizers": refs,
+        "meta": meta or {},
+    }
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name == TIED_KEY and model.config.tie_embeddings:
+            continue  # shared with tok_embeddings.weight; safetensors refuses aliases
+        state[name] = tensor.detach().to(dtype or tensor.dtype).contiguous().cpu()
+    save_file(state, str(directory / WEIGHTS), metadata={"format": FORMAT})
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model folder {directory} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a model folder: no config.json")
+    config = json.loads(path.read_text())
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an mmntp model config (format={config.get('format')!r})")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {config['format_version']} is newer than this mmntp"
+        )
+    return config
+
+
+def load_model(
+    directory: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> ModelBundle:
+    """Load a model folder written by `save_model` (or `mmntp import-hf`)."""
+    directory = Path(directory)
+    config = read_config(directory)
+    model_config = ModelConfig.from_dict(config["model"])
+    vocab = VocabLayout.from_dict(config["vocab"])
+    weights = directory / WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{directory}: no {WEIGHTS}")
+    state = load_file(str(weights), device="cpu")
+    model = Transformer(model_config)
+    if model_config.tie_embeddings:
+        state[TIED_KEY] = state["tok_embeddings.weight"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights}: weights do not match the config (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+    model.to(device=device, dtype=dtype).eval()
+    tokenizers = {k: load_tokenizer(directory / ref) for k, ref in config["tokenizers"].items()}
+    return ModelBundle(model, vocab, tokenizers, config.get("meta", {}), directory)

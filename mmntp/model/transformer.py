@@ -1,0 +1,284 @@
+"""Llama-style decoder trunk: RMSNorm, RoPE, SwiGLU, grouped-query attention, optional QK-norm.
+
+Attention goes through an `AttentionBackend` so the same weights run in training (plain
+causal SDPA), in the reference loop (a fixed-shape KV cache, `KVCache`) and in the
+engine (a block cache that implements the same two methods).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmntp.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 whatever the activation dtype (stability under autocast).
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables for integer positions [B, T] -> two tensors [B, T, head_dim]."""
+    inv_freq = 1.0 / theta ** (
+        torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
+    )
+    freqs = positions.to(torch.float32)[..., None] * inv_freq  # [B, T, head_dim/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # half-split layout, as in Hugging Face Llama
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, T, H, Dh] by cos/sin [B, T, Dh]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos[:, :, None].to(x.dtype) + rotated * sin[:, :, None].to(x.dtype)
+
+
+class AttentionBackend(Protocol):
+    """Where keys/values live and how queries see them. One instance per forward."""
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [B, T, H, Dh], new k/v [B, T, Hkv, Dh] -> attention output [B, T, H, Dh]."""
+        ...
+
+
+class CausalAttention:
+    """No cache: every row attends causally within this forward (training, full forward)."""
+
+    def attend(self, layer, q, k, v):  # noqa: ARG002 - same signature as the cache
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
+        )
+        return out.transpose(1, 2)
+
+
+class KVCache:
+    """Fixed-shape key/value buffers [layers, B, Hkv, S, Dh], written in place at positions.
+
+    Call `bind(positions)` once per forward; it builds the causal mask over the prefix
+    seen so far so each layer's `attend` is one index write plus one SDPA call.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.max_len = max_len or config.max_seq_len
+        shape = (config.n_layers, batch_size, config.n_kv_heads, self.max_len, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._positions: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
+        self._kv_len = 0
+        self._rows = torch.arange(batch_size, device=device)[:, None]
+
+    def bind(self, positions: torch.Tensor) -> KVCache:
+        """positions [B, T] of the tokens about to be written; returns self."""
+        top = int(positions.max()) + 1
+        if top > self.max_len:
+            raise ValueError(f"position {top - 1} exceeds the KV cache length {self.max_len}")
+        self._kv_len = max(self._kv_len, top)
+        keys = torch.arange(self._kv_len, device=positions.device)
+        self._mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, S]
+        self._positions = positions
+        return self
+
+    def attend(self, layer, q, k, v):
+        pos = self._positions
+        self.k[layer][self._rows, :, pos] = k.to(self.k.dtype)  # [B, T, Hkv, Dh] scattered
+        self.v[layer][self._rows, :, pos] = v.to(self.v.dtype)
+        keys = self.k[layer, :, :, : self._kv_len]
+        values = self.v[layer, :, :, : self._kv_len]
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            keys.to(q.dtype),
+            values.to(q.dtype),
+            attn_mask=self._mask,
+            enable_gqa=True,
+        )
+        return out.transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_heads, self.head_dim = (
+            config.n_heads,
+            config.n_kv_heads,
+            config.head_dim,
+        )
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=bias)
+        self.o_proj = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=bias)
+        self.q_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
+
+    def forward(self, x, cos, sin, backend: AttentionBackend) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = backend.attend(self.layer, q, k, v)  # [B, T, H, Dh]
+        return self.o_proj(out.reshape(b, t, self.n_heads * self.head_dim))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attn = Attention(config, layer)
+        self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
+        self.mlp = SwiGLU(config.dim, config.ffn_dim)
+
+    def forward(self, x, cos, sin, backend):
+        x = x + self.attn(self.attn_norm(x), cos, sin, backend)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TokenHead(nn.Module):
+    """Hidden state -> logits over the whole vocabulary (the discrete output head)."""
+
+    def __init__(self, dim: int, vocab_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, vocab_size, bias=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.proj(hidden)
+
+
+@dataclass
+class ContinuousInput:
+    """Vectors of one modality placed at the True positions of `mask` [B, T].
+
+    values: [N, width] with N = mask.sum(), filled in row-major order of the mask.
+    """
+
+    modality: str
+    mask: torch.Tensor
+    values: torch.Tensor
+
+
+class Transformer(nn.Module):
+    """Decoder-only trunk over a mixed sequence of ids and continuous vectors.
+
+    `heads` is the slot for output heads: "token" (softmax over the vocabulary) now;
+    flow, diffusion and multi-token heads register there later with `add_head`.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.input_proj = nn.ModuleDict(
+            {m: nn.Linear(w, config.dim) for m, w in config.continuous_inputs.items()}
+        )
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.heads = nn.ModuleDict({"token": TokenHead(config.dim, config.vocab_size)})
+        self.reset_parameters()
+        if config.tie_embeddings:
+            self.heads["token"].proj.weight = self.tok_embeddings.weight
+
+    def reset_parameters(self) -> None:
+        # GPT-2 style: N(0, 0.02), residual output projections scaled by depth.
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                std = 0.02
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    std /= math.sqrt(2 * self.config.n_layers)
+                nn.init.normal_(p, 0.0, std)
+
+    def add_head(self, name: str, head: nn.Module) -> None:
+        if name in self.heads:
+            raise ValueError(f"head {name!r} already exists")
+        self.heads[name] = head
+
+    def embed(
+        self, ids: torch.Tensor, continuous: list[ContinuousInput] | None = None
+    ) -> torch.Tensor:
+        """ids [B, T] (ignored where a continuous vector sits) -> embeddings [B, T, D]."""
+        x = self.tok_embeddings(ids)
+        for item in continuous or ():
+            if item.modality not in self.input_proj:
+                raise ValueError(f"model has no continuous input for modality {item.modality!r}")
+            proj = self.input_proj[item.modality](item.values.to(x.dtype))  # [N, D]
+            x = x.masked_scatter(item.mask[..., None], proj)
+        return x
+
+    def hidden_states(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        continuous: list[ContinuousInput] | None = None,
+        backend: AttentionBackend | None = None,
+    ) -> torch.Tensor:
+        """Run the trunk. ids [B, T]; positions [B, T] (default 0..T-1) -> hidden [B, T, D].
+
+        With `cache`, keys/values are written at `positions` and queries attend to
+        everything cached at or before their own position.
+        """
+        b, t = ids.shape
+        if positions is None:
+            positions = torch.arange(t, device=ids.device).expand(b, t)
+        if backend is None:
+            backend = cache.bind(positions) if cache is not None else CausalAttention()
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        x = self.embed(ids, continuous)
+        for layer in self.layers:
+            x = layer(x, cos, sin, backend)
+        return self.norm(x)
+
+    def forward(self, ids: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Logits [B, T, V] from the token head; kwargs as for `hidden_states`."""
+        return self.heads["token"](self.hidden_states(ids, **kwargs))
+
+    def new_cache(
+        self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        param = self.tok_embeddings.weight
+        return KVCache(self.config, batch_size, max_len, dtype or param.dtype, param.device)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weights counted once

@@ -1,0 +1,74 @@
+"""How each modality is written into the one sequence (shared by training and inference).
+
+    text document:   <bos> text... <eos>
+    forecast:        <bos> <task_forecast> <begin_timeseries> context... future... <end_timeseries> <eos>
+
+A prompt stops where generation should take over; training writes the whole thing.
+Keeping both directions in one module is what guarantees they agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mmntp.model.vocab import VocabLayout
+from mmntp.tokenizers import DiscreteTokenizer
+
+
+def global_ids(vocab: VocabLayout, modality: str, codes: torch.Tensor) -> list[int]:
+    """Local codes (T,) of a single-codebook tokenizer -> global ids."""
+    return vocab.to_global(modality, 0, codes.long()).tolist()
+
+
+def text_ids(vocab: VocabLayout, tokenizer: DiscreteTokenizer, text: str) -> list[int]:
+    return global_ids(vocab, "text", tokenizer.encode(text).codes)
+
+
+def text_document(vocab: VocabLayout, tokenizer: DiscreteTokenizer, text: str) -> list[int]:
+    """A training sequence for plain text."""
+    return [vocab.special("<bos>"), *text_ids(vocab, tokenizer, text), vocab.special("<eos>")]
+
+
+def forecast_header(vocab: VocabLayout) -> list[int]:
+    return [
+        vocab.special("<bos>"),
+        vocab.special("<task_forecast>"),
+        vocab.special("<begin_timeseries>"),
+    ]
+
+
+def forecast_prompt(
+    vocab: VocabLayout, tokenizer: DiscreteTokenizer, context: Sequence[float]
+) -> tuple[list[int], dict]:
+    """Prompt ids for forecasting after `context`, and the tokenizer state (scale)."""
+    encoded = tokenizer.encode(context)
+    return forecast_header(vocab) + global_ids(vocab, "timeseries", encoded.codes), encoded.state
+
+
+def forecast_document(
+    vocab: VocabLayout, tokenizer: DiscreteTokenizer, series: Sequence[float], context_len: int
+) -> list[int]:
+    """A training sequence: the whole window scaled by its first `context_len` values."""
+    state = tokenizer.encode(series[:context_len]).state
+    codes = tokenizer.encode(series, state=state).codes
+    return [
+        *forecast_header(vocab),
+        *global_ids(vocab, "timeseries", codes),
+        vocab.special("<end_timeseries>"),
+        vocab.special("<eos>"),
+    ]
+
+
+def series_sample_mask(vocab: VocabLayout, tokenizer: DiscreteTokenizer) -> torch.Tensor:
+    """Allowed-ids mask [V] while generating series values: the value bins only."""
+    start = vocab.range("timeseries").start
+    lo, hi = tokenizer.sample_range
+    return vocab.allowed_mask(spans=[(start + lo, start + hi)])
+
+
+def text_sample_mask(vocab: VocabLayout) -> torch.Tensor:
+    """Allowed-ids mask [V] while generating text: text ids and <eos>."""
+    r = vocab.range("text")
+    return vocab.allowed_mask(spans=[(r.start, r.stop)], ids=[vocab.special("<eos>")])

@@ -1,0 +1,197 @@
+"""Tokenizer interface, the type registry, and the card-folder format.
+
+A card folder holds `config.json` ("type", "modality", "kind" + the constructor args),
+`tokenizer.safetensors` (weights/buffers, possibly none) and `CARD.md`; a tokenizer may add
+files of its own (a Hugging Face `tokenizer.json`), named in its config.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CONFIG_FILE = "config.json"
+TENSORS_FILE = "tokenizer.safetensors"
+CARD_FILE = "CARD.md"
+_RESERVED_KEYS = ("type", "modality", "kind")
+
+
+@dataclass
+class Encoded:
+    """One encoded signal.
+
+    `codes`: discrete tokenizers give a LongTensor of local codes shaped (T,) for one
+    codebook or (T, K) for K codebooks; continuous ones a FloatTensor (T, latent_dim).
+    `state`: whatever `decode` needs besides the codes (time series: {"scale": float}).
+    """
+
+    codes: torch.Tensor
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class StreamDecoder(ABC):
+    """Decodes codes as they are generated; the pieces joined equal the one-shot decode."""
+
+    @abstractmethod
+    def push(self, codes: torch.Tensor) -> Any:
+        """Takes new codes and returns the output they make decodable (text: a str delta)."""
+
+    @abstractmethod
+    def flush(self) -> Any:
+        """Returns whatever is still held back; call once, at the end of the stream."""
+
+
+class Tokenizer(ABC):
+    """Maps one modality's signal to codes (or latents) and back."""
+
+    type_name: ClassVar[str]
+    modality: ClassVar[str]  # "text" | "image" | "audio" | "timeseries" | "motion"
+    kind: ClassVar[str]  # "discrete" | "continuous"
+    frame_rate: float | None = None  # tokens per second of signal, where that means anything
+
+    @abstractmethod
+    def encode(self, x: Any, state: dict[str, Any] | None = None) -> Encoded:
+        """Turns one signal into codes; `state` reuses a previous `Encoded.state`."""
+
+    @abstractmethod
+    def decode(self, codes: torch.Tensor, state: dict[str, Any] | None = None) -> Any:
+        """Turns codes (shaped as in `Encoded.codes`) back into a signal."""
+
+    @abstractmethod
+    def stream_decoder(self, state: dict[str, Any] | None = None) -> StreamDecoder:
+        """A fresh decoder for one stream (one per in-flight request)."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-able constructor arguments, without "type"."""
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Weights and buffers to save alongside the config."""
+        return {}
+
+    @classmethod
+    @abstractmethod
+    def from_config(
+        cls,
+        config: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        directory: Path | None = None,
+    ) -> Tokenizer:
+        """Rebuilds the tokenizer; `directory` is the card folder, for extra files."""
+
+    def save(self, directory: str | Path, card: str | None = None) -> None:
+        """Writes the card folder: config.json, tokenizer.safetensors and CARD.md."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = self.config()
+        clash = [key for key in _RESERVED_KEYS if key in config]
+        if clash:
+            raise ValueError(f"{type(self).__name__}.config() must not contain {clash}")
+        full = {"type": self.type_name, "modality": self.modality, "kind": self.kind, **config}
+        (directory / CONFIG_FILE).write_text(json.dumps(full, indent=2) + "\n")
+        tensors = {name: t.detach().cpu().contiguous() for name, t in self.tensors().items()}
+        save_file(tensors, str(directory / TENSORS_FILE))
+        text = card if card is not None else self._auto_card(full)
+        (directory / CARD_FILE).write_text(text if text.endswith("\n") else text + "\n")
+
+    def _auto_card(self, full_config: dict[str, Any]) -> str:
+        return (
+            f"# {self.type_name}\n\n"
+            f"{type(self).__name__}: a {self.kind} {self.modality} tokenizer.\n\n"
+            f"```json\n{json.dumps(full_config, indent=2)}\n```\n"
+        )
+
+
+class DiscreteTokenizer(Tokenizer):
+    """A tokenizer whose codes are integers in per-codebook local code spaces."""
+
+    kind: ClassVar[str] = "discrete"
+    num_codebooks: int
+    codebook_sizes: list[int]  # local code space of each codebook
+    sample_range: tuple[int, int]  # [lo, hi) local codes a generator may sample
+
+
+class ContinuousTokenizer(Tokenizer):
+    """A tokenizer whose "codes" are real vectors (T, latent_dim)."""
+
+    kind: ClassVar[str] = "continuous"
+    latent_dim: int
+
+
+_REGISTRY: dict[str, type[Tokenizer]] = {}
+
+
+def register_tokenizer(cls: type[Tokenizer]) -> type[Tokenizer]:
+    """Class decorator: makes `load_tokenizer` build `cls` for config "type" == cls.type_name."""
+    name = getattr(cls, "type_name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} needs a non-empty str type_name to be registered")
+    existing = _REGISTRY.get(name)
+    # Same qualified name = the same class re-imported (e.g. importlib.reload), not a clash.
+    if existing is not None and (existing.__module__, existing.__qualname__) != (
+        cls.__module__,
+        cls.__qualname__,
+    ):
+        raise ValueError(f"tokenizer type {name!r} is already registered by {existing.__name__}")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def registered_types() -> list[str]:
+    """The "type" names `load_tokenizer` knows."""
+    return sorted(_REGISTRY)
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Builds the tokenizer saved in a card folder (tensors via safetensors, never pickle)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"tokenizer folder {str(directory)!r} does not exist")
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"tokenizer folder {str(directory)!r} has no {CONFIG_FILE}")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict) or "type" not in config:
+        raise ValueError(f'{config_path} has no "type" key')
+    type_name = config.pop("type")
+    cls = _REGISTRY.get(type_name)
+    if cls is None:
+        raise ValueError(
+            f"{config_path}: unknown tokenizer type {type_name!r}; known: {registered_types()}"
+        )
+    for key in ("modality", "kind"):
+        value = config.pop(key, getattr(cls, key))
+        if value != getattr(cls, key):
+            raise ValueError(
+                f"{config_path}: {key} {value!r} does not match {cls.__name__}.{key} "
+                f"{getattr(cls, key)!r}"
+            )
+    tensors_path = directory / TENSORS_FILE
+    if not tensors_path.is_file():
+        raise FileNotFoundError(f"tokenizer folder {str(directory)!r} has no {TENSORS_FILE}")
+    return cls.from_config(config, load_file(str(tensors_path)), directory)
+
+
+def as_codes(codes: Any, size: int, what: str) -> torch.Tensor:
+    """Validates integer codes in [0, size) and returns them as a LongTensor (same shape)."""
+    codes = torch.as_tensor(codes)
+    if codes.numel() == 0:  # torch.as_tensor([]) is float32: an empty list is still valid
+        return codes.long()
+    if codes.dtype == torch.bool or codes.is_floating_point() or codes.is_complex():
+        raise ValueError(f"{what}: codes must be an integer tensor, got dtype {codes.dtype}")
+    codes = codes.long()
+    if int(codes.min()) < 0 or int(codes.max()) >= size:
+        raise ValueError(
+            f"{what}: codes must lie in [0, {size}), got range "
+            f"[{int(codes.min())}, {int(codes.max())}]"
+        )
+    return codes

@@ -1,0 +1,174 @@
+"""Training batches from a recipe's data mixture, deterministic in (seed, step, rank).
+
+Every batch is drawn from its own generator seeded by (seed, step, rank), so resuming
+at step k needs no data-loader state and reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmntp import sequence
+from mmntp.data import (
+    SeriesSampler,
+    bundled_series,
+    bundled_text_corpus,
+    default_horizon,
+    holdout_length,
+    text_windows,
+    train_part,
+)
+from mmntp.model.checkpoint import save_model
+from mmntp.model.vocab import VocabLayout
+from mmntp.tokenizers import ByteTokenizer, DiscreteTokenizer, MeanScaleUniformBins
+
+IGNORE = -100
+HEADER = 5  # <bos> <task_forecast> <begin_timeseries> ... <end_timeseries> <eos>
+
+
+@dataclass
+class TimeSeriesSource:
+    """Forecast documents: KernelSynth and TSMixup of the bundled real series' training parts.
+
+    The final evaluation windows of each real series (HOLDOUT_WINDOWS x its horizon)
+    are cut off before anything reaches the pool.
+    """
+
+    vocab: VocabLayout
+    tokenizer: DiscreteTokenizer
+    kernel_synth_prob: float = 0.5
+    min_length: int = 32
+    max_length: int = 512
+    max_horizon: int = 64
+
+    def __post_init__(self) -> None:
+        pool = [train_part(s, holdout_length(s, default_horizon(s))) for s in bundled_series()]
+        self.sampler = SeriesSampler(pool, kernel_synth_prob=self.kernel_synth_prob)
+
+    def document(self, rng: np.random.Generator, max_tokens: int) -> list[int]:
+        top = min(self.max_length, max_tokens - HEADER)
+        values = np.empty(0)
+        while len(values) < 2:  # TSMixup left-pads short series with NaN: drop that part
+            length = int(rng.integers(min(self.min_length, top), top + 1))
+            values = self.sampler.sample(rng, length)
+            observed = np.flatnonzero(np.isfinite(values))
+            values = values[observed[0] :] if len(observed) else values[:0]
+        horizon = int(rng.integers(1, min(self.max_horizon, len(values) - 1) + 1))
+        # The scale comes from the context only, as at inference; loss covers every value.
+        return sequence.forecast_document(self.vocab, self.tokenizer, values, len(values) - horizon)
+
+
+@dataclass
+class TextSource:
+    """Plain-text documents: windows of the bundled English corpus, ended at a paragraph."""
+
+    vocab: VocabLayout
+    tokenizer: DiscreteTokenizer
+    corpus: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        self.corpus = self.corpus or bundled_text_corpus()
+
+    def document(self, rng: np.random.Generator, max_tokens: int) -> list[int]:
+        text = text_windows(self.corpus, rng, max_tokens - 2)
+        cut = text.rfind("\n\n")
+        if cut > len(text) // 2:
+            text = text[:cut]
+        ids = sequence.text_document(self.vocab, self.tokenizer, text)
+        return ids[:max_tokens]
+
+
+SOURCES = {"timeseries": TimeSeriesSource, "text": TextSource}
+
+
+@dataclass
+class MixtureSource:
+    """Rows drawn from weighted sources; one document per row, right-padded."""
+
+    sources: list[Any]
+    weights: np.ndarray
+    seq_len: int
+    batch_size: int
+    seed: int
+    pad_id: int
+
+    def batch(self, step: int, rank: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [B, L], targets [B, L]) with targets shifted by one and IGNORE on padding."""
+        rng = np.random.default_rng([self.seed, step, rank, world_size])
+        ids = np.full((self.batch_size, self.seq_len + 1), self.pad_id, dtype=np.int64)
+        lengths = np.zeros(self.batch_size, dtype=np.int64)
+        for row in range(self.batch_size):
+            source = self.sources[rng.choice(len(self.sources), p=self.weights)]
+            doc = source.document(rng, self.seq_len + 1)
+            ids[row, : len(doc)] = doc
+            lengths[row] = len(doc)
+        ids_t = torch.from_numpy(ids)
+        targets = ids_t[:, 1:].clone()
+        positions = torch.arange(self.seq_len)[None]
+        targets[positions >= torch.from_numpy(lengths)[:, None] - 1] = IGNORE
+        return ids_t[:, :-1].contiguous(), targets
+
+
+def build_tokenizers() -> dict[str, DiscreteTokenizer]:
+    return {"text": ByteTokenizer(), "timeseries": MeanScaleUniformBins()}
+
+
+def build_vocab(tokenizers: dict[str, DiscreteTokenizer]) -> VocabLayout:
+    codebooks = {k: t.codebook_sizes for k, t in tokenizers.items() if k != "text"}
+    return VocabLayout.build(text_size=tokenizers["text"].codebook_sizes[0], codebooks=codebooks)
+
+
+def build_data(recipe) -> tuple[VocabLayout, dict[str, DiscreteTokenizer], MixtureSource]:
+    """The trainer's data hook: vocabulary, tokenizers and the batch source of a recipe."""
+    tokenizers = build_tokenizers()
+    vocab = build_vocab(tokenizers)
+    sources, weights = [], []
+    for i, entry in enumerate(recipe.data.mixture):
+        entry = dict(entry)
+        name = entry.pop("source", None)
+        weight = float(entry.pop("weight", 1.0))
+        if name not in SOURCES:
+            raise ValueError(
+                f"data.mixture[{i}].source must be one of {sorted(SOURCES)}, got {name!r}"
+            )
+        if weight <= 0:
+            raise ValueError(f"data.mixture[{i}].weight must be > 0, got {weight}")
+        try:
+            sources.append(SOURCES[name](vocab, tokenizers[name], **entry))
+        except TypeError as err:
+            raise ValueError(f"data.mixture[{i}] ({name}): {err}") from None
+        weights.append(weight)
+    if not sources:
+        raise ValueError("data.mixture must name at least one source")
+    probs = np.asarray(weights) / sum(weights)
+    source = MixtureSource(
+        sources,
+        probs,
+        recipe.data.seq_len,
+        recipe.data.batch_size,
+        recipe.seed,
+        vocab.special("<pad>"),
+    )
+    return vocab, tokenizers, source
+
+
+def export_model(model, vocab, tokenizers, recipe) -> Path | None:
+    """The trainer's export hook: write the final model folder named by train.export."""
+    if not recipe.train.export:
+        return None
+    ts = next((e for e in recipe.data.mixture if e.get("source") == "timeseries"), {})
+    max_horizon = int(ts.get("max_horizon", 64))
+    limits = {
+        "max_prompt_tokens": model.config.max_seq_len,
+        "timeseries_max_horizon": max_horizon,
+        "timeseries_context_length": min(
+            int(ts.get("max_length", 512)), model.config.max_seq_len - max_horizon - HEADER
+        ),
+    }
+    meta = {"recipe": recipe.to_dict(), "limits": limits}
+    return save_model(recipe.train.export, model, vocab, tokenizers, meta)

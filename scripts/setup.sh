@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One-command set-up on a fresh machine: install mmntp (CPU torch first, so nothing pulls
+# a CUDA build), then run the main job on the bundled default service: a 24-step
+# probabilistic forecast of a real series, written to out/forecast.csv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+# The local CPU build; an unpinned torch would download a multi-GB CUDA build instead.
+"$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+"$PY" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+
+mkdir -p out
+"$PY" -m mmntp.cli --version
+"$PY" -m mmntp.cli generate --modality timeseries --context examples/elec_equip.csv \
+    --horizon 24 --num-samples 20 --seed 0 -o out/forecast.csv
+head -n 5 out/forecast.csv
