@@ -260,6 +260,8 @@ def _as_parts(prompt) -> list[PromptPart]:
         return [TextPart(prompt)]
     if isinstance(prompt, (TextPart, TokenIdsPart, TimeSeriesPart)):
         return [prompt]
+    if not isinstance(prompt, (list, tuple)):
+        raise ValueError(f"prompt: unsupported prompt part {type(prompt).__name__}")
     parts = list(prompt)
     for i, part in enumerate(parts):
         if isinstance(part, str):
