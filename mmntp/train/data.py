@@ -163,12 +163,13 @@ def export_model(model, vocab, tokenizers, recipe) -> Path | None:
         return None
     ts = next((e for e in recipe.data.mixture if e.get("source") == "timeseries"), {})
     max_horizon = int(ts.get("max_horizon", 64))
+    # The longest context the model saw in training, leaving room for the horizon.
+    context = min(int(ts.get("max_length", 512)), recipe.data.seq_len) - max_horizon - HEADER
     limits = {
         "max_prompt_tokens": model.config.max_seq_len,
         "timeseries_max_horizon": max_horizon,
-        "timeseries_context_length": min(
-            int(ts.get("max_length", 512)), model.config.max_seq_len - max_horizon - HEADER
-        ),
+        "timeseries_context_length": max(context, 1),
     }
     meta = {"recipe": recipe.to_dict(), "limits": limits}
-    return save_model(recipe.train.export, model, vocab, tokenizers, meta)
+    # bf16 keeps the shipped folder small; loading upcasts to fp32. Checkpoints stay fp32.
+    return save_model(recipe.train.export, model, vocab, tokenizers, meta, dtype=torch.bfloat16)

@@ -1,0 +1,258 @@
+"""Training recipes: one TOML file parsed into validated dataclasses.
+
+Every section is a dataclass checked in `__post_init__`; an error names the field and
+the value it got (`optim.lr must be > 0, got -1`), and unknown keys are rejected so a
+typo never silently falls back to a default. `Recipe.to_dict()` is the form saved into
+checkpoints and model folders; `Recipe.from_dict` reads it back.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from mmntp.model.config import PRESETS, ModelConfig, preset
+
+AUTOCAST_MODES = ("auto", "off", "bf16")
+
+
+def _number(
+    name: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> Any:
+    """Check one numeric field and return it as int or float; errors name the field."""
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    for bound, op, holds in (
+        (gt, ">", lambda b: value > b),
+        (ge, ">=", lambda b: value >= b),
+        (lt, "<", lambda b: value < b),
+        (le, "<=", lambda b: value <= b),
+    ):
+        if bound is not None and not holds(bound):
+            raise ValueError(f"{name} must be {op} {bound:g}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _string(name: str, value: Any, *, empty: bool = True) -> str:
+    if not isinstance(value, str) or (not empty and not value):
+        raise ValueError(f"{name} must be a {'' if empty else 'non-empty '}string, got {value!r}")
+    return value
+
+
+def _table(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a table, got {value!r}")
+    return value
+
+
+def _reject_unknown(prefix: str, table: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        where = ", ".join(f"{prefix}{key}" for key in unknown)
+        raise ValueError(
+            f"unknown recipe key {where} (expected one of: {', '.join(sorted(known))})"
+        )
+
+
+def _section(cls: type, prefix: str, value: Any) -> Any:
+    table = _table(prefix.rstrip("."), value)
+    _reject_unknown(prefix, table, {f.name for f in fields(cls)})
+    return cls(**table)
+
+
+@dataclass
+class ModelSection:
+    """A size preset plus ModelConfig overrides; vocab_size comes from the data side."""
+
+    preset: str = "default-tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.preset, str) or self.preset not in PRESETS:
+            raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if "vocab_size" in self.overrides:
+            raise ValueError("model.vocab_size is set by the vocabulary; remove it from the recipe")
+        known = {f.name for f in fields(ModelConfig)} - {"vocab_size"}
+        _reject_unknown("model.", self.overrides, known | {"preset"})
+        try:
+            preset(self.preset, 1, **self.overrides)  # the config checks shapes and values
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"model: {err}") from None
+
+    @classmethod
+    def from_table(cls, value: Any) -> ModelSection:
+        table = dict(_table("model", value))
+        return cls(preset=table.pop("preset", cls.preset), overrides=table)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preset": self.preset, **self.overrides}
+
+
+@dataclass
+class DataSection:
+    """Sequence shape and the mixture; mixture entries pass through to `build_data` as dicts."""
+
+    seq_len: int = 512
+    batch_size: int = 16  # per rank (and per micro-batch when accumulating)
+    mixture: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.seq_len = _number("data.seq_len", self.seq_len, integer=True, gt=0)
+        self.batch_size = _number("data.batch_size", self.batch_size, integer=True, gt=0)
+        if not isinstance(self.mixture, list):
+            raise ValueError(f"data.mixture must be an array of tables, got {self.mixture!r}")
+        entries = []
+        for i, entry in enumerate(self.mixture):
+            entry = dict(_table(f"data.mixture[{i}]", entry))
+            _string(f"data.mixture[{i}].source", entry.get("source"), empty=False)
+            if "weight" in entry:
+                entry["weight"] = _number(f"data.mixture[{i}].weight", entry["weight"], gt=0)
+            entries.append(entry)
+        self.mixture = entries
+
+
+@dataclass
+class OptimSection:
+    """AdamW with linear warm-up then cosine decay to lr * min_lr_ratio."""
+
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1  # not applied to norms, biases and embeddings
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    grad_clip: float = 1.0  # 0 = no clipping (the grad norm is still recorded)
+    grad_accum: int = 1
+
+    def __post_init__(self) -> None:
+        self.lr = _number("optim.lr", self.lr, gt=0)
+        self.min_lr_ratio = _number("optim.min_lr_ratio", self.min_lr_ratio, ge=0, le=1)
+        self.weight_decay = _number("optim.weight_decay", self.weight_decay, ge=0)
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise ValueError(f"optim.betas must be two numbers, got {self.betas!r}")
+        self.betas = tuple(
+            _number(f"optim.betas[{i}]", b, ge=0, lt=1) for i, b in enumerate(self.betas)
+        )
+        self.eps = _number("optim.eps", self.eps, gt=0)
+        self.max_steps = _number("optim.max_steps", self.max_steps, integer=True, gt=0)
+        self.warmup_steps = _number(
+            "optim.warmup_steps", self.warmup_steps, integer=True, ge=0, le=self.max_steps
+        )
+        self.grad_clip = _number("optim.grad_clip", self.grad_clip, ge=0)
+        self.grad_accum = _number("optim.grad_accum", self.grad_accum, integer=True, ge=1)
+
+
+@dataclass
+class TrainSection:
+    """Checkpointing, logging and execution settings."""
+
+    checkpoint_every: int = 500  # 0 = only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    autocast: str = "auto"  # "auto" = bf16 on CUDA, off on CPU; "off"; "bf16"
+    export: str = ""  # final model folder written by the caller's export hook
+    threads: int = 0  # 0 = leave torch's default
+
+    def __post_init__(self) -> None:
+        self.checkpoint_every = _number(
+            "train.checkpoint_every", self.checkpoint_every, integer=True, ge=0
+        )
+        self.keep_checkpoints = _number(
+            "train.keep_checkpoints", self.keep_checkpoints, integer=True, ge=1
+        )
+        self.log_every = _number("train.log_every", self.log_every, integer=True, ge=1)
+        if self.autocast not in AUTOCAST_MODES:
+            raise ValueError(
+                f"train.autocast must be one of {AUTOCAST_MODES}, got {self.autocast!r}"
+            )
+        self.export = _string("train.export", self.export)
+        self.threads = _number("train.threads", self.threads, integer=True, ge=0)
+
+
+@dataclass
+class Recipe:
+    """A whole training run: model, data, optimiser and trainer settings."""
+
+    name: str = "default"
+    seed: int = 0
+    out_dir: str = "runs/default"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def __post_init__(self) -> None:
+        self.name = _string("name", self.name, empty=False)
+        self.seed = _number("seed", self.seed, integer=True, ge=0)
+        self.out_dir = _string("out_dir", self.out_dir, empty=False)
+        for name, cls in (
+            ("model", ModelSection),
+            ("data", DataSection),
+            ("optim", OptimSection),
+            ("train", TrainSection),
+        ):
+            if not isinstance(getattr(self, name), cls):
+                raise ValueError(
+                    f"{name} must be of type {cls.__name__}, got {getattr(self, name)!r}"
+                )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base_dir: str | Path | None = None) -> Recipe:
+        """Build from the TOML tables; relative out_dir/export resolve against `base_dir`."""
+        data = _table("recipe", data)
+        sections = {"model", "data", "optim", "train"}
+        _reject_unknown("", data, {"name", "seed", "out_dir"} | sections)
+        top = {k: v for k, v in data.items() if k not in sections}
+        recipe = cls(
+            **top,
+            model=ModelSection.from_table(data.get("model", {})),
+            data=_section(DataSection, "data.", data.get("data", {})),
+            optim=_section(OptimSection, "optim.", data.get("optim", {})),
+            train=_section(TrainSection, "train.", data.get("train", {})),
+        )
+        if base_dir is not None:
+            base = Path(base_dir)
+            recipe.out_dir = str((base / recipe.out_dir).resolve())
+            if recipe.train.export:
+                recipe.train.export = str((base / recipe.train.export).resolve())
+        return recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/TOML-able form (the shape of the recipe file)."""
+        optim = {f.name: getattr(self.optim, f.name) for f in fields(OptimSection)}
+        optim["betas"] = list(self.optim.betas)
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "out_dir": self.out_dir,
+            "model": self.model.to_dict(),
+            "data": {
+                "seq_len": self.data.seq_len,
+                "batch_size": self.data.batch_size,
+                "mixture": [dict(e) for e in self.data.mixture],
+            },
+            "optim": optim,
+            "train": {f.name: getattr(self.train, f.name) for f in fields(TrainSection)},
+        }
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a TOML recipe; relative paths in it resolve against its folder."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: invalid TOML: {err}") from None
+    return Recipe.from_dict(data, base_dir=path.resolve().parent)
