@@ -146,3 +146,30 @@ def test_generate_errors(tiny_model_dir, capsys):
     assert "comma-separated integers" in capsys.readouterr().err
     assert main(["generate", "--model", str(tiny_model_dir / "nope"), "--prompt", "a"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_export_and_resume(tmp_path, capsys):
+    """`mmntp train` on the real data mixture, exported folder loads; resume continues."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        'seed = 1\nout_dir = "run"\n[model]\npreset = "test"\n'
+        "[data]\nseq_len = 64\nbatch_size = 2\n"
+        '[[data.mixture]]\nsource = "timeseries"\nmax_length = 48\nmax_horizon = 8\n'
+        '[[data.mixture]]\nsource = "text"\nweight = 0.5\n'
+        "[optim]\nwarmup_steps = 1\nmax_steps = 2\n"
+        '[train]\ncheckpoint_every = 1\nlog_every = 1\nexport = "model"\n'
+    )
+    assert main(["train", str(recipe)]) == 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    assert main(["inspect", str(tmp_path / "model"), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--max-steps", "3"]) == 0  # resumes from step 2
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
+    from mmntp.pipeline import Pipeline, TimeSeriesOutput, TimeSeriesPart
+
+    pipe = Pipeline.from_pretrained(tmp_path / "model")
+    assert pipe.limits.timeseries_max_horizon == 8
+    out = pipe(TimeSeriesPart(np.arange(30.0)), TimeSeriesOutput(horizon=8, num_samples=3))
+    assert out.forecast.samples.shape == (3, 8)
