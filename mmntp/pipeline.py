@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,16 @@ import numpy as np
 import torch
 
 from mmntp import sequence
+from mmntp.engine import (
+    Engine,
+    EngineConfig,
+    Request,
+    SegmentPlan,
+    codes_plan,
+    free_plan,
+    text_plan,
+)
 from mmntp.model.checkpoint import ModelBundle, load_model
-from mmntp.model.reference import iter_reference
 from mmntp.model.sampling import SamplingParams
 
 DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -137,18 +146,29 @@ class Limits:
 class Pipeline:
     bundle: ModelBundle
     limits: Limits = field(default_factory=Limits)
+    engine_config: EngineConfig = field(default_factory=EngineConfig)
+    _engine: Engine | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu") -> Pipeline:
         """Load a model folder, or a service folder (`service.json` naming its model)."""
         path = Path(path) if path is not None else default_service_dir()
         limits: dict[str, Any] = {}
+        engine: dict[str, Any] = {}
         if (path / "service.json").is_file():
             service = json.loads((path / "service.json").read_text())
-            limits = service.get("limits", {})
+            limits, engine = service.get("limits", {}), service.get("engine", {})
             path = path / service.get("model", "model")
         bundle = load_model(path, device=device)
-        return cls(bundle, Limits.from_dict({**bundle.meta.get("limits", {}), **limits}))
+        limits = Limits.from_dict({**bundle.meta.get("limits", {}), **limits})
+        return cls(bundle, limits, EngineConfig.from_dict(engine))
+
+    @property
+    def engine(self) -> Engine:
+        """The engine every request of this pipeline runs on (created on first use)."""
+        if self._engine is None:
+            self._engine = Engine(self.bundle.model, self.engine_config)
+        return self._engine
 
     @property
     def vocab(self):
@@ -192,16 +212,27 @@ class Pipeline:
 
     # -- internals --------------------------------------------------------------------
 
-    def _steps(self, plan: _Plan):
-        return iter_reference(
-            self.bundle.model,
-            plan.prompt_ids,
-            plan.max_tokens,
-            plan.sampling,
-            num_rows=plan.rows,
-            stop_ids=plan.stop_ids,
-            allowed=plan.allowed,
-        )
+    def _steps(self, plan: _Plan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Run the plan's requests on the engine; yield (ids [rows], logprobs [rows]) per
+        output step once every row has produced it. Closing early aborts the requests."""
+        requests = plan.requests()
+        for req in requests:
+            self.engine.add_request(req)
+        done = 0
+        try:
+            while True:
+                ready = min(len(r.output_ids) for r in requests)
+                for k in range(done, ready):
+                    ids = torch.tensor([r.output_ids[k] for r in requests])
+                    yield ids, torch.tensor([r.output_logprobs[k] for r in requests])
+                done = ready
+                if all(r.status.finished for r in requests):
+                    return
+                self.engine.step()
+        finally:
+            for r in requests:
+                if not r.status.finished:
+                    self.engine.abort(r.request_id)
 
     def _plan(self, prompt, output, sampling) -> _Plan:
         parts = _as_parts(prompt)
@@ -286,11 +317,23 @@ def _check_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
 class _Plan:
     pipe: Pipeline
     prompt_ids: list[int]
-    max_tokens: int
+    segment: SegmentPlan
     sampling: SamplingParams
     rows: int = 1
-    stop_ids: tuple[int, ...] = ()
-    allowed: torch.Tensor | None = None
+
+    def requests(self) -> list[Request]:
+        """One engine request per row; rows get independent seeds derived from the request's."""
+        tag = uuid.uuid4().hex
+        if self.rows == 1:
+            return [Request(f"{tag}-0", self.prompt_ids, self.segment, self.sampling)]
+        base = self.sampling.seed if self.sampling.seed is not None else uuid.uuid4().int >> 65
+        seeds = np.random.SeedSequence(base).generate_state(self.rows, np.uint64) >> np.uint64(1)
+        return [
+            Request(
+                f"{tag}-{i}", self.prompt_ids, self.segment, replace(self.sampling, seed=int(s))
+            )
+            for i, s in enumerate(seeds)
+        ]
 
     def chunks(self, step: int, ids: torch.Tensor) -> Iterator:
         return iter(())
@@ -300,11 +343,7 @@ class _Plan:
 
     def finish(self, ids: torch.Tensor, lps: torch.Tensor) -> GenerationOutput:
         row, lp = ids[0].tolist(), lps[0].tolist()
-        reason = "length"
-        for i, tok in enumerate(row):
-            if tok in self.stop_ids:
-                row, lp, reason = row[: i + 1], lp[: i + 1], "stop"
-                break
+        reason = "stop" if row and self.segment.finish_reason(row) == "stop" else "length"
         return self.output(row, lp, reason)
 
     def output(self, ids: list[int], lps: list[float], reason: str) -> GenerationOutput:
@@ -317,7 +356,7 @@ class _TokensPlan(_Plan):
     def build(cls, pipe, parts, output: TokensOutput, sampling):
         ids = pipe.prompt_ids(parts)
         stops = tuple(_check_ids(output.stop_ids, pipe.vocab.size))
-        return cls(pipe, ids, pipe.check_max_tokens(output.max_tokens), sampling, stop_ids=stops)
+        return cls(pipe, ids, free_plan(pipe.check_max_tokens(output.max_tokens), stops), sampling)
 
 
 @dataclass
@@ -327,20 +366,20 @@ class _TextPlan(_Plan):
     @classmethod
     def build(cls, pipe, parts, output: TextOutput, sampling):
         vocab = pipe.vocab
-        plan = cls(
-            pipe,
-            pipe.prompt_ids(parts),
+        text = vocab.range("text")
+        segment = text_plan(
             pipe.check_max_tokens(output.max_tokens),
-            sampling,
-            stop_ids=(vocab.special("<eos>"),),
-            allowed=sequence.text_sample_mask(vocab),
+            (text.start, text.stop),
+            vocab.special("<eos>"),
         )
+        plan = cls(pipe, pipe.prompt_ids(parts), segment, sampling)
         plan.decoder = pipe.tokenizer("text").stream_decoder()
         return plan
 
     def _local(self, ids: list[int]) -> torch.Tensor:
         start = self.pipe.vocab.range("text").start
-        return torch.tensor([i - start for i in ids if i not in self.stop_ids], dtype=torch.long)
+        stops = self.segment.stop_ids
+        return torch.tensor([i - start for i in ids if i not in stops], dtype=torch.long)
 
     def chunks(self, step, ids):
         delta = self.decoder.push(self._local(ids[:1].tolist()))
@@ -383,16 +422,9 @@ class _ForecastPlan(_Plan):
             )
         tok = pipe.tokenizer("timeseries")
         ids, state = sequence.forecast_prompt(pipe.vocab, tok, values)
-        return cls(
-            pipe,
-            ids,
-            output.horizon,
-            sampling,
-            rows=output.num_samples,
-            allowed=sequence.series_sample_mask(pipe.vocab, tok),
-            state=state,
-            quantiles=quantiles,
-        )
+        span = sequence.series_span(pipe.vocab, tok)
+        segment = codes_plan(output.horizon, [span], "timeseries")
+        return cls(pipe, ids, segment, sampling, output.num_samples, state, quantiles)
 
     def _values(self, ids: torch.Tensor) -> np.ndarray:
         start = self.pipe.vocab.range("timeseries").start

@@ -61,14 +61,8 @@ def forecast_document(
     ]
 
 
-def series_sample_mask(vocab: VocabLayout, tokenizer: DiscreteTokenizer) -> torch.Tensor:
-    """Allowed-ids mask [V] while generating series values: the value bins only."""
+def series_span(vocab: VocabLayout, tokenizer: DiscreteTokenizer) -> tuple[int, int]:
+    """Global [lo, hi) ids a generator may sample for series values: the value bins only."""
     start = vocab.range("timeseries").start
     lo, hi = tokenizer.sample_range
-    return vocab.allowed_mask(spans=[(start + lo, start + hi)])
-
-
-def text_sample_mask(vocab: VocabLayout) -> torch.Tensor:
-    """Allowed-ids mask [V] while generating text: text ids and <eos>."""
-    r = vocab.range("text")
-    return vocab.allowed_mask(spans=[(r.start, r.stop)], ids=[vocab.special("<eos>")])
+    return start + lo, start + hi

@@ -94,9 +94,12 @@ def iter_reference(
 
     done = torch.zeros(num_rows, dtype=torch.bool, device=device)
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    seen = torch.zeros(num_rows, logits.shape[-1], dtype=torch.bool, device=device)
+    seen[:, rows[0]] = True  # repetition penalty looks at prompt and output ids
     for step in range(max_new_tokens):
         mask = allowed(step) if callable(allowed) else allowed
-        nxt = sample_next(logits, params, generator, mask)
+        nxt = sample_next(logits, params, generator, mask, seen)
+        seen[torch.arange(num_rows, device=device), nxt] = True
         yield nxt, token_logprobs(logits, nxt)
         done |= torch.isin(nxt, stops)
         if bool(done.all()) or step == max_new_tokens - 1:

@@ -1,4 +1,10 @@
-"""Sampling: a few small pure functions from logits to tokens."""
+"""Sampling: small pure functions from logits to tokens, vectorised over rows.
+
+Every sampled row consumes exactly one uniform number per step from its own generator and
+picks its token by inverse CDF over the filtered distribution in a fixed (sorted) order.
+So a row's token depends only on its logits, its parameters and its seed — never on what
+else is in the batch — and the reference loop and the engine draw identical samples.
+"""
 
 from __future__ import annotations
 
@@ -16,18 +22,28 @@ class SamplingParams:
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
+    min_p: float = 0.0  # 0 = off; drops tokens below min_p x the top probability
+    repetition_penalty: float = 1.0  # 1 = off; >1 discourages ids already in prompt/output
     seed: int | None = None  # None = a fresh random seed per request
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be a finite number, got {self.temperature!r}")
+        _finite("temperature", self.temperature)
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        _finite("top_p", self.top_p)
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+        _finite("min_p", self.min_p)
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        _finite("repetition_penalty", self.repetition_penalty)
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+        ):
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 
     @property
@@ -39,11 +55,96 @@ class SamplingParams:
         return torch.Generator(device=device).manual_seed(seed)
 
 
+def _finite(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+@dataclass
+class RowParams:
+    """Per-row sampling parameters as tensors [R] (built once per step by the caller)."""
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    min_p: torch.Tensor
+    repetition_penalty: torch.Tensor
+
+    @classmethod
+    def stack(cls, params: list[SamplingParams], device=None) -> RowParams:
+        def col(name, dtype):
+            return torch.tensor([getattr(p, name) for p in params], dtype=dtype, device=device)
+
+        return cls(
+            col("temperature", torch.float32),
+            col("top_k", torch.long),
+            col("top_p", torch.float32),
+            col("min_p", torch.float32),
+            col("repetition_penalty", torch.float32),
+        )
+
+
 def apply_allowed(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
-    """Constrained decoding: -inf outside the allowed mask ([V] or [B, V])."""
+    """Constrained decoding: -inf outside the allowed mask ([V] or [R, V])."""
     if allowed is None:
         return logits
     return logits.masked_fill(~allowed, float("-inf"))
+
+
+def apply_repetition_penalty(
+    logits: torch.Tensor, seen: torch.Tensor | None, penalty: torch.Tensor
+) -> torch.Tensor:
+    """CTRL-style: seen ids' positive logits are divided by the penalty, negative multiplied.
+
+    seen: bool [R, V] of ids in each row's prompt and output; penalty [R].
+    """
+    if seen is None or bool((penalty == 1).all()):
+        return logits
+    p = penalty[:, None]
+    penalised = torch.where(logits > 0, logits / p, logits * p)
+    return torch.where(seen, penalised, logits)
+
+
+def filtered_sorted_probs(
+    logits: torch.Tensor, rows: RowParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Temperature, top-k, top-p, min-p per row -> (probs in descending order, order) [R, V]."""
+    temp = rows.temperature.clamp_min(1e-6)[:, None]
+    sorted_logits, order = torch.sort(logits.float() / temp, dim=-1, descending=True, stable=True)
+    probs = sorted_logits.softmax(-1)
+    rank = torch.arange(probs.shape[-1], device=probs.device)[None]
+    k = torch.where(rows.top_k > 0, rows.top_k, probs.shape[-1])[:, None]
+    drop = rank >= k
+    # top-p: drop a token once the mass before it already reaches p (the top one stays)
+    drop |= (probs.cumsum(-1) - probs) >= rows.top_p[:, None]
+    drop |= probs < rows.min_p[:, None] * probs[:, :1]
+    drop[:, 0] = False
+    return probs.masked_fill(drop, 0.0), order
+
+
+def sample_rows(logits: torch.Tensor, rows: RowParams, uniforms: torch.Tensor) -> torch.Tensor:
+    """logits [R, V] (already masked/penalised), one uniform in [0, 1) per row -> ids [R].
+
+    Greedy rows (temperature 0) take the argmax and ignore their uniform.
+    """
+    greedy = rows.temperature == 0
+    ids = logits.argmax(-1)
+    if bool(greedy.all()):
+        return ids
+    probs, order = filtered_sorted_probs(logits, rows)
+    cdf = probs.cumsum(-1)
+    target = (uniforms.to(cdf.dtype) * cdf[:, -1])[:, None]
+    pick = torch.searchsorted(cdf, target, right=True).clamp_max(cdf.shape[-1] - 1)
+    sampled = order.gather(-1, pick).squeeze(-1)
+    return torch.where(greedy, ids, sampled)
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Natural-log probability of ids [R] under the model's raw distribution logits [R, V]."""
+    return logits.float().log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1)
+
+
+# -- single-parameter helpers (tests, simple callers) -----------------------------------
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -60,7 +161,6 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = sorted_logits.softmax(-1)
-    # A token is dropped when the mass before it already reaches p (the top one never is).
     drop_sorted = (probs.cumsum(-1) - probs) >= p
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
@@ -71,15 +171,13 @@ def sample_next(
     params: SamplingParams,
     generator: torch.Generator | None,
     allowed: torch.Tensor | None = None,
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """logits [B, V] -> next ids [B] under params, within the allowed mask."""
-    logits = apply_allowed(logits.float(), allowed)
-    if params.greedy:
-        return logits.argmax(-1)
-    logits = top_p_filter(top_k_filter(logits / params.temperature, params.top_k), params.top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-
-
-def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Natural-log probability of ids [B] under the model's raw distribution logits [B, V]."""
-    return logits.float().log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1)
+    """logits [B, V] -> next ids [B], all rows under one params and one generator."""
+    n = logits.shape[0]
+    rows = RowParams.stack([params] * n, device=logits.device)
+    logits = apply_allowed(
+        apply_repetition_penalty(logits.float(), seen, rows.repetition_penalty), allowed
+    )
+    uniforms = torch.rand(n, generator=generator, device=logits.device)
+    return sample_rows(logits, rows, uniforms)

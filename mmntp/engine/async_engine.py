@@ -1,0 +1,140 @@
+"""AsyncEngine: a background loop around Engine.step() with async streaming per request.
+
+Steps run in a worker thread so the event loop stays free for the service. The engine is
+only mutated from the event loop between steps: new requests and aborts queue up and are
+applied before the next step, so no lock is held while the model runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from mmntp.engine.engine import Engine, RequestOutput
+from mmntp.engine.request import Request
+
+
+@dataclass
+class _Collector:
+    """One slot per request: a slow consumer gets merged deltas, never an unbounded queue."""
+
+    slot: RequestOutput | None = None
+    error: BaseException | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, out: RequestOutput) -> None:
+        self.slot = out if self.slot is None else self.slot.merge(out)
+        self.ready.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.ready.set()
+
+    async def get(self) -> RequestOutput:
+        await self.ready.wait()
+        self.ready.clear()
+        if self.error is not None:
+            raise self.error
+        out, self.slot = self.slot, None
+        return out
+
+
+class AsyncEngine:
+    """`async for out in engine.generate(request)` streams that request's deltas."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._collectors: dict[str, _Collector] = {}
+        self._adds: list[tuple[Request, asyncio.Future]] = []
+        self._aborts: list[str] = []
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self.dead: BaseException | None = None  # set if a step raised: health should fail
+
+    @property
+    def stats(self):
+        return self.engine.stats
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.create_task(self._run(), name="mmntp-engine-loop")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def generate(self, request: Request) -> AsyncIterator[RequestOutput]:
+        """Queue `request` and yield its outputs until it finishes.
+
+        Raises ValueError / QueueFullError from the engine's intake on the first
+        iteration. Cancelling the consumer (or closing the iterator) aborts the request
+        within one step and frees its cache.
+        """
+        await self.start()
+        collector = _Collector()
+        accepted = asyncio.get_running_loop().create_future()
+        self._collectors[request.request_id] = collector
+        self._adds.append((request, accepted))
+        self._wakeup.set()
+        finished = False
+        try:
+            await accepted
+            while not finished:
+                out = await collector.get()
+                finished = out.finished
+                yield out
+        finally:
+            self._collectors.pop(request.request_id, None)
+            if not finished and accepted.done() and accepted.exception() is None:
+                self._aborts.append(request.request_id)
+                self._wakeup.set()
+
+    def abort(self, request_id: str) -> None:
+        self._aborts.append(request_id)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # -- the loop -------------------------------------------------------------------
+
+    def _apply_pending(self) -> None:
+        adds, self._adds = self._adds, []
+        for request, accepted in adds:
+            if request.request_id not in self._collectors:  # consumer left before intake
+                continue
+            try:
+                self.engine.add_request(request)
+            except Exception as err:  # the caller sees the engine's own error
+                self._collectors.pop(request.request_id, None)
+                accepted.set_exception(err)
+            else:
+                accepted.set_result(None)
+        aborts, self._aborts = self._aborts, []
+        for request_id in aborts:
+            self.engine.abort(request_id)
+
+    async def _run(self) -> None:
+        while True:
+            self._apply_pending()
+            if not self.engine.has_unfinished():
+                self._wakeup.clear()
+                if not self._adds and not self._aborts:
+                    await self._wakeup.wait()
+                continue
+            try:
+                outputs = await asyncio.to_thread(self.engine.step)
+            except Exception as err:  # a model bug: fail every stream, keep the loop alive
+                self.dead = err
+                for rid, collector in list(self._collectors.items()):
+                    collector.fail(err)
+                    self.engine.abort(rid)
+                continue
+            for out in outputs:
+                collector = self._collectors.get(out.request_id)
+                if collector is not None:
+                    collector.put(out)

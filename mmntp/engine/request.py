@@ -1,0 +1,143 @@
+"""An engine request: prompt elements, sampling parameters, a segment plan, and its state.
+
+The scheduler and the KV cache manager read only the integer fields (ids, counts,
+priority, times); vectors travel with the request for the model runner.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from mmntp.engine.plans import SegmentPlan
+from mmntp.model.sampling import SamplingParams
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue is at its bound (requests or tokens): retry later (overload)."""
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"  # waiting again after its cache was reclaimed; recomputes
+    FINISHED_STOPPED = "stop"
+    FINISHED_LENGTH = "length"
+    FINISHED_ABORTED = "abort"
+    FINISHED_DEADLINE = "deadline"
+
+    @property
+    def finished(self) -> bool:
+        return self.value in ("stop", "length", "abort", "deadline")
+
+
+@dataclass
+class PromptVector:
+    """A continuous prompt element at sequence position `position`."""
+
+    position: int
+    modality: str
+    value: torch.Tensor  # [width]
+
+
+@dataclass
+class Request:
+    """One generation request and its progress.
+
+    `prompt_ids` has a placeholder id at every position that holds a vector
+    (`prompt_vectors`); `output_vectors` likewise for continuous outputs.
+    """
+
+    request_id: str
+    prompt_ids: list[int]
+    plan: SegmentPlan
+    params: SamplingParams = field(default_factory=SamplingParams)
+    prompt_vectors: list[PromptVector] = field(default_factory=list)
+    priority: int = 0  # lower runs first
+    deadline: float | None = None  # absolute time.monotonic() after which it is aborted
+    arrival_time: float = field(default_factory=time.monotonic)
+
+    # progress (engine-owned)
+    output_ids: list[int] = field(default_factory=list)
+    output_logprobs: list[float] = field(default_factory=list)
+    output_vectors: dict[int, torch.Tensor] = field(default_factory=dict)  # output step -> vector
+    num_computed_tokens: int = 0
+    num_preemptions: int = 0
+    status: RequestStatus = RequestStatus.WAITING
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finished_time: float | None = None
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        validate_request(self)
+        self.prompt_ids = [int(i) for i in self.prompt_ids]
+        self.prompt_vectors = sorted(self.prompt_vectors, key=lambda v: v.position)
+
+    # -- views the scheduler uses --------------------------------------------------------
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def max_total_tokens(self) -> int:
+        return len(self.prompt_ids) + self.plan.max_tokens
+
+    @property
+    def num_cacheable_tokens(self) -> int:
+        """Leading tokens identified by their ids alone (no vector): prefix-cacheable."""
+        first = len(self.prompt_ids)
+        if self.prompt_vectors:
+            first = self.prompt_vectors[0].position
+        elif self.output_vectors:
+            first += min(self.output_vectors)
+        return first
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.status.value if self.status.finished else None
+
+
+def validate_request(req: Request) -> None:
+    """Raise ValueError naming the field for anything malformed."""
+    if not isinstance(req.request_id, str) or not req.request_id:
+        raise ValueError("request_id must be a non-empty string")
+    if len(req.prompt_ids) == 0:
+        raise ValueError("prompt_ids: the prompt is empty")
+    if not all(isinstance(i, int) or (hasattr(i, "__index__")) for i in req.prompt_ids):
+        raise ValueError("prompt_ids must be integers")
+    if not isinstance(req.plan, SegmentPlan):
+        raise ValueError(f"plan must be a SegmentPlan, got {type(req.plan).__name__}")
+    if not isinstance(req.params, SamplingParams):
+        raise ValueError(f"params must be SamplingParams, got {type(req.params).__name__}")
+    if not isinstance(req.priority, int):
+        raise ValueError(f"priority must be an integer, got {req.priority!r}")
+    if req.deadline is not None and not (
+        isinstance(req.deadline, (int, float)) and math.isfinite(req.deadline)
+    ):
+        raise ValueError(f"deadline must be a finite time, got {req.deadline!r}")
+    for i, vec in enumerate(req.prompt_vectors):
+        if not 0 <= vec.position < len(req.prompt_ids):
+            raise ValueError(f"prompt_vectors[{i}].position {vec.position} is outside the prompt")
+        if vec.value.ndim != 1 or not torch.isfinite(vec.value).all():
+            raise ValueError(f"prompt_vectors[{i}].value must be a finite 1-D vector")
+
+
+def check_ids_in_vocab(ids: Sequence[int], vocab_size: int, name: str = "prompt_ids") -> None:
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"{name} must lie in [0, {vocab_size}), got {bad[:5]}")

@@ -1,0 +1,208 @@
+"""The model runner: the only engine part that touches tensors.
+
+One forward per step over the flat concatenation of every scheduled token (prefill
+chunks and decode tokens of different requests, at different positions). Linear layers
+see one [1, N, D] batch; attention goes through `PagedAttention`, which writes new keys
+and values into a preallocated block store and attends over each request's blocks:
+decode tokens as one batched SDPA call, each prefill chunk as its own causal call.
+On GPU this backend is the place for FlexAttention / paged kernels and CUDA graphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from mmntp.engine.request import Request
+from mmntp.engine.sampler import Sampler
+from mmntp.model.transformer import ContinuousInput, Transformer
+
+
+class ContinuousHead(Protocol):
+    """A head that turns hidden states into vectors (flow / diffusion heads implement it)."""
+
+    def sample(
+        self, hidden: torch.Tensor, generators: list[torch.Generator], requests: list[Request]
+    ) -> torch.Tensor:
+        """hidden [R, D] -> vectors [R, width], drawing noise from each row's generator."""
+        ...
+
+
+class BlockStore:
+    """Preallocated K/V slots for every layer: [layers, num_blocks * block_size, Hkv, Dh]."""
+
+    def __init__(self, model: Transformer, num_blocks: int, block_size: int) -> None:
+        cfg = model.config
+        param = model.tok_embeddings.weight
+        shape = (cfg.n_layers, num_blocks * block_size, cfg.n_kv_heads, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=param.dtype, device=param.device)
+        self.v = torch.zeros(shape, dtype=param.dtype, device=param.device)
+        self.block_size = block_size
+
+
+@dataclass
+class _Prefill:
+    rows: slice  # this chunk's tokens in the flat batch
+    key_slots: torch.Tensor  # [ctx] slots of every key it may see
+    mask: torch.Tensor  # [1, 1, n, ctx] causal, offset by the chunk's start
+
+
+@dataclass
+class _Decodes:
+    rows: torch.Tensor  # [Bd] flat token indices
+    key_slots: torch.Tensor  # [Bd, Kmax] (padded with slot 0)
+    mask: torch.Tensor  # [Bd, 1, 1, Kmax]
+
+
+class PagedAttention:
+    """AttentionBackend over a BlockStore for one step's flat batch."""
+
+    def __init__(self, store: BlockStore, slots: torch.Tensor, decodes, prefills) -> None:
+        self.store, self.slots, self.decodes, self.prefills = store, slots, decodes, prefills
+
+    def attend(self, layer, q, k, v):
+        kc, vc = self.store.k[layer], self.store.v[layer]
+        kc[self.slots] = k[0].to(kc.dtype)  # write this step's keys/values into their slots
+        vc[self.slots] = v[0].to(vc.dtype)
+        out = torch.empty_like(q[0])  # [N, H, Dh]
+        if self.decodes is not None:
+            d = self.decodes
+            qd = q[0, d.rows][:, :, None]  # [Bd, H, 1, Dh]
+            keys = kc[d.key_slots].transpose(1, 2)  # [Bd, Hkv, Kmax, Dh]
+            vals = vc[d.key_slots].transpose(1, 2)
+            res = F.scaled_dot_product_attention(qd, keys, vals, attn_mask=d.mask, enable_gqa=True)
+            out[d.rows] = res[:, :, 0]
+        for p in self.prefills:
+            qp = q[0, p.rows].transpose(0, 1)[None]  # [1, H, n, Dh]
+            keys = kc[p.key_slots].transpose(0, 1)[None]  # [1, Hkv, ctx, Dh]
+            vals = vc[p.key_slots].transpose(0, 1)[None]
+            res = F.scaled_dot_product_attention(qp, keys, vals, attn_mask=p.mask, enable_gqa=True)
+            out[p.rows] = res[0].transpose(0, 1)
+        return out[None]
+
+
+class ModelRunner:
+    """Executes a SchedulerOutput: one forward, then tokens (or vectors) for finished chunks."""
+
+    def __init__(self, model: Transformer, store: BlockStore, sampler: Sampler) -> None:
+        self.model, self.store, self.sampler = model, store, sampler
+        self.device = model.tok_embeddings.weight.device
+
+    @torch.inference_mode()
+    def execute(self, scheduled) -> dict[str, tuple[int, float, torch.Tensor | None]]:
+        """-> {request_id: (token id, logprob, vector or None)} for chunks that end a request's
+        known tokens (a partial prefill chunk produces nothing)."""
+        ids, positions, slots, continuous = self._flatten(scheduled)
+        decodes, prefills = self._attention_plan(scheduled)
+        backend = PagedAttention(self.store, slots, decodes, prefills)
+        hidden = self.model.hidden_states(
+            ids[None], positions=positions[None], continuous=continuous, backend=backend
+        )[0]  # [N, D]
+        ends, cursor = [], 0
+        for s in scheduled:
+            cursor += s.num_tokens
+            if s.samples:
+                ends.append((s.request, cursor - 1))
+        if not ends:
+            return {}
+        requests = [r for r, _ in ends]
+        last = hidden[torch.tensor([i for _, i in ends], device=self.device)]  # [R, D]
+        return self._produce(requests, last)
+
+    def _produce(self, requests: list[Request], hidden: torch.Tensor):
+        out: dict[str, tuple[int, float, torch.Tensor | None]] = {}
+        steps = [len(r.output_ids) for r in requests]
+        cont = [r.plan.is_continuous(k) for r, k in zip(requests, steps)]
+        token_rows = [i for i, c in enumerate(cont) if not c]
+        if token_rows:
+            reqs = [requests[i] for i in token_rows]
+            logits = self.model.heads["token"](hidden[token_rows])  # [R, V]
+            ids, lps = self.sampler.sample(logits, reqs)
+            for r, t, lp in zip(reqs, ids.tolist(), lps.tolist()):
+                out[r.request_id] = (t, lp, None)
+        by_head: dict[str, list[int]] = {}
+        for i, c in enumerate(cont):
+            if c:
+                by_head.setdefault(requests[i].plan.head, []).append(i)
+        for head, rows in by_head.items():
+            reqs = [requests[i] for i in rows]
+            vectors = self.model.heads[head].sample(hidden[rows], [r.generator for r in reqs], reqs)
+            for r, vec in zip(reqs, vectors):
+                out[r.request_id] = (r.plan.placeholder, 0.0, vec)
+        return out
+
+    # -- step inputs ---------------------------------------------------------------------
+
+    def _flatten(self, scheduled):
+        """Flat ids, positions, KV slots [N] and the continuous inputs of this step."""
+        ids, positions, slots = [], [], []
+        vectors: dict[str, tuple[list[int], list[torch.Tensor]]] = {}
+        bs = self.store.block_size
+        for s in scheduled:
+            req, start, end = s.request, s.start, s.start + s.num_tokens
+            offset = len(ids)
+            ids.extend(req.all_token_ids[start:end])
+            positions.extend(range(start, end))
+            slots.append(_slot_range(s.block_table, start, end, bs, self.device))
+            for pos, modality, value in _vectors_in(req, start, end):
+                idx, vals = vectors.setdefault(modality, ([], []))
+                idx.append(offset + pos - start)
+                vals.append(value)
+        n = len(ids)
+        continuous = []
+        for modality, (idx, vals) in vectors.items():
+            mask = torch.zeros(1, n, dtype=torch.bool, device=self.device)
+            mask[0, idx] = True
+            order = sorted(range(len(idx)), key=idx.__getitem__)  # masked_scatter is row-major
+            values = torch.stack([vals[i] for i in order]).to(self.device)
+            continuous.append(ContinuousInput(modality, mask, values))
+        as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=self.device)  # noqa: E731
+        return as_long(ids), as_long(positions), torch.cat(slots), continuous
+
+    def _attention_plan(self, scheduled):
+        bs, dev = self.store.block_size, self.device
+        dec_rows, dec_slots, prefills, cursor = [], [], [], 0
+        for s in scheduled:
+            ctx = s.start + s.num_tokens  # keys visible to the chunk's last token
+            key_slots = _slot_range(s.block_table, 0, ctx, bs, dev)
+            if s.num_tokens == 1:
+                dec_rows.append(cursor)
+                dec_slots.append(key_slots)
+            else:
+                n = s.num_tokens
+                q_pos = torch.arange(s.start, ctx, device=dev)[:, None]
+                mask = (torch.arange(ctx, device=dev)[None] <= q_pos)[None, None]
+                prefills.append(_Prefill(slice(cursor, cursor + n), key_slots, mask))
+            cursor += s.num_tokens
+        decodes = None
+        if dec_rows:
+            kmax = max(len(k) for k in dec_slots)
+            padded = torch.zeros(len(dec_rows), kmax, dtype=torch.long, device=dev)
+            lens = torch.tensor([len(k) for k in dec_slots], device=dev)
+            for i, k in enumerate(dec_slots):
+                padded[i, : len(k)] = k
+            mask = (torch.arange(kmax, device=dev)[None] < lens[:, None])[:, None, None]
+            decodes = _Decodes(torch.tensor(dec_rows, device=dev), padded, mask)
+        return decodes, prefills
+
+
+def _slot_range(table: list[int], start: int, end: int, bs: int, device) -> torch.Tensor:
+    """KV slots [end - start] of positions start..end-1 through a block table."""
+    first, last = start // bs, (end - 1) // bs + 1
+    blocks = torch.tensor(table[first:last], dtype=torch.long, device=device)
+    slots = (blocks[:, None] * bs + torch.arange(bs, device=device)).flatten()
+    return slots[start - first * bs : end - first * bs]
+
+
+def _vectors_in(req: Request, start: int, end: int):
+    """(position, modality, vector) of the request's vectors with start <= position < end."""
+    for vec in req.prompt_vectors:
+        if start <= vec.position < end:
+            yield vec.position, vec.modality, vec.value
+    base = req.num_prompt_tokens
+    for step, value in req.output_vectors.items():
+        if start <= base + step < end:
+            yield base + step, req.plan.modality, value

@@ -1,0 +1,65 @@
+"""Vectorised sampling over a step's requests, each with its own parameters and generator."""
+
+from __future__ import annotations
+
+import torch
+
+from mmntp.engine.request import Request
+from mmntp.model.sampling import (
+    RowParams,
+    apply_allowed,
+    apply_repetition_penalty,
+    sample_rows,
+    token_logprobs,
+)
+
+
+class Sampler:
+    """logits [R, V] + requests -> (ids [R], logprobs [R]).
+
+    Each request draws one uniform per step from its own generator, so its tokens depend
+    on its seed only, whatever else shares the batch. Plan masks are built once per
+    distinct (spans, ids) and reused.
+    """
+
+    def __init__(self, vocab_size: int, device: torch.device | str = "cpu") -> None:
+        self.vocab_size, self.device = vocab_size, device
+        self._masks: dict[tuple, torch.Tensor] = {}
+        self._all = torch.ones(vocab_size, dtype=torch.bool, device=device)
+
+    def mask(self, allowed: tuple | None) -> torch.Tensor:
+        if allowed is None:
+            return self._all
+        cached = self._masks.get(allowed)
+        if cached is None:
+            spans, ids = allowed
+            cached = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
+            for lo, hi in spans:
+                cached[lo:hi] = True
+            if ids:
+                cached[list(ids)] = True
+            self._masks[allowed] = cached
+        return cached
+
+    def sample(
+        self, logits: torch.Tensor, requests: list[Request]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = logits.float()
+        rows = RowParams.stack([r.params for r in requests], device=logits.device)
+        seen = None
+        if bool((rows.repetition_penalty != 1).any()):
+            seen = torch.zeros_like(logits, dtype=torch.bool)
+            for i, r in enumerate(requests):
+                seen[i, r.all_token_ids] = True
+        plans = [r.plan.allowed(len(r.output_ids)) for r in requests]
+        allowed = None
+        if any(p is not None for p in plans):
+            allowed = torch.stack([self.mask(p) for p in plans])
+        shaped = apply_allowed(
+            apply_repetition_penalty(logits, seen, rows.repetition_penalty), allowed
+        )
+        uniforms = torch.cat(
+            [torch.rand(1, generator=r.generator, device=logits.device) for r in requests]
+        )
+        ids = sample_rows(shaped, rows, uniforms)
+        return ids, token_logprobs(logits, ids)
