@@ -261,3 +261,25 @@ def test_async_engine_streams_merges_and_aborts_on_cancel(model):
         await engine.stop()
 
     asyncio.run(main())
+
+
+def test_codebook_plan_cycles_through_ranges(model):
+    """A two-codebook frame plan alternates between the codebooks' id ranges."""
+    from mmntp.engine import codes_plan
+
+    plan = codes_plan(10, [(100, 150), (200, 230)], "audio")
+    req = Request("frames", [1, 2, 3], plan, SamplingParams(seed=4))
+    _engine(model).run_to_completion([req])
+    assert len(req.output_ids) == 10 and req.finish_reason == "length"
+    for k, tok in enumerate(req.output_ids):
+        assert (100 <= tok < 150) if k % 2 == 0 else (200 <= tok < 230)
+
+
+def test_priority_runs_first_under_a_tight_budget(model):
+    engine = _engine(model, max_num_seqs=1)
+    engine.add_request(Request("low", [1, 2], free_plan(3), GREEDY, priority=5))
+    engine.add_request(Request("high", [3, 4], free_plan(3), GREEDY, priority=0))
+    order = []
+    while engine.has_unfinished():
+        order += [o.request_id for o in engine.step() if o.finished]
+    assert order == ["high", "low"]

@@ -124,3 +124,26 @@ def test_loop_errors(model):
         generate_reference(model, list(range(10)) * 50, 20)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
         generate_reference(model, [1], 0)
+
+
+def test_min_p_and_repetition_penalty():
+    from mmntp.model.sampling import RowParams, apply_repetition_penalty, filtered_sorted_probs
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    rows = RowParams.stack([SamplingParams(min_p=0.2)])
+    probs, order = filtered_sorted_probs(logits, rows)
+    kept = set(order[probs > 0].tolist())
+    assert kept == {0, 1, 2}  # 0.05 < 0.2 * 0.5
+    seen = torch.tensor([[True, False, False, False]])
+    out = apply_repetition_penalty(torch.tensor([[2.0, 1.0, -1.0, 0.5]]), seen, torch.tensor([2.0]))
+    assert out.tolist() == [[1.0, 1.0, -1.0, 0.5]]
+    out = apply_repetition_penalty(torch.tensor([[-2.0, 1.0, 0.0, 0.5]]), seen, torch.tensor([2.0]))
+    assert out[0, 0] == -4.0
+
+
+def test_repetition_penalty_changes_greedy_output(model):
+    plain = generate_reference(model, [1, 2, 3], 30, SamplingParams(temperature=0)).token_ids[0]
+    penal = generate_reference(
+        model, [1, 2, 3], 30, SamplingParams(temperature=0, repetition_penalty=5.0)
+    ).token_ids[0]
+    assert len(set(penal)) > len(set(plain))  # fewer repeats under the penalty
