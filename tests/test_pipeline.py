@@ -169,3 +169,37 @@ def test_model_folder_round_trip(tiny_model_dir, pipe):
     assert again.vocab.to_dict() == b.vocab.to_dict()
     assert set(again.tokenizers) == {"text", "timeseries"}
     assert not any(p.suffix in {".pt", ".bin", ".pkl"} for p in again_dir.rglob("*"))
+
+
+def test_async_stream_equals_sync_and_cancels_cleanly(tiny_model_dir):
+    import asyncio
+
+    spec, params = TimeSeriesOutput(horizon=6, num_samples=4), SamplingParams(seed=11)
+    sync_pipe = Pipeline.from_pretrained(tiny_model_dir)
+    expected = sync_pipe(TimeSeriesPart(_series()), spec, params)
+
+    async def main():
+        pipe = Pipeline.from_pretrained(tiny_model_dir)
+        chunks = [c async for c in pipe.astream(TimeSeriesPart(_series()), spec, params)]
+        steps = [c for c in chunks if isinstance(c, SeriesStep)]
+        assert len(steps) == 6
+        np.testing.assert_allclose(chunks[-1].forecast.samples, expected.forecast.samples)
+        assert chunks[-1].output_tokens == 24 and chunks[-1].prompt_tokens > 0
+        # closing the stream early aborts every row and frees the cache
+        before = pipe.engine.kv.usage
+        stream = pipe.astream("Hello", TextOutput(max_tokens=500), SamplingParams(seed=1))
+        async for chunk in stream:
+            if isinstance(chunk, TextDelta):
+                break
+        await stream.aclose()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if not pipe.engine.has_unfinished():
+                break
+        assert pipe.engine.kv.usage == before and pipe.engine.scheduler.num_running == 0
+        with pytest.raises(ValueError, match="horizon must be"):
+            async for _ in pipe.astream(TimeSeriesPart(_series()), TimeSeriesOutput(horizon=0)):
+                pass
+        await pipe.async_engine.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,234 @@
+"""Jobs: a validated request (prompt parts + output spec + sampling) ready for the engine.
+
+A job knows its prompt ids, its segment plan and how many rows (sample paths) it runs;
+it turns engine requests' step outputs into user-facing chunks and the final result.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmntp import sequence
+from mmntp.engine import Request, SegmentPlan, codes_plan, free_plan, text_plan
+from mmntp.model.sampling import SamplingParams
+from mmntp.schema import (
+    DEFAULT_QUANTILES,
+    FORECAST_SAMPLING,
+    Forecast,
+    GenerationOutput,
+    PromptPart,
+    SeriesStep,
+    TextDelta,
+    TextOutput,
+    TextPart,
+    TimeSeriesOutput,
+    TimeSeriesPart,
+    TokenIdsPart,
+    TokensOutput,
+)
+
+
+def build_job(pipe, prompt, output, sampling) -> Job:
+    """Validate and encode one request; raises ValueError naming the field."""
+    parts = as_parts(prompt)
+    output = output or TextOutput()
+    if isinstance(output, TimeSeriesOutput):
+        return ForecastJob.build(pipe, parts, output, sampling or FORECAST_SAMPLING)
+    if isinstance(output, TokensOutput):
+        return TokensJob.build(pipe, parts, output, sampling or SamplingParams())
+    if isinstance(output, TextOutput):
+        return TextJob.build(pipe, parts, output, sampling or SamplingParams())
+    raise ValueError(f"output: unknown output spec {type(output).__name__}")
+
+
+def as_parts(prompt) -> list[PromptPart]:
+    if isinstance(prompt, str):
+        return [TextPart(prompt)]
+    if isinstance(prompt, (TextPart, TokenIdsPart, TimeSeriesPart)):
+        return [prompt]
+    if not isinstance(prompt, (list, tuple)):
+        raise ValueError(f"prompt: unsupported prompt part {type(prompt).__name__}")
+    parts = list(prompt)
+    for i, part in enumerate(parts):
+        if isinstance(part, str):
+            parts[i] = TextPart(part)
+        elif not isinstance(part, (TextPart, TokenIdsPart, TimeSeriesPart)):
+            raise ValueError(f"prompt[{i}]: unsupported prompt part {type(part).__name__}")
+    return parts
+
+
+def check_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
+    out = [int(i) for i in ids]
+    bad = [i for i in out if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"prompt ids must lie in [0, {vocab_size}), got {bad[:5]}")
+    return out
+
+
+@dataclass
+class Job:
+    pipe: Any  # the Pipeline: vocab, tokenizers, limits
+    prompt_ids: list[int]
+    segment: SegmentPlan
+    sampling: SamplingParams
+    rows: int = 1
+
+    def requests(
+        self, tag: str | None = None, priority: int = 0, deadline: float | None = None
+    ) -> list[Request]:
+        """One engine request per row; rows get independent seeds derived from the request's."""
+        tag = tag or uuid.uuid4().hex
+        if self.rows == 1:
+            seeds = [self.sampling.seed]
+        else:
+            base = self.sampling.seed if self.sampling.seed is not None else uuid.uuid4().int >> 65
+            state = np.random.SeedSequence(base).generate_state(self.rows, np.uint64)
+            seeds = [int(s) for s in state >> np.uint64(1)]
+        return [
+            Request(
+                f"{tag}-{i}",
+                self.prompt_ids,
+                self.segment,
+                replace(self.sampling, seed=seed),
+                priority=priority,
+                deadline=deadline,
+            )
+            for i, seed in enumerate(seeds)
+        ]
+
+    def chunks(self, step: int, ids: torch.Tensor) -> Iterator:
+        return iter(())
+
+    def flush(self) -> Iterator:
+        return iter(())
+
+    def finish(
+        self, ids: torch.Tensor, lps: torch.Tensor, reasons: Sequence[str]
+    ) -> GenerationOutput:
+        """The result from every row's ids/logprobs [rows, T] and each row's finish reason."""
+        result = self.output(ids[0].tolist(), lps[0].tolist(), _overall(reasons))
+        result.prompt_tokens = len(self.prompt_ids)
+        result.output_tokens = int(ids.numel())
+        return result
+
+    def output(self, ids: list[int], lps: list[float], reason: str) -> GenerationOutput:
+        return GenerationOutput("tokens", ids, lps, reason)
+
+
+@dataclass
+class TokensJob(Job):
+    @classmethod
+    def build(cls, pipe, parts, output: TokensOutput, sampling):
+        ids = pipe.prompt_ids(parts)
+        stops = tuple(check_ids(output.stop_ids, pipe.vocab.size))
+        return cls(pipe, ids, free_plan(pipe.check_max_tokens(output.max_tokens), stops), sampling)
+
+
+@dataclass
+class TextJob(Job):
+    decoder: Any = None
+
+    @classmethod
+    def build(cls, pipe, parts, output: TextOutput, sampling):
+        vocab = pipe.vocab
+        text = vocab.range("text")
+        segment = text_plan(
+            pipe.check_max_tokens(output.max_tokens),
+            (text.start, text.stop),
+            vocab.special("<eos>"),
+        )
+        plan = cls(pipe, pipe.prompt_ids(parts), segment, sampling)
+        plan.decoder = pipe.tokenizer("text").stream_decoder()
+        return plan
+
+    def _local(self, ids: list[int]) -> torch.Tensor:
+        start = self.pipe.vocab.range("text").start
+        stops = self.segment.stop_ids
+        return torch.tensor([i - start for i in ids if i not in stops], dtype=torch.long)
+
+    def chunks(self, step, ids):
+        delta = self.decoder.push(self._local(ids[:1].tolist()))
+        if delta:
+            yield TextDelta(delta)
+
+    def flush(self):
+        rest = self.decoder.flush()
+        if rest:
+            yield TextDelta(rest)
+
+    def output(self, ids, lps, reason):
+        text = self.pipe.tokenizer("text").decode(self._local(ids))
+        return GenerationOutput("text", ids, lps, reason, text=text)
+
+
+@dataclass
+class ForecastJob(Job):
+    state: dict = field(default_factory=dict)
+    quantiles: tuple[float, ...] = DEFAULT_QUANTILES
+
+    @classmethod
+    def build(cls, pipe, parts, output: TimeSeriesOutput, sampling):
+        limits = pipe.limits
+        series = [p for p in parts if isinstance(p, TimeSeriesPart)]
+        if len(series) != 1 or len(parts) != 1:
+            raise ValueError("prompt: forecasting takes exactly one time-series part")
+        _check_range("horizon", output.horizon, 1, limits.timeseries_max_horizon)
+        _check_range("num_samples", output.num_samples, 1, limits.timeseries_max_samples)
+        quantiles = tuple(sorted(float(q) for q in output.quantiles))
+        if not quantiles or not all(0.0 < q < 1.0 for q in quantiles):
+            raise ValueError(f"quantiles must lie strictly between 0 and 1, got {quantiles}")
+        values = np.asarray(series[0].values, dtype=np.float64)
+        values = values[-limits.timeseries_context_length :]
+        observed = int(np.isfinite(values).sum()) if values.ndim == 1 else 0
+        if values.ndim != 1 or observed < limits.timeseries_min_context:
+            raise ValueError(
+                f"context has {observed} observed values; at least "
+                f"{limits.timeseries_min_context} are needed"
+            )
+        tok = pipe.tokenizer("timeseries")
+        ids, state = sequence.forecast_prompt(pipe.vocab, tok, values)
+        span = sequence.series_span(pipe.vocab, tok)
+        segment = codes_plan(output.horizon, [span], "timeseries")
+        return cls(pipe, ids, segment, sampling, output.num_samples, state, quantiles)
+
+    def _values(self, ids: torch.Tensor) -> np.ndarray:
+        start = self.pipe.vocab.range("timeseries").start
+        return self.pipe.tokenizer("timeseries").decode(ids - start, self.state).numpy()
+
+    def chunks(self, step, ids):
+        values = self._values(ids)  # (num_samples,)
+        qs = np.quantile(values, self.quantiles)
+        yield SeriesStep(
+            step, values, float(np.median(values)), dict(zip(self.quantiles, qs.tolist()))
+        )
+
+    def output(self, ids, lps, reason):
+        return GenerationOutput("timeseries", ids, lps, reason)
+
+    def finish(self, ids, lps, reasons):
+        result = super().finish(ids, lps, reasons)
+        if ids.shape[1]:
+            samples = self._values(ids)  # (num_samples, steps)
+            qs = np.quantile(samples, self.quantiles, axis=0)
+            median = np.median(samples, axis=0)
+            result.forecast = Forecast(samples, median, dict(zip(self.quantiles, qs)))
+        return result
+
+
+def _check_range(name: str, value: int, lo: int, hi: int) -> None:
+    if not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+def _overall(reasons: Sequence[str]) -> str:
+    """One finish reason for all rows: an abnormal end wins, then stop, then length."""
+    for reason in ("deadline", "abort", "stop"):
+        if reason in reasons:
+            return reason
+    return "length"

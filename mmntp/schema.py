@@ -1,0 +1,125 @@
+"""The data of the user-facing API: prompt parts, output specs, results and stream chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mmntp.model.sampling import SamplingParams
+
+DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# Chronos' sampling defaults for forecasting: plain temperature 1 with top-k 50.
+FORECAST_SAMPLING = SamplingParams(temperature=1.0, top_k=50)
+
+
+# -- prompt parts ---------------------------------------------------------------------
+
+
+@dataclass
+class TextPart:
+    text: str
+
+
+@dataclass
+class TokenIdsPart:
+    """Raw global ids, passed to the model unchanged (no <bos> added)."""
+
+    ids: Sequence[int]
+
+
+@dataclass
+class TimeSeriesPart:
+    """A univariate history, shaped (time_length,); NaN marks a missing value."""
+
+    values: Sequence[float] | np.ndarray
+    timestamps: Sequence[str] | None = None
+
+
+PromptPart = TextPart | TokenIdsPart | TimeSeriesPart
+
+
+# -- output specs -------------------------------------------------------------------
+
+
+@dataclass
+class TextOutput:
+    max_tokens: int = 256
+
+
+@dataclass
+class TokensOutput:
+    """Unconstrained ids after a raw-id prompt (for tests and model debugging)."""
+
+    max_tokens: int = 16
+    stop_ids: Sequence[int] = ()
+
+
+@dataclass
+class TimeSeriesOutput:
+    horizon: int
+    num_samples: int = 20
+    quantiles: Sequence[float] = DEFAULT_QUANTILES
+
+
+OutputSpec = TextOutput | TokensOutput | TimeSeriesOutput
+
+
+# -- results ------------------------------------------------------------------------
+
+
+@dataclass
+class Forecast:
+    """Sample paths shaped (num_samples, horizon) and their per-step summaries."""
+
+    samples: np.ndarray
+    median: np.ndarray
+    quantiles: dict[float, np.ndarray]
+
+
+@dataclass
+class GenerationOutput:
+    modality: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" | "length" | "abort" | "deadline"
+    text: str | None = None
+    forecast: Forecast | None = None
+    prompt_tokens: int = 0
+    output_tokens: int = 0  # summed over rows (sample paths)
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class SeriesStep:
+    """One forecast step: every path's value and the quantiles across paths."""
+
+    step: int
+    values: np.ndarray  # (num_samples,)
+    median: float
+    quantiles: dict[float, float]
+
+
+@dataclass
+class Limits:
+    """Service limits; requests past them get a ValueError naming the field."""
+
+    max_prompt_tokens: int = 2048
+    max_output_tokens: int = 1024
+    timeseries_context_length: int = 512  # longer contexts keep their most recent values
+    timeseries_min_context: int = 8
+    timeseries_max_horizon: int = 64
+    timeseries_max_samples: int = 100
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Limits:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown limits: {sorted(unknown)}")
+        return cls(**data)
