@@ -116,6 +116,8 @@ class Limits:
     timeseries_min_context: int = 8
     timeseries_max_horizon: int = 64
     timeseries_max_samples: int = 100
+    max_image_pixels: int = 1024 * 1024  # width x height of an input or output image
+    max_audio_seconds: float = 60.0  # duration of an input or output audio clip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Limits:
