@@ -30,6 +30,7 @@ from mmntp.schema import (
     TimeSeriesOutput,
     TimeSeriesPart,
     TokenIdsPart,
+    TokensDelta,
     TokensOutput,
 )
 
@@ -102,7 +103,8 @@ class Job:
             for i, seed in enumerate(seeds)
         ]
 
-    def chunks(self, step: int, ids: torch.Tensor) -> Iterator:
+    def chunks(self, step: int, ids: torch.Tensor, lps: torch.Tensor) -> Iterator:
+        """User-facing chunks for output step `step` (ids/logprobs of every row [rows])."""
         return iter(())
 
     def flush(self) -> Iterator:
@@ -123,6 +125,9 @@ class Job:
 
 @dataclass
 class TokensJob(Job):
+    def chunks(self, step, ids, lps):
+        yield TokensDelta([int(ids[0])], [float(lps[0])])
+
     @classmethod
     def build(cls, pipe, parts, output: TokensOutput, sampling):
         ids = pipe.prompt_ids(parts)
@@ -152,7 +157,7 @@ class TextJob(Job):
         stops = self.segment.stop_ids
         return torch.tensor([i - start for i in ids if i not in stops], dtype=torch.long)
 
-    def chunks(self, step, ids):
+    def chunks(self, step, ids, lps):
         delta = self.decoder.push(self._local(ids[:1].tolist()))
         if delta:
             yield TextDelta(delta)
@@ -201,7 +206,7 @@ class ForecastJob(Job):
         start = self.pipe.vocab.range("timeseries").start
         return self.pipe.tokenizer("timeseries").decode(ids - start, self.state).numpy()
 
-    def chunks(self, step, ids):
+    def chunks(self, step, ids, lps):
         values = self._values(ids)  # (num_samples,)
         qs = np.quantile(values, self.quantiles)
         yield SeriesStep(

@@ -38,11 +38,12 @@ from mmntp.schema import (  # noqa: F401 - re-exported as the public API
     TimeSeriesOutput,
     TimeSeriesPart,
     TokenIdsPart,
+    TokensDelta,
     TokensOutput,
 )
 
 Prompt = str | PromptPart | Sequence[PromptPart]
-Chunk = TextDelta | SeriesStep | GenerationOutput
+Chunk = TextDelta | TokensDelta | SeriesStep | GenerationOutput
 
 
 @dataclass
@@ -121,8 +122,8 @@ class Pipeline:
         steps = _Steps(requests)
         try:
             while True:
-                for k, ids in steps.ready():
-                    yield from job.chunks(k, ids)
+                for k, ids, lps in steps.ready():
+                    yield from job.chunks(k, ids, lps)
                 if steps.all_finished():
                     break
                 self.engine.step()
@@ -161,8 +162,8 @@ class Pipeline:
                 failed = [p for p in pumps if p.done() and p.exception() is not None]
                 if failed:
                     raise failed[0].exception()
-                for k, ids in steps.ready():
-                    for chunk in job.chunks(k, ids):
+                for k, ids, lps in steps.ready():
+                    for chunk in job.chunks(k, ids, lps):
                         yield chunk
                 if all(p.done() for p in pumps):
                     break
@@ -218,10 +219,11 @@ class _Steps:
     def __init__(self, requests: list[Request]) -> None:
         self.requests, self.done = requests, 0
 
-    def ready(self) -> Iterator[tuple[int, torch.Tensor]]:
+    def ready(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         upto = min(len(r.output_ids) for r in self.requests)
         for k in range(self.done, upto):
-            yield k, torch.tensor([r.output_ids[k] for r in self.requests])
+            ids = torch.tensor([r.output_ids[k] for r in self.requests])
+            yield k, ids, torch.tensor([r.output_logprobs[k] for r in self.requests])
         self.done = max(self.done, upto)
 
     def all_finished(self) -> bool:

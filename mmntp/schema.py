@@ -92,6 +92,14 @@ class GenerationOutput:
 
 
 @dataclass
+class TokensDelta:
+    """New raw token ids and their natural-log probabilities."""
+
+    ids: list[int]
+    logprobs: list[float]
+
+
+@dataclass
 class TextDelta:
     text: str
 

@@ -203,3 +203,17 @@ def test_async_stream_equals_sync_and_cancels_cleanly(tiny_model_dir):
         await pipe.async_engine.stop()
 
     asyncio.run(main())
+
+
+def test_tokens_stream_deltas_equal_one_shot(pipe):
+    from mmntp.pipeline import TokensDelta
+
+    params = SamplingParams(temperature=0.8, seed=2)
+    one = pipe(TokenIdsPart([3, 4, 5]), TokensOutput(max_tokens=9), params)
+    deltas = [
+        c
+        for c in pipe.stream(TokenIdsPart([3, 4, 5]), TokensOutput(max_tokens=9), params)
+        if isinstance(c, TokensDelta)
+    ]
+    assert [i for d in deltas for i in d.ids] == one.token_ids
+    assert [x for d in deltas for x in d.logprobs] == pytest.approx(one.logprobs)
