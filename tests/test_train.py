@@ -537,14 +537,17 @@ def test_bad_batches_and_lengths_are_rejected(tmp_path):
 # -- DDP ------------------------------------------------------------------------------------------
 
 DDP_SCRIPT = """
-import json, sys
+import json, os, sys
+from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_train import build_pattern_data
 from mmntp.train import Recipe, train
 
 recipe = Recipe.from_dict(json.loads(sys.argv[1]))
 result = train(recipe, build_pattern_data, resume=None, progress=False)
-print("RESULT", json.dumps({{"step": result.step, "losses": result.losses}}), flush=True)
+# One file per rank: the ranks share stdout, where their lines can interleave.
+out = Path(sys.argv[2]) / f"result_{{os.environ['RANK']}}.json"
+out.write_text(json.dumps({{"step": result.step, "losses": result.losses}}))
 """
 
 
@@ -555,15 +558,16 @@ def test_ddp_two_ranks_match_one_process_accumulating(tmp_path):
     script.write_text(textwrap.dedent(DDP_SCRIPT.format(tests=str(Path(__file__).parent))))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     proc = subprocess.run(
-        [*cmd, str(script), json.dumps(recipe.to_dict())],
+        [*cmd, str(script), json.dumps(recipe.to_dict()), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = [json.loads(x[7:]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    assert len(results) == 2, proc.stdout[-3000:]
+    files = sorted(tmp_path.glob("result_*.json"))
+    assert [f.name for f in files] == ["result_0.json", "result_1.json"], proc.stdout[-3000:]
+    results = [json.loads(f.read_text()) for f in files]
     assert results[0] == results[1]  # every rank sees the global loss
     checkpoint = tmp_path / "ddp" / "checkpoints" / "step_0000002"
     info = json.loads((checkpoint / "trainer.json").read_text())
