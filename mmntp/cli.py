@@ -1,4 +1,4 @@
-"""The `mmntp` command line: generate | inspect | train | import-hf."""
+"""The `mmntp` command line: generate | serve | health | bench | inspect | train | import-hf."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ import sys
 from pathlib import Path
 
 from mmntp import __version__
+from mmntp.bench import add_bench_parser
+from mmntp.remote_cli import (
+    add_bench_serve_parser,
+    add_health_parser,
+    add_remote_generate_arguments,
+    run_remote_generate,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--logprobs", action="store_true", help="include log-probabilities")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     gen.add_argument("-o", "--output", help="write the result here (forecast: CSV)")
+    add_remote_generate_arguments(gen)
     gen.set_defaults(func=cmd_generate)
+
+    add_serve_parser(sub)
+    add_health_parser(sub)
+    add_bench_serve_parser(add_bench_parser(sub))
 
     ins = sub.add_parser("inspect", help="show a model folder's config, size and vocabulary")
     ins.add_argument("dir")
@@ -80,6 +92,8 @@ def cmd_generate(args) -> int:
     from mmntp.model.sampling import SamplingParams
     from mmntp.pipeline import Pipeline
 
+    if args.server:
+        return run_remote_generate(args)
     modality = args.modality or _infer_modality(args)
     pipe = Pipeline.from_pretrained(args.model)
     if modality == "timeseries":
@@ -182,6 +196,55 @@ def _emit(text: str, path: str | None) -> None:
         Path(path).write_text(text + "\n")
     else:
         print(text)
+
+
+# -- serve -------------------------------------------------------------------------
+
+
+def add_serve_parser(sub) -> None:
+    srv = sub.add_parser("serve", help="serve a service folder over gRPC")
+    srv.add_argument("service", nargs="?", help="service or model folder (default: bundled)")
+    srv.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    srv.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
+    srv.add_argument("--api-keys-file", help="one API key per line (else $MMNTP_API_KEYS)")
+    srv.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (with --tls-key)")
+    srv.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    srv.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    srv.add_argument("--grace", type=float, help="seconds in-flight calls get after SIGTERM")
+    srv.add_argument("--no-warmup", action="store_true", help="report SERVING without warm-up")
+    srv.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import asyncio
+    import logging
+
+    from mmntp.pipeline import Pipeline
+    from mmntp.serve.auth import load_api_keys
+    from mmntp.serve.server import Server, TlsFiles, serve_until_signal, server_config_for
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    config = server_config_for(
+        args.service,
+        host=args.host,
+        port=args.port,
+        grace_seconds=args.grace,
+        warmup=False if args.no_warmup else None,
+    )
+    keys = load_api_keys(args.api_keys_file)
+    if not keys:
+        logging.getLogger("mmntp.serve").warning("no API keys configured: the server is open")
+    tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
+    pipe = Pipeline.from_pretrained(args.service)
+
+    async def main() -> None:
+        server = Server(pipe, config, keys, tls, args.metrics_port)
+        await serve_until_signal(server)
+
+    asyncio.run(main())
+    return 0
 
 
 # -- inspect / train / import-hf ----------------------------------------------------

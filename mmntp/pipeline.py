@@ -234,9 +234,13 @@ class _Steps:
         ids = torch.tensor([r.output_ids[:n] for r in self.requests], dtype=torch.long)
         lps = torch.tensor([r.output_logprobs[:n] for r in self.requests], dtype=torch.float32)
         reasons = [r.finish_reason or "abort" for r in self.requests]
-        return job.finish(
+        result = job.finish(
             ids.reshape(len(self.requests), n), lps.reshape(len(self.requests), n), reasons
         )
+        started = [r.first_scheduled_time for r in self.requests if r.first_scheduled_time]
+        if started:
+            result.queue_seconds = min(started) - min(r.arrival_time for r in self.requests)
+        return result
 
 
 def default_service_dir() -> Path:

@@ -89,6 +89,7 @@ class GenerationOutput:
     forecast: Forecast | None = None
     prompt_tokens: int = 0
     output_tokens: int = 0  # summed over rows (sample paths)
+    queue_seconds: float | None = None  # arrival -> first engine step (earliest row)
 
 
 @dataclass

@@ -58,6 +58,11 @@ class AsyncEngine:
         return self.engine.stats
 
     async def start(self) -> None:
+        if self._task is not None and self._task.get_loop() is not asyncio.get_running_loop():
+            # One engine, one loop: two loops would step the same engine concurrently.
+            raise RuntimeError(
+                "this AsyncEngine runs on another event loop (one pipeline per server)"
+            )
         if self._task is None:
             self._wakeup = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name="mmntp-engine-loop")

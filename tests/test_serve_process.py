@@ -1,0 +1,104 @@
+"""`mmntp serve` as a user runs it: a real process, the CLI client, and SIGTERM mid-stream."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from serving import ROOT
+
+from mmntp.cli import main
+from mmntp.client import Client, ClientError, Final, TokensChunk
+from mmntp.model.sampling import SamplingParams
+from mmntp.schema import TokenIdsPart, TokensOutput
+
+LISTENING = re.compile(r"serving '(\w+)' on grpc://127\.0\.0\.1:(\d+)")
+
+
+class ServeProcess:
+    """`python -m mmntp.cli serve --port 0` with its log collected on a thread."""
+
+    def __init__(self, *args: str) -> None:
+        cmd = [sys.executable, "-m", "mmntp.cli", "serve", "--port", "0", *args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: list[str] = []
+        self.listening = threading.Event()
+        self.name = self.target = ""
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self.listening.wait(120):
+            self.proc.kill()
+            raise AssertionError("server never listened:\n" + "".join(self.lines))
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            found = LISTENING.search(line)
+            if found:
+                self.name, self.target = found[1], f"127.0.0.1:{found[2]}"
+                self.listening.set()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture(scope="module")
+def served():
+    server = ServeProcess()  # no folder: the bundled default service
+    yield server
+    if server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait(10)
+
+
+def test_serve_without_a_folder_serves_the_bundled_default(served):
+    assert served.name == "default"
+    with Client(served.target, timeout=10) as client:
+        assert client.health() == "SERVING"
+        assert [m.name for m in client.list_models()] == ["default"]
+
+
+def test_cli_health_and_remote_generate_write_what_the_local_form_writes(served, tmp_path, capsys):
+    assert main(["health", "--server", served.target]) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+    common = ["generate", "--modality", "timeseries", "--horizon", "12", "--seed", "0"]
+    common += ["--context", str(ROOT / "examples" / "elec_equip.csv")]
+    remote, local = tmp_path / "remote.csv", tmp_path / "local.csv"
+    assert main([*common, "--server", served.target, "-o", str(remote)]) == 0
+    assert main([*common, "-o", str(local)]) == 0
+    assert remote.read_text() == local.read_text()
+    assert remote.read_text().splitlines()[0].startswith("median,q0.1,")
+    assert len(remote.read_text().splitlines()) == 13
+
+
+def test_cli_health_of_no_server_fails(capsys):
+    assert main(["health", "--server", "127.0.0.1:1", "--timeout", "1"]) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_sigterm_lets_the_open_stream_finish_then_exits_zero(served):
+    client = Client(served.target, timeout=120, retries=0)
+    stream = client.generate(
+        TokenIdsPart([1, 2]), TokensOutput(max_tokens=300), SamplingParams(0.0)
+    )
+    assert isinstance(next(stream), TokensChunk)
+    served.proc.send_signal(signal.SIGTERM)
+    rest = list(stream)
+    assert isinstance(rest[-1], Final) and rest[-1].finish_reason == "length"
+    assert 1 + sum(len(c.ids) for c in rest if isinstance(c, TokensChunk)) == 300
+    assert served.proc.wait(60) == 0
+    assert "signal received" in served.log and "stopped" in served.log
+    time.sleep(0.1)
+    with pytest.raises(ClientError) as err:
+        Client(served.target, timeout=2, retries=0).health()
+    assert err.value.code.name == "UNAVAILABLE"
+    client.close()
