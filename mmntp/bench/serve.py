@@ -1,0 +1,425 @@
+"""`mmntp bench serve`: latency and throughput of a running mmntp server under load.
+
+Requests alternate over the picked modalities (text: a short English prompt; timeseries:
+a 96-value seeded seasonal series) and are sent on one gRPC channel, many streams at once,
+either as Poisson arrivals at `--rate` per second or closed-loop with `--concurrency` in
+flight. Per request it records the time to the first chunk, the gaps between chunks and
+the end-to-end latency; it reports their p50/p90/p99 overall and per modality, the
+throughput over the makespan and the failures by status code.
+
+Nothing here asserts a time: it prints figures and writes them to `--out` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmntp.bench.common import _round, machine_info, now, percentile, progress
+
+DEFAULT_RATE = 4.0  # requests/s when neither --rate nor --concurrency is given
+CONTEXT_LENGTH = 96  # forecast history length (8 seasons of 12)
+SEASON = 12
+FORECAST_SAMPLES = 8  # small: the bench measures serving, not forecast quality
+PERCENTILES = (50, 90, 99)
+OK = "OK"
+API_KEY_ENV = "MMNTP_API_KEY"  # the same variable the rest of the CLI reads
+
+TEXT_PROMPTS = (
+    "Once upon a time",
+    "The weather today is",
+    "In the morning the market",
+    "She opened the door and",
+    "The best way to learn is",
+    "After the long winter,",
+    "The river flows past the",
+    "He wrote a letter to",
+)
+
+
+# -- the workload ------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One request to send: its modality and what `AsyncClient.generate` takes."""
+
+    index: int
+    modality: str
+    prompt: Any
+    output: Any
+    sampling: Any
+
+
+@dataclass
+class Outcome:
+    """What one request did: clock readings (bench clock, seconds) and how it ended."""
+
+    index: int
+    modality: str
+    start: float
+    end: float = math.nan
+    chunk_times: list[float] = field(default_factory=list)  # non-Final chunks, in order
+    output_tokens: int = 0
+    status: str = OK
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def ttft(self) -> float | None:
+        """Send -> first content chunk, or None if the stream had none."""
+        return self.chunk_times[0] - self.start if self.chunk_times else None
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.chunk_times, self.chunk_times[1:])]
+
+    def latency(self) -> float:
+        return self.end - self.start
+
+
+def synthetic_series(rng: random.Random, length: int = CONTEXT_LENGTH) -> list[float]:
+    """A seasonal series with trend and noise; level, amplitude and phase vary per request."""
+    level = rng.uniform(50.0, 150.0)
+    amplitude = rng.uniform(0.1, 0.3) * level
+    trend = rng.uniform(-0.2, 0.5)
+    phase = rng.uniform(0.0, 2 * math.pi)
+    return [
+        level
+        + trend * t
+        + amplitude * math.sin(2 * math.pi * t / SEASON + phase)
+        + rng.gauss(0.0, 0.03 * level)
+        for t in range(length)
+    ]
+
+
+def make_jobs(args: argparse.Namespace) -> list[Job]:
+    """`args.requests` jobs alternating over `args.modalities`, all drawn from `args.seed`."""
+    from mmntp.model.sampling import SamplingParams
+    from mmntp.schema import FORECAST_SAMPLING, TextOutput, TimeSeriesOutput, TimeSeriesPart
+
+    rng = random.Random(f"{args.seed}:prompts")  # a stream apart from the arrivals'
+    jobs = []
+    for i in range(args.requests):
+        modality = args.modalities[i % len(args.modalities)]
+        seed = args.seed + i  # distinct per request, reproducible per run
+        if modality == "text":
+            prompt: Any = rng.choice(TEXT_PROMPTS)
+            output: Any = TextOutput(max_tokens=args.max_tokens)
+            sampling = SamplingParams(seed=seed)
+        else:
+            prompt = TimeSeriesPart(synthetic_series(rng))
+            output = TimeSeriesOutput(horizon=args.horizon, num_samples=FORECAST_SAMPLES)
+            sampling = dataclasses.replace(FORECAST_SAMPLING, seed=seed)
+        jobs.append(Job(i, modality, prompt, output, sampling))
+    return jobs
+
+
+def arrival_offsets(n: int, rate: float, seed: int) -> list[float]:
+    """Poisson arrival times (s from the start, first at 0); rate inf sends all at once."""
+    if math.isinf(rate):
+        return [0.0] * n
+    rng = random.Random(f"{seed}:arrivals")
+    offsets, t = [], 0.0
+    for _ in range(n):
+        offsets.append(t)
+        t += rng.expovariate(rate)
+    return offsets
+
+
+# -- sending -----------------------------------------------------------------------------
+
+
+async def send(client: Any, job: Job, timeout: float | None) -> Outcome:
+    """Send one request and time its stream; a failure is recorded, never raised."""
+    from mmntp.client import ClientError, Final
+
+    outcome = Outcome(job.index, job.modality, start=now())
+    try:
+        stream = client.generate(job.prompt, job.output, job.sampling, timeout=timeout)
+        async for chunk in stream:
+            if isinstance(chunk, Final):
+                outcome.output_tokens = chunk.output_tokens
+            else:
+                outcome.chunk_times.append(now())
+    except ClientError as err:
+        outcome.status = err.code.name
+    outcome.end = now()
+    return outcome
+
+
+class Tracker:
+    """Counts finished requests and prints a progress line about every tenth of the run."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.failed = total, 0, 0
+        self.every = max(1, total // 10)
+
+    def finished(self, outcome: Outcome) -> Outcome:
+        self.done += 1
+        self.failed += not outcome.ok
+        if self.done % self.every == 0 or self.done == self.total:
+            progress(f"{self.done}/{self.total} done, {self.failed} failed")
+        return outcome
+
+
+async def open_loop(
+    client: Any, jobs: Sequence[Job], offsets: Sequence[float], timeout: float | None
+) -> list[Outcome]:
+    """Send each job at its arrival time, however many are still in flight (open loop)."""
+    tracker = Tracker(len(jobs))
+
+    async def at(job: Job, offset: float) -> Outcome:
+        await asyncio.sleep(max(0.0, start + offset - now()))
+        return tracker.finished(await send(client, job, timeout))
+
+    start = now()
+    return list(await asyncio.gather(*(at(j, o) for j, o in zip(jobs, offsets))))
+
+
+async def closed_loop(
+    client: Any, jobs: Sequence[Job], concurrency: int, timeout: float | None
+) -> list[Outcome]:
+    """Keep `concurrency` requests in flight: each worker sends its next job when one ends."""
+    tracker = Tracker(len(jobs))
+    queue = iter(jobs)  # shared: workers take jobs in order; asyncio makes next() atomic
+    outcomes: list[Outcome] = []
+
+    async def worker() -> None:
+        for job in queue:
+            outcomes.append(tracker.finished(await send(client, job, timeout)))
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(jobs)))))
+    return sorted(outcomes, key=lambda o: o.index)
+
+
+async def check_server(client: Any, timeout: float | None) -> None:
+    """Open the channel and report the server's health, so request 0 pays no connect cost."""
+    from mmntp.client import ClientError
+
+    try:
+        status = await client.health(timeout=timeout)
+    except ClientError as err:
+        # Still run the load: the failures are what the report is for.
+        progress(f"health check failed: {err.code.name}: {err.details}")
+        return
+    progress(f"server health: {status}")
+
+
+async def run_load(args: argparse.Namespace, jobs: Sequence[Job]) -> list[Outcome]:
+    """Run the whole load on one AsyncClient (one channel) and return outcomes by index."""
+    from mmntp.client import AsyncClient
+
+    # retries=0: a re-sent request would hide UNAVAILABLE and inflate latencies.
+    client = AsyncClient(
+        args.server,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        tls_ca=args.tls_ca,
+        timeout=args.timeout,
+        retries=0,
+    )
+    async with client:
+        await check_server(client, min(args.timeout or 5.0, 5.0))
+        if args.concurrency:
+            return await closed_loop(client, jobs, args.concurrency, args.timeout)
+        offsets = arrival_offsets(len(jobs), load_rate(args), args.seed)
+        return await open_loop(client, jobs, offsets, args.timeout)
+
+
+def load_rate(args: argparse.Namespace) -> float:
+    return DEFAULT_RATE if args.rate is None else args.rate
+
+
+# -- the report --------------------------------------------------------------------------
+
+
+def quantiles_ms(samples: Iterable[float]) -> dict[str, float]:
+    """{"p50": ms, "p90": ms, "p99": ms} of samples in seconds (nan when there are none)."""
+    values = list(samples)
+    return {f"p{q}": percentile(values, q) * 1e3 for q in PERCENTILES}
+
+
+def section(outcomes: Sequence[Outcome], makespan: float) -> dict[str, Any]:
+    """The figures for one group of requests; latencies count successful requests only."""
+    good = [o for o in outcomes if o.ok]
+    chunks = sum(len(o.chunk_times) for o in good)
+    tokens = sum(o.output_tokens for o in good)
+    per_s = 1.0 / makespan if makespan > 0 else math.nan
+    return {
+        "requests": len(outcomes),
+        "ok": len(good),
+        "errors": dict(Counter(o.status for o in outcomes if not o.ok)),
+        "ttft_ms": quantiles_ms(t for o in good if (t := o.ttft()) is not None),
+        "inter_chunk_ms": quantiles_ms(g for o in good for g in o.gaps()),
+        "latency_ms": quantiles_ms(o.latency() for o in good),
+        "chunks": chunks,
+        "output_tokens": tokens,
+        "requests_per_s": len(good) * per_s,
+        "chunks_per_s": chunks * per_s,
+        "tokens_per_s": tokens * per_s,
+    }
+
+
+def summarize(outcomes: Sequence[Outcome], modalities: Sequence[str]) -> dict[str, Any]:
+    """Overall and per-modality sections over the makespan (first send -> last end)."""
+    makespan = max(o.end for o in outcomes) - min(o.start for o in outcomes)
+    return {
+        "makespan_s": makespan,
+        "overall": section(outcomes, makespan),
+        "modalities": {
+            m: section([o for o in outcomes if o.modality == m], makespan) for m in modalities
+        },
+    }
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The knobs of this run, as the results file records them."""
+    if args.concurrency:
+        load: dict[str, Any] = {"mode": "concurrency", "concurrency": args.concurrency}
+    else:
+        rate = load_rate(args)
+        # JSON has no infinity: "inf" keeps the file standard and the meaning plain.
+        load = {"mode": "poisson", "rate": "inf" if math.isinf(rate) else rate}
+    return {
+        "server": args.server,
+        "requests": args.requests,
+        "modalities": list(args.modalities),
+        "load": load,
+        "max_tokens": args.max_tokens,
+        "horizon": args.horizon,
+        "num_samples": FORECAST_SAMPLES,
+        "context_length": CONTEXT_LENGTH,
+        "seed": args.seed,
+        "timeout_s": args.timeout,
+        "tls": bool(args.tls_ca),
+    }
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns under a header and a rule."""
+    lines = [list(header), *map(list, rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _num(value: float, digits: int = 1) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _groups(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [("all", summary["overall"]), *summary["modalities"].items()]
+
+
+def latency_table(summary: dict[str, Any]) -> str:
+    """One line per group and metric: p50, p90, p99 in milliseconds."""
+    metrics = (
+        ("ttft_ms", "first chunk"),
+        ("inter_chunk_ms", "inter-chunk"),
+        ("latency_ms", "end-to-end"),
+    )
+    rows = []
+    for name, sec in _groups(summary):
+        for key, label in metrics:
+            rows.append([name, label, *(_num(sec[key][f"p{q}"]) for q in PERCENTILES)])
+            name = ""  # the group's name on its first line only
+    return _table(["modality", "latency (ms)", *(f"p{q}" for q in PERCENTILES)], rows)
+
+
+def throughput_table(summary: dict[str, Any]) -> str:
+    """One line per group: counts, rates over the makespan and errors by status code."""
+    rows = []
+    for name, sec in _groups(summary):
+        errors = ", ".join(f"{code} {n}" for code, n in sorted(sec["errors"].items())) or "-"
+        rows.append(
+            [
+                name,
+                str(sec["requests"]),
+                str(sec["ok"]),
+                _num(sec["requests_per_s"], 2),
+                _num(sec["chunks_per_s"]),
+                _num(sec["tokens_per_s"]),
+                errors,
+            ]
+        )
+    header = ["modality", "requests", "ok", "req/s", "chunks/s", "tokens/s", "errors"]
+    return _table(header, rows)
+
+
+def describe_load(load: dict[str, Any]) -> str:
+    """'concurrency 4', 'Poisson 4/s' or 'all at once', from settings()["load"]."""
+    if load["mode"] == "concurrency":
+        return f"concurrency {load['concurrency']}"
+    return "all at once" if load["rate"] == "inf" else f"Poisson {load['rate']:g}/s"
+
+
+def format_report(payload: dict[str, Any]) -> str:
+    """The human-readable report: a title line, the latency and throughput tables."""
+    s = payload["settings"]
+    title = (
+        f"bench serve: {s['server']}, {s['requests']} requests, {describe_load(s['load'])}, "
+        f"makespan {payload['makespan_s']:.2f} s"
+    )
+    return "\n\n".join([title, latency_table(payload), throughput_table(payload)])
+
+
+# -- entry point -------------------------------------------------------------------------
+
+
+def write_payload(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write the results JSON (creating parent folders); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # 4 significant digits; nan (a figure with no samples) becomes null
+    path.write_text(json.dumps(_round(payload), indent=2) + "\n")
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the load, print the report (table, or JSON with --json), write --out.
+
+    Exit code 0 when at least one request succeeded, 1 when every one failed.
+    """
+    jobs = make_jobs(args)
+    meta = settings(args)
+    progress(f"sending {len(jobs)} requests to {args.server}, {describe_load(meta['load'])}")
+    outcomes = asyncio.run(run_load(args, jobs))
+    payload: dict[str, Any] = {
+        "benchmark": "serve",
+        "machine": machine_info(),
+        "settings": meta,
+        **summarize(outcomes, args.modalities),
+    }
+    if args.json:
+        print(json.dumps(_round(payload)), flush=True)
+    else:
+        print(format_report(payload), flush=True)
+    path = write_payload(args.out, payload)
+    progress(f"wrote {path}")
+    return 0 if payload["overall"]["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mmntp.bench.serve ...`: the same options as `mmntp bench serve`."""
+    from mmntp.remote_cli import add_bench_serve_parser
+
+    parser = argparse.ArgumentParser(prog="mmntp bench")
+    add_bench_serve_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
