@@ -85,6 +85,13 @@ def add_bench_serve_parser(bench_subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--horizon", type=_positive_int, default=12, help="forecast steps (default 12)"
     )
+    parser.add_argument(
+        "--baseline-requests",
+        type=int,
+        default=2,
+        metavar="N",
+        help="per modality, sent one at a time before the load: the idle baseline (default 2)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="arrivals and sampling seed")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(

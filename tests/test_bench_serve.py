@@ -56,6 +56,8 @@ def test_json_report_counts_every_request(server_port, tmp_path, capsys):
     assert set(saved["modalities"]) == set(MODALITIES)
     for modality in MODALITIES:
         _check_section(saved["modalities"][modality], 3)
+        assert saved["idle"][modality]["requests"] == 2  # the one-at-a-time baseline
+        assert saved["load_over_idle"][modality]["ttft_p50"] > 0
     # A forecast streams one chunk per step.
     assert saved["modalities"]["timeseries"]["chunks"] == 3 * 3
 
@@ -65,7 +67,7 @@ def test_table_by_default_with_poisson_arrivals(server_port, tmp_path, capsys):
     args = ("--requests", "4", "--rate", "inf", "--max-tokens", "4", "--horizon", "3")
     assert _bench(server_port, out, *args, "--modalities", "timeseries,text") == 0
     captured = capsys.readouterr()
-    for word in ("first chunk", "end-to-end", "req/s", *MODALITIES):
+    for word in ("first chunk", "end-to-end", "req/s", "load ttft p50", *MODALITIES):
         assert word in captured.out
     assert "[bench]" in captured.err and "[bench]" not in captured.out
     saved = json.loads(out.read_text())

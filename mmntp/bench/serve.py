@@ -217,8 +217,10 @@ async def check_server(client: Any, timeout: float | None) -> None:
     progress(f"server health: {status}")
 
 
-async def run_load(args: argparse.Namespace, jobs: Sequence[Job]) -> list[Outcome]:
-    """Run the whole load on one AsyncClient (one channel) and return outcomes by index."""
+async def run_load(
+    args: argparse.Namespace, jobs: Sequence[Job]
+) -> tuple[list[Outcome], list[Outcome]]:
+    """Idle baseline, then the whole load, on one AsyncClient (one channel): both outcomes."""
     from mmntp.client import AsyncClient
 
     # retries=0: a re-sent request would hide UNAVAILABLE and inflate latencies.
@@ -231,10 +233,22 @@ async def run_load(args: argparse.Namespace, jobs: Sequence[Job]) -> list[Outcom
     )
     async with client:
         await check_server(client, min(args.timeout or 5.0, 5.0))
+        idle = await idle_baseline(client, jobs, args)
         if args.concurrency:
-            return await closed_loop(client, jobs, args.concurrency, args.timeout)
+            return idle, await closed_loop(client, jobs, args.concurrency, args.timeout)
         offsets = arrival_offsets(len(jobs), load_rate(args), args.seed)
-        return await open_loop(client, jobs, offsets, args.timeout)
+        return idle, await open_loop(client, jobs, offsets, args.timeout)
+
+
+async def idle_baseline(client: Any, jobs: Sequence[Job], args: argparse.Namespace) -> list:
+    """The baseline of the same run: each modality's first jobs sent one at a time."""
+    firsts = [
+        [j for j in jobs if j.modality == m][: args.baseline_requests] for m in args.modalities
+    ]
+    picked = [j for group in firsts for j in group]
+    if picked:
+        progress(f"idle baseline: {len(picked)} requests one at a time")
+    return [await send(client, job, args.timeout) for job in picked]
 
 
 def load_rate(args: argparse.Namespace) -> float:
@@ -283,6 +297,37 @@ def summarize(outcomes: Sequence[Outcome], modalities: Sequence[str]) -> dict[st
     }
 
 
+def idle_section(idle: Sequence[Outcome], modalities: Sequence[str]) -> dict[str, Any]:
+    """Per-modality latency of the one-at-a-time baseline requests."""
+    out = {}
+    for m in modalities:
+        good = [o for o in idle if o.modality == m and o.ok]
+        out[m] = {
+            "requests": len(good),
+            "ttft_ms": quantiles_ms(t for o in good if (t := o.ttft()) is not None),
+            "latency_ms": quantiles_ms(o.latency() for o in good),
+        }
+    return out
+
+
+def load_over_idle(payload: dict[str, Any]) -> dict[str, Any]:
+    """How much slower each modality is under the load than alone (ratios; 1 = no cost)."""
+    ratios = {}
+    for m, idle in payload["idle"].items():
+        loaded = payload["modalities"][m]
+        base_ttft, base_e2e = idle["ttft_ms"]["p50"], idle["latency_ms"]["p50"]
+        ratios[m] = {
+            "ttft_p50": _ratio(loaded["ttft_ms"]["p50"], base_ttft),
+            "ttft_p99": _ratio(loaded["ttft_ms"]["p99"], base_ttft),
+            "latency_p50": _ratio(loaded["latency_ms"]["p50"], base_e2e),
+        }
+    return ratios
+
+
+def _ratio(value: float, base: float) -> float:
+    return value / base if base and not math.isnan(base) else math.nan
+
+
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """The knobs of this run, as the results file records them."""
     if args.concurrency:
@@ -301,6 +346,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "num_samples": FORECAST_SAMPLES,
         "context_length": CONTEXT_LENGTH,
         "seed": args.seed,
+        "baseline_requests": args.baseline_requests,
         "timeout_s": args.timeout,
         "tls": bool(args.tls_ca),
     }
@@ -317,6 +363,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _num(value: float, digits: int = 1) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _times(ratio: float) -> str:
+    return "n/a" if not math.isfinite(ratio) else f"{ratio:.2f}x"
 
 
 def _groups(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -372,7 +422,27 @@ def format_report(payload: dict[str, Any]) -> str:
         f"bench serve: {s['server']}, {s['requests']} requests, {describe_load(s['load'])}, "
         f"makespan {payload['makespan_s']:.2f} s"
     )
-    return "\n\n".join([title, latency_table(payload), throughput_table(payload)])
+    tables = [title, latency_table(payload), throughput_table(payload)]
+    return "\n\n".join([*tables, baseline_table(payload)])
+
+
+def baseline_table(payload: dict[str, Any]) -> str:
+    """Idle (one request at a time) p50s and the load's p50/p99 as multiples of them."""
+    rows = []
+    for m, idle in payload["idle"].items():
+        r = payload["load_over_idle"][m]
+        rows.append(
+            [
+                m,
+                _num(idle["ttft_ms"]["p50"]),
+                _num(idle["latency_ms"]["p50"]),
+                _times(r["ttft_p50"]),
+                _times(r["ttft_p99"]),
+                _times(r["latency_p50"]),
+            ]
+        )
+    header = ["idle", "first chunk ms", "end-to-end ms", "load ttft p50", "ttft p99", "e2e p50"]
+    return _table(header, rows)
 
 
 # -- entry point -------------------------------------------------------------------------
@@ -395,13 +465,15 @@ def run(args: argparse.Namespace) -> int:
     jobs = make_jobs(args)
     meta = settings(args)
     progress(f"sending {len(jobs)} requests to {args.server}, {describe_load(meta['load'])}")
-    outcomes = asyncio.run(run_load(args, jobs))
+    idle, outcomes = asyncio.run(run_load(args, jobs))
     payload: dict[str, Any] = {
         "benchmark": "serve",
         "machine": machine_info(),
         "settings": meta,
         **summarize(outcomes, args.modalities),
     }
+    payload["idle"] = idle_section(idle, args.modalities)
+    payload["load_over_idle"] = load_over_idle(payload)
     if args.json:
         print(json.dumps(_round(payload)), flush=True)
     else:
