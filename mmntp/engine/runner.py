@@ -46,8 +46,8 @@ class BlockStore:
 @dataclass
 class _Prefill:
     rows: slice  # this chunk's tokens in the flat batch
-    key_slots: torch.Tensor  # [ctx] slots of every key it may see
-    mask: torch.Tensor  # [1, 1, n, ctx] causal, offset by the chunk's start
+    key_slots: torch.Tensor | None  # [ctx] slots of every key it may see (None: start 0)
+    mask: torch.Tensor | None  # [1, 1, n, ctx] causal, offset by the chunk's start
 
 
 @dataclass
@@ -77,9 +77,20 @@ class PagedAttention:
             out[d.rows] = res[:, :, 0]
         for p in self.prefills:
             qp = q[0, p.rows].transpose(0, 1)[None]  # [1, H, n, Dh]
-            keys = kc[p.key_slots].transpose(0, 1)[None]  # [1, Hkv, ctx, Dh]
-            vals = vc[p.key_slots].transpose(0, 1)[None]
-            res = F.scaled_dot_product_attention(qp, keys, vals, attn_mask=p.mask, enable_gqa=True)
+            if p.key_slots is None:
+                # A chunk from position 0 sees only its own keys: no gather from the store,
+                # and plain causal SDPA takes the fused (flash) kernel.
+                keys = k[0, p.rows].transpose(0, 1)[None].to(kc.dtype)  # [1, Hkv, n, Dh]
+                vals = v[0, p.rows].transpose(0, 1)[None].to(vc.dtype)
+                res = F.scaled_dot_product_attention(
+                    qp, keys, vals, is_causal=True, enable_gqa=True
+                )
+            else:
+                keys = kc[p.key_slots].transpose(0, 1)[None]  # [1, Hkv, ctx, Dh]
+                vals = vc[p.key_slots].transpose(0, 1)[None]
+                res = F.scaled_dot_product_attention(
+                    qp, keys, vals, attn_mask=p.mask, enable_gqa=True
+                )
             out[p.rows] = res[0].transpose(0, 1)
         return out[None]
 
@@ -167,16 +178,18 @@ class ModelRunner:
         dec_rows, dec_slots, prefills, cursor = [], [], [], 0
         for s in scheduled:
             ctx = s.start + s.num_tokens  # keys visible to the chunk's last token
-            key_slots = _slot_range(s.block_table, 0, ctx, bs, dev)
-            if s.num_tokens == 1:
+            n = s.num_tokens
+            if n == 1:
                 dec_rows.append(cursor)
-                dec_slots.append(key_slots)
+                dec_slots.append(_slot_range(s.block_table, 0, ctx, bs, dev))
+            elif s.start == 0:
+                prefills.append(_Prefill(slice(cursor, cursor + n), None, None))
             else:
-                n = s.num_tokens
+                key_slots = _slot_range(s.block_table, 0, ctx, bs, dev)
                 q_pos = torch.arange(s.start, ctx, device=dev)[:, None]
                 mask = (torch.arange(ctx, device=dev)[None] <= q_pos)[None, None]
                 prefills.append(_Prefill(slice(cursor, cursor + n), key_slots, mask))
-            cursor += s.num_tokens
+            cursor += n
         decodes = None
         if dec_rows:
             kmax = max(len(k) for k in dec_slots)

@@ -25,9 +25,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 whatever the activation dtype (stability under autocast).
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        # Normalise in fp32 whatever the activation dtype (stability under autocast);
+        # F.rms_norm is one fused op where pow/mean/rsqrt/mul were four.
+        x32 = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * x32.to(x.dtype)
 
 
@@ -41,6 +41,29 @@ def rope_cos_sin(
     freqs = positions.to(torch.float32)[..., None] * inv_freq  # [B, T, head_dim/2]
     emb = torch.cat((freqs, freqs), dim=-1)  # half-split layout, as in Hugging Face Llama
     return emb.cos(), emb.sin()
+
+
+class RopeTable:
+    """cos/sin of every position up to max_len, computed once; lookups replace per-step trig.
+
+    Entries are exactly `rope_cos_sin` of each position (the same float32 ops), so a
+    lookup equals computing them afresh.
+    """
+
+    def __init__(self, max_len: int, head_dim: int, theta: float) -> None:
+        self.max_len, self.head_dim, self.theta = max_len, head_dim, theta
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [B, T] -> cos, sin [B, T, head_dim]."""
+        table = self._tables.get(positions.device)
+        if table is None:
+            every = torch.arange(self.max_len, device=positions.device)  # every: [S]
+            table = rope_cos_sin(every, self.head_dim, self.theta)  # two [S, head_dim]
+            self._tables[positions.device] = table
+        if positions.numel() and int(positions.max()) >= self.max_len:
+            return rope_cos_sin(positions, self.head_dim, self.theta)  # past max_seq_len
+        return table[0][positions], table[1][positions]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -211,6 +234,7 @@ class Transformer(nn.Module):
         )
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.rope = RopeTable(config.max_seq_len, config.head_dim, config.rope_theta)
         self.heads = nn.ModuleDict({"token": TokenHead(config.dim, config.vocab_size)})
         self.reset_parameters()
         if config.tie_embeddings:
@@ -264,7 +288,7 @@ class Transformer(nn.Module):
             positions = torch.arange(t, device=ids.device).expand(b, t)
         if backend is None:
             backend = cache.bind(positions) if cache is not None else CausalAttention()
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        cos, sin = self.rope(positions)
         x = self.embed(ids, continuous)
         for layer in self.layers:
             x = layer(x, cos, sin, backend)
