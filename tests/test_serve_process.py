@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -10,8 +11,10 @@ import sys
 import threading
 import time
 
+import grpc
 import pytest
-from serving import ROOT
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serving import ROOT, wait_until
 
 from mmntp.cli import main
 from mmntp.client import Client, ClientError, Final, TokensChunk
@@ -80,6 +83,18 @@ def test_cli_health_and_remote_generate_write_what_the_local_form_writes(served,
     assert len(remote.read_text().splitlines()) == 13
 
 
+def test_one_json_log_line_per_request(served):
+    with Client(served.target, timeout=30) as client:
+        client.complete("a", max_tokens=3)
+    wait_until(lambda: '"modality": "text"' in served.log, what="the request's log line")
+    lines = [
+        ln.split("mmntp.requests INFO ", 1)[1] for ln in served.lines if "mmntp.requests" in ln
+    ]
+    record = [json.loads(ln) for ln in lines if '"modality": "text"' in ln][-1]
+    assert record["status"] == "OK" and record["output_tokens"] == 3
+    assert {"id", "prompt_tokens", "time_to_first_chunk", "total", "queue"} <= set(record)
+
+
 def test_cli_health_of_no_server_fails(capsys):
     assert main(["health", "--server", "127.0.0.1:1", "--timeout", "1"]) == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
@@ -91,7 +106,13 @@ def test_sigterm_lets_the_open_stream_finish_then_exits_zero(served):
         TokenIdsPart([1, 2]), TokensOutput(max_tokens=300), SamplingParams(0.0)
     )
     assert isinstance(next(stream), TokensChunk)
+    channel = grpc.insecure_channel(served.target)
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     served.proc.send_signal(signal.SIGTERM)
+    assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    watch.cancel()  # an open Watch would otherwise hold the shutdown for the whole grace
+    channel.close()
     rest = list(stream)
     assert isinstance(rest[-1], Final) and rest[-1].finish_reason == "length"
     assert 1 + sum(len(c.ids) for c in rest if isinstance(c, TokensChunk)) == 300
