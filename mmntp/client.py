@@ -379,6 +379,9 @@ def _sampling(
             if params.seed > _UINT64_MAX:
                 raise ValueError(f"seed must fit in 64 bits, got {params.seed}")
             msg.seed = params.seed
+        # Explicit keyword arguments win over the SamplingParams fields.
+        guidance_scale = params.guidance_scale if guidance_scale is None else guidance_scale
+        num_steps = params.num_steps if num_steps is None else num_steps
     if guidance_scale is not None:
         msg.guidance_scale = guidance_scale
     if num_steps is not None:

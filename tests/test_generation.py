@@ -110,6 +110,10 @@ def test_sampling_follows_the_distribution():
         ({"top_k": -2}, "top_k must be an integer >= 0"),
         ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
         ({"seed": -5}, "seed must be a non-negative integer"),
+        ({"guidance_scale": -0.5}, "guidance_scale must be >= 0"),
+        ({"guidance_scale": math.inf}, "guidance_scale must be a finite number"),
+        ({"num_steps": 0}, r"num_steps must be an integer in \[1, 1000\]"),
+        ({"num_steps": 2.5}, "num_steps must be an integer"),
     ],
 )
 def test_sampling_params_validation(kwargs, message):

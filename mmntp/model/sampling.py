@@ -25,6 +25,10 @@ class SamplingParams:
     min_p: float = 0.0  # 0 = off; drops tokens below min_p x the top probability
     repetition_penalty: float = 1.0  # 1 = off; >1 discourages ids already in prompt/output
     seed: int | None = None  # None = a fresh random seed per request
+    # Continuous (flow / diffusion) heads and classifier-free guidance; None = the head's
+    # or model's default. Token sampling ignores them.
+    guidance_scale: float | None = None  # 1 = conditional only; > 1 pushes from unconditional
+    num_steps: int | None = None  # flow / diffusion sampling steps
 
     def __post_init__(self) -> None:
         _finite("temperature", self.temperature)
@@ -41,6 +45,16 @@ class SamplingParams:
         _finite("repetition_penalty", self.repetition_penalty)
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.guidance_scale is not None:
+            _finite("guidance_scale", self.guidance_scale)
+            if self.guidance_scale < 0:
+                raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.num_steps is not None and (
+            isinstance(self.num_steps, bool)
+            or not isinstance(self.num_steps, int)
+            or not 1 <= self.num_steps <= 1000
+        ):
+            raise ValueError(f"num_steps must be an integer in [1, 1000], got {self.num_steps!r}")
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
         ):
