@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from mmntp.engine.kv_cache import KVCacheManager, num_blocks_for_budget
-from mmntp.engine.request import Request, check_ids_in_vocab
+from mmntp.engine.request import Request, check_ids_in_vocab, shadow_of
 from mmntp.engine.runner import BlockStore, ModelRunner
 from mmntp.engine.sampler import Sampler
 from mmntp.engine.scheduler import Scheduler, SchedulerConfig
@@ -154,13 +154,24 @@ class Engine:
     # -- intake ---------------------------------------------------------------------
 
     def add_request(self, request: Request) -> None:
-        """Queue a request; raises ValueError (bad request) or QueueFullError (overload)."""
-        check_ids_in_vocab(request.prompt_ids, self.model.config.vocab_size)
-        if request.max_total_tokens > self.model.config.max_seq_len:
-            raise ValueError(
-                f"prompt ({request.num_prompt_tokens}) + max_tokens ({request.plan.max_tokens}) "
-                f"exceeds the model's max_seq_len {self.model.config.max_seq_len}"
-            )
+        """Queue a request; raises ValueError (bad request) or QueueFullError (overload).
+
+        A request with `uncond_prompt_ids` is queued with its unconditional shadow row
+        (classifier-free guidance); the pair is scheduled, preempted and ended together.
+        """
+        rows = [request]
+        if request.uncond_prompt_ids is not None:
+            if self.scheduler.config.max_num_batched_tokens < 2:
+                raise ValueError("guidance needs engine.max_num_batched_tokens >= 2")
+            rows.append(shadow_of(request))
+        for row in rows:
+            name = "uncond_prompt_ids" if row.is_shadow else "prompt_ids"
+            check_ids_in_vocab(row.prompt_ids, self.model.config.vocab_size, name)
+            if row.max_total_tokens > self.model.config.max_seq_len:
+                raise ValueError(
+                    f"{name} ({row.num_prompt_tokens}) + max_tokens ({row.plan.max_tokens}) "
+                    f"exceeds the model's max_seq_len {self.model.config.max_seq_len}"
+                )
         if self.scheduler.get(request.request_id) is not None:
             raise ValueError(f"request_id {request.request_id!r} is already in flight")
         request.generator = request.params.make_generator(self.runner.device)
@@ -203,6 +214,8 @@ class Engine:
         now = time.monotonic()
         outputs = []
         for req in requests:
+            if req.is_shadow:  # internal row: its partner reports for both
+                continue
             rid = req.request_id
             start = self._emitted.get(rid, 0)
             new_ids = req.output_ids[start:]

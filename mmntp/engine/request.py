@@ -61,6 +61,10 @@ class Request:
     priority: int = 0  # lower runs first
     deadline: float | None = None  # absolute time.monotonic() after which it is aborted
     arrival_time: float = field(default_factory=time.monotonic)
+    # Classifier-free guidance: the prompt without its condition. The engine runs it as a
+    # shadow row beside this one and samples from their logits mixed by
+    # params.guidance_scale; both rows then get the same token (or vector).
+    uncond_prompt_ids: list[int] | None = None
 
     # progress (engine-owned)
     output_ids: list[int] = field(default_factory=list)
@@ -73,10 +77,14 @@ class Request:
     first_token_time: float | None = None
     finished_time: float | None = None
     generator: torch.Generator | None = field(default=None, repr=False)
+    partner: Request | None = field(default=None, repr=False, compare=False)  # guided pair
+    is_shadow: bool = False  # the unconditional row of a guided pair (engine-internal)
 
     def __post_init__(self) -> None:
         validate_request(self)
         self.prompt_ids = [int(i) for i in self.prompt_ids]
+        if self.uncond_prompt_ids is not None:
+            self.uncond_prompt_ids = [int(i) for i in self.uncond_prompt_ids]
         self.prompt_vectors = sorted(self.prompt_vectors, key=lambda v: v.position)
 
     # -- views the scheduler uses --------------------------------------------------------
@@ -108,8 +116,27 @@ class Request:
         return first
 
     @property
+    def guidance_scale(self) -> float:
+        return 1.0 if self.params.guidance_scale is None else self.params.guidance_scale
+
+    @property
     def finish_reason(self) -> str | None:
         return self.status.value if self.status.finished else None
+
+
+def shadow_of(req: Request) -> Request:
+    """The unconditional row of a guided request, linked to it both ways."""
+    shadow = Request(
+        f"{req.request_id}#uncond",
+        req.uncond_prompt_ids,
+        req.plan,
+        req.params,
+        priority=req.priority,
+        deadline=req.deadline,
+        arrival_time=req.arrival_time,
+    )
+    shadow.is_shadow, shadow.partner, req.partner = True, req, shadow
+    return shadow
 
 
 def validate_request(req: Request) -> None:
@@ -130,6 +157,8 @@ def validate_request(req: Request) -> None:
         isinstance(req.deadline, (int, float)) and math.isfinite(req.deadline)
     ):
         raise ValueError(f"deadline must be a finite time, got {req.deadline!r}")
+    if req.uncond_prompt_ids is not None and len(req.uncond_prompt_ids) == 0:
+        raise ValueError("uncond_prompt_ids: the unconditional prompt is empty")
     for i, vec in enumerate(req.prompt_vectors):
         if not 0 <= vec.position < len(req.prompt_ids):
             raise ValueError(f"prompt_vectors[{i}].position {vec.position} is outside the prompt")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from mmntp.engine.request import Request
 from mmntp.engine.sampler import Sampler
+from mmntp.model.sampling import guide
 from mmntp.model.transformer import ContinuousInput, Transformer
 
 
@@ -28,6 +29,17 @@ class ContinuousHead(Protocol):
         self, hidden: torch.Tensor, generators: list[torch.Generator], requests: list[Request]
     ) -> torch.Tensor:
         """hidden [R, D] -> vectors [R, width], drawing noise from each row's generator."""
+        ...
+
+    def sample_guided(
+        self,
+        hidden: torch.Tensor,
+        hidden_uncond: torch.Tensor,
+        scales: torch.Tensor,
+        generators: list[torch.Generator],
+        requests: list[Request],
+    ) -> torch.Tensor:
+        """Classifier-free guidance: the head's prediction mixed per row by scales [R]."""
         ...
 
 
@@ -124,26 +136,56 @@ class ModelRunner:
         return self._produce(requests, last)
 
     def _produce(self, requests: list[Request], hidden: torch.Tensor):
+        """Sample every primary row (shadows of guided pairs are mixed in, then copied)."""
         out: dict[str, tuple[int, float, torch.Tensor | None]] = {}
-        steps = [len(r.output_ids) for r in requests]
-        cont = [r.plan.is_continuous(k) for r, k in zip(requests, steps)]
-        token_rows = [i for i, c in enumerate(cont) if not c]
+        index = {r.request_id: i for i, r in enumerate(requests)}
+        primary = [i for i, r in enumerate(requests) if not r.is_shadow]
+        # The scheduler puts both rows of a guided pair in the same step when they sample.
+        uncond = {i: index[requests[i].partner.request_id] for i in primary if requests[i].partner}
+        by_head: dict[str | None, list[int]] = {}
+        for i in primary:
+            r = requests[i]
+            head = r.plan.head if r.plan.is_continuous(len(r.output_ids)) else None
+            by_head.setdefault(head, []).append(i)
+        token_rows = by_head.pop(None, [])
         if token_rows:
             reqs = [requests[i] for i in token_rows]
-            logits = self.model.heads["token"](hidden[token_rows])  # [R, V]
+            logits = self._guided_rows(token_rows, uncond, requests, hidden)  # [R, V]
             ids, lps = self.sampler.sample(logits, reqs)
             for r, t, lp in zip(reqs, ids.tolist(), lps.tolist()):
                 out[r.request_id] = (t, lp, None)
-        by_head: dict[str, list[int]] = {}
-        for i, c in enumerate(cont):
-            if c:
-                by_head.setdefault(requests[i].plan.head, []).append(i)
         for head, rows in by_head.items():
             reqs = [requests[i] for i in rows]
-            vectors = self.model.heads[head].sample(hidden[rows], [r.generator for r in reqs], reqs)
+            vectors = self._head_vectors(self.model.heads[head], rows, uncond, requests, hidden)
             for r, vec in zip(reqs, vectors):
                 out[r.request_id] = (r.plan.placeholder, 0.0, vec)
+        for i, j in uncond.items():
+            out[requests[j].request_id] = out[requests[i].request_id]
         return out
+
+    def _guided_rows(self, rows, uncond, requests, hidden) -> torch.Tensor:
+        """Token logits of `rows`, mixed with their shadows' logits where guided."""
+        logits = self.model.heads["token"](hidden[rows])  # [R, V]
+        guided = [k for k, i in enumerate(rows) if i in uncond]
+        if guided:
+            shadows = self.model.heads["token"](hidden[[uncond[rows[k]] for k in guided]])
+            scales = torch.tensor([requests[rows[k]].guidance_scale for k in guided])
+            logits[guided] = guide(logits[guided], shadows, scales.to(logits.device))
+        return logits
+
+    def _head_vectors(self, head, rows, uncond, requests, hidden) -> torch.Tensor:
+        """Vectors [R, width] from a continuous head; guided rows mix their shadows' output."""
+        reqs = [requests[i] for i in rows]
+        generators = [r.generator for r in reqs]
+        if not any(i in uncond for i in rows):
+            return head.sample(hidden[rows], generators, reqs)
+        # Unguided rows of a guided batch use their own hidden state as the unconditional one
+        # at scale 1, which is exactly conditional sampling.
+        partner_rows = [uncond.get(i, i) for i in rows]
+        scales = torch.tensor(
+            [r.guidance_scale if i in uncond else 1.0 for i, r in zip(rows, reqs)]
+        )
+        return head.sample_guided(hidden[rows], hidden[partner_rows], scales, generators, reqs)
 
     # -- step inputs ---------------------------------------------------------------------
 

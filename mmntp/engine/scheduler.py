@@ -70,36 +70,43 @@ class Scheduler:
     # -- intake ------------------------------------------------------------------------
 
     def add_request(self, request: Request) -> None:
-        """Queue a request; QueueFullError when the queue is full, ValueError if it never fits."""
+        """Queue a request (and its guidance shadow, if it has one) as one unit.
+
+        QueueFullError when the queue is full, ValueError if it can never fit.
+        """
+        rows = _rows(request)
         rid = request.request_id
-        if rid in self._requests:
+        if any(r.request_id in self._requests for r in rows):
             raise ValueError(f"request_id {rid!r} is already in the scheduler")
         if request.status.finished:
             raise ValueError(f"request {rid!r} is already finished ({request.status.value})")
-        blocks = -(-request.max_total_tokens // self.kv.block_size)
+        blocks = sum(-(-r.max_total_tokens // self.kv.block_size) for r in rows)
         if blocks > self.kv.num_blocks:
             raise ValueError(
                 f"max_total_tokens {request.max_total_tokens} needs {blocks} KV blocks, "
                 f"the whole cache has {self.kv.num_blocks}"
             )
         cfg = self.config
-        if request.num_prompt_tokens > cfg.max_waiting_tokens:
+        tokens = sum(r.num_prompt_tokens for r in rows)
+        if tokens > cfg.max_waiting_tokens:
             raise ValueError(
-                f"prompt of {request.num_prompt_tokens} tokens exceeds "
-                f"max_waiting_tokens {cfg.max_waiting_tokens}"
+                f"prompt of {tokens} tokens exceeds max_waiting_tokens {cfg.max_waiting_tokens}"
             )
-        if len(self._waiting) >= cfg.max_waiting_requests:
+        if len(rows) > cfg.max_num_seqs:
+            raise ValueError(f"a guided request needs max_num_seqs >= 2, got {cfg.max_num_seqs}")
+        if len(self._waiting) + len(rows) > cfg.max_waiting_requests:
             raise QueueFullError(f"waiting queue holds max_waiting_requests={len(self._waiting)}")
-        if self._waiting_tokens + request.num_prompt_tokens > cfg.max_waiting_tokens:
+        if self._waiting_tokens + tokens > cfg.max_waiting_tokens:
             raise QueueFullError(
                 f"waiting queue holds {self._waiting_tokens} prompt tokens "
                 f"(max_waiting_tokens={cfg.max_waiting_tokens})"
             )
-        self._requests[rid] = request
-        self._order[rid] = (request.priority, request.arrival_time, self._seq)
-        self._seq += 1
-        request.status = RequestStatus.WAITING
-        self._push_waiting(request)
+        for row in rows:
+            self._requests[row.request_id] = row
+            self._order[row.request_id] = (row.priority, row.arrival_time, self._seq)
+            self._seq += 1
+            row.status = RequestStatus.WAITING
+            self._push_waiting(row)
 
     # -- schedule ----------------------------------------------------------------------
 
@@ -113,43 +120,80 @@ class Scheduler:
         return out
 
     def _schedule_running(self, budget: int, out: SchedulerOutput) -> int:
-        queue = sorted(self._running.values(), key=self._key)  # best first
+        # Shadows ride with their partner, so the queue holds one entry per unit.
+        queue = sorted((r for r in self._running.values() if not r.is_shadow), key=self._key)
         queue.reverse()  # pop() from the end = next best; queue[0] = worst
         while queue and budget > 0:
             req = queue.pop()
-            n = self._chunk(req, req.num_computed_tokens, budget)  # >= 1 between updates
+            rows = _rows(req)
+            chunks = self._chunks(rows, budget)
+            if not any(chunks):
+                continue  # a guided pair that cannot both sample within this budget
             # Everything scheduled so far ranks above `req`, so the worst running request
             # is either the worst still unscheduled one or `req` itself.
-            while not self.kv.allocate_slots(req, req.num_computed_tokens + n):
+            while not self._allocate(rows, chunks):
                 victim = queue.pop(0) if queue else req
                 self._preempt(victim)
                 out.preempted.append(victim.request_id)
                 if victim is req:
                     return budget
-            self._add_scheduled(out, req, n)
-            budget -= n
+            for row, n in zip(rows, chunks):
+                if n:
+                    self._add_scheduled(out, row, n)
+            budget -= sum(chunks)
         return budget
 
     def _schedule_waiting(self, budget: int, out: SchedulerOutput) -> None:
-        while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
-            req = self._waiting[0]
-            req.num_computed_tokens = self.kv.get_computed_blocks(req)
-            n = self._chunk(req, req.num_computed_tokens, budget)
-            if not self.kv.allocate_slots(req, req.num_computed_tokens + n):
-                self.kv.free(req.request_id)
-                req.num_computed_tokens = 0
+        while self._waiting and budget > 0:
+            head = self._waiting[0]
+            rows = _rows(head.partner if head.is_shadow else head)
+            if len(self._running) + len(rows) > self.config.max_num_seqs:
                 return
-            self._pop_waiting(0)
-            self._running[req.request_id] = req
-            req.status = RequestStatus.RUNNING
-            if req.first_scheduled_time is None:
-                req.first_scheduled_time = time.monotonic()
-            out.new_request_ids.append(req.request_id)
-            self._add_scheduled(out, req, n)
-            budget -= n
+            for row in rows:
+                row.num_computed_tokens = self.kv.get_computed_blocks(row)
+            chunks = self._chunks(rows, budget)
+            if not any(chunks) or not self._allocate(rows, chunks):
+                for row in rows:
+                    self.kv.free(row.request_id)
+                    row.num_computed_tokens = 0
+                return
+            for row, n in zip(rows, chunks):
+                self._pop_waiting(self._waiting_index(row))
+                self._running[row.request_id] = row
+                row.status = RequestStatus.RUNNING
+                if row.first_scheduled_time is None:
+                    row.first_scheduled_time = time.monotonic()
+                out.new_request_ids.append(row.request_id)
+                if n:
+                    self._add_scheduled(out, row, n)
+            budget -= sum(chunks)
 
     def _chunk(self, req: Request, start: int, budget: int) -> int:
         return min(req.num_tokens - start, budget, self.config.max_prefill_chunk)
+
+    def _chunks(self, rows: list[Request], budget: int) -> list[int]:
+        """This step's tokens per row of a unit; a guided pair samples together or not at all.
+
+        Each row of a pair gets at most half the budget. If only one row would reach its
+        last token, it stops one short (or waits, at 0) until the other catches up, so
+        their logits always come from the same forward.
+        """
+        if len(rows) == 1:
+            req = rows[0]
+            return [self._chunk(req, req.num_computed_tokens, budget)]
+        share = max(1, budget // 2)
+        chunks = [self._chunk(r, r.num_computed_tokens, share) for r in rows]
+        ends = [r.num_computed_tokens + n == r.num_tokens for r, n in zip(rows, chunks)]
+        if all(ends) and sum(chunks) > budget:
+            return [0, 0]
+        if any(ends) and not all(ends):
+            chunks = [n - 1 if end else n for n, end in zip(chunks, ends)]
+        return chunks
+
+    def _allocate(self, rows: list[Request], chunks: list[int]) -> bool:
+        return all(
+            self.kv.allocate_slots(r, r.num_computed_tokens + n) for r, n in zip(rows, chunks)
+        )
 
     def _add_scheduled(self, out: SchedulerOutput, req: Request, n: int) -> None:
         start = req.num_computed_tokens
@@ -159,13 +203,14 @@ class Scheduler:
         out.num_batched_tokens += n
 
     def _preempt(self, req: Request) -> None:
-        """Free its blocks and queue it again; it recomputes prompt and output so far."""
-        del self._running[req.request_id]
-        self.kv.free(req.request_id)
-        req.num_computed_tokens = 0
-        req.status = RequestStatus.PREEMPTED
-        req.num_preemptions += 1
-        self._push_waiting(req)  # keeps its arrival: ahead of newer requests of its priority
+        """Free its blocks (and its pair's) and queue it again; it recomputes what it had."""
+        for row in _rows(req):
+            del self._running[row.request_id]
+            self.kv.free(row.request_id)
+            row.num_computed_tokens = 0
+            row.status = RequestStatus.PREEMPTED
+            row.num_preemptions += 1
+            self._push_waiting(row)  # keeps its arrival: ahead of newer requests
 
     # -- update ------------------------------------------------------------------------
 
@@ -201,9 +246,12 @@ class Scheduler:
         req = self._requests.get(request_id)
         if req is None:
             return None
-        if self._running.pop(request_id, None) is None:
-            self._pop_waiting(bisect.bisect_left(self._waiting, self._key(req), key=self._key))
-        self._finish(req, status)
+        if req.is_shadow:
+            return self.abort(req.partner.request_id, status)
+        for row in _rows(req):
+            if self._running.pop(row.request_id, None) is None:
+                self._pop_waiting(self._waiting_index(row))
+            self._finish(row, status)
         return req
 
     def expire_deadlines(self, now: float) -> list[Request]:
@@ -211,7 +259,7 @@ class Scheduler:
         late = [
             r.request_id
             for r in [*self._running.values(), *self._waiting]
-            if r.deadline is not None and r.deadline < now
+            if r.deadline is not None and r.deadline < now and not r.is_shadow
         ]
         return [self.abort(rid, RequestStatus.FINISHED_DEADLINE) for rid in late]
 
@@ -232,6 +280,9 @@ class Scheduler:
         bisect.insort(self._waiting, req, key=self._key)
         self._waiting_tokens += req.num_prompt_tokens
 
+    def _waiting_index(self, req: Request) -> int:
+        return bisect.bisect_left(self._waiting, self._key(req), key=self._key)  # keys unique
+
     def _pop_waiting(self, index: int) -> Request:
         req = self._waiting.pop(index)
         self._waiting_tokens -= req.num_prompt_tokens
@@ -251,3 +302,8 @@ class Scheduler:
     def get(self, request_id: str) -> Request | None:
         """The waiting or running request with this id, else None."""
         return self._requests.get(request_id)
+
+
+def _rows(req: Request) -> list[Request]:
+    """A scheduling unit: the request, then its guidance shadow if it has one."""
+    return [req] if req.partner is None else [req, req.partner]

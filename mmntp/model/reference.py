@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmntp.model.sampling import SamplingParams, sample_next, token_logprobs
+from mmntp.model.sampling import SamplingParams, guide, sample_next, token_logprobs
 from mmntp.model.transformer import ContinuousInput, Transformer
 
 AllowedFn = Callable[[int], "torch.Tensor | None"]
@@ -36,6 +36,7 @@ def generate_reference(
     stop_ids: Sequence[int] = (),
     allowed: torch.Tensor | AllowedFn | None = None,
     continuous: list[ContinuousInput] | None = None,
+    uncond_prompt: Sequence[int] | torch.Tensor | None = None,
 ) -> GenerationResult:
     """Generate after `prompt` (ids [T]) for `num_rows` independent rows.
 
@@ -43,6 +44,9 @@ def generate_reference(
     for per-step constraints. `continuous` places vectors in the prompt (masks [1, T]).
     Rows draw from one generator seeded by `params.seed`, so a seed fixes all rows.
     Each row ends after its first stop id ("stop") or at max_new_tokens ("length").
+    With `uncond_prompt`, every step samples from classifier-free guided logits
+    uncond + params.guidance_scale * (cond - uncond), the unconditional prompt running in
+    a cache of its own and receiving the same tokens.
     """
     steps = iter_reference(
         model,
@@ -53,6 +57,7 @@ def generate_reference(
         stop_ids=stop_ids,
         allowed=allowed,
         continuous=continuous,
+        uncond_prompt=uncond_prompt,
     )
     ids, lps = zip(*steps)
     return _collect(torch.stack(ids, 1), torch.stack(lps, 1), set(stop_ids))
@@ -69,6 +74,7 @@ def iter_reference(
     stop_ids: Sequence[int] = (),
     allowed: torch.Tensor | AllowedFn | None = None,
     continuous: list[ContinuousInput] | None = None,
+    uncond_prompt: Sequence[int] | torch.Tensor | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (ids [num_rows], logprobs [num_rows]) per step; stops once every row has
     produced a stop id. Arguments as for `generate_reference`."""
@@ -91,6 +97,10 @@ def iter_reference(
     continuous = [_repeat_rows(c, num_rows) for c in continuous or ()]
     positions = torch.arange(rows.shape[1], device=device).expand(num_rows, -1)
     logits = model(rows, positions=positions, cache=cache, continuous=continuous)[:, -1]
+    uncond = None
+    if uncond_prompt is not None:
+        uncond = _Unconditional(model, uncond_prompt, num_rows, max_new_tokens, device)
+        logits = guide(logits, uncond.logits, _scale(params))
 
     done = torch.zeros(num_rows, dtype=torch.bool, device=device)
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
@@ -106,6 +116,31 @@ def iter_reference(
             return
         pos = torch.full((num_rows, 1), rows.shape[1] + step, device=device)
         logits = model(nxt[:, None], positions=pos, cache=cache)[:, -1]
+        if uncond is not None:
+            logits = guide(logits, uncond.feed(nxt), _scale(params))
+
+
+def _scale(params: SamplingParams) -> float:
+    return 1.0 if params.guidance_scale is None else params.guidance_scale
+
+
+class _Unconditional:
+    """The unconditional prompt's own cache and logits, fed the same tokens each step."""
+
+    def __init__(self, model, prompt, num_rows: int, max_new_tokens: int, device) -> None:
+        ids = torch.as_tensor(prompt, dtype=torch.long).flatten().to(device)
+        self.model, self.length = model, ids.numel()
+        self.cache = model.new_cache(num_rows, max_len=ids.numel() + max_new_tokens)
+        rows = ids.expand(num_rows, -1)  # rows: [num_rows, T]
+        positions = torch.arange(self.length, device=device).expand(num_rows, -1)
+        self.logits = model(rows, positions=positions, cache=self.cache)[:, -1]
+        self.fed = 0
+
+    def feed(self, nxt: torch.Tensor) -> torch.Tensor:
+        pos = torch.full((nxt.shape[0], 1), self.length + self.fed, device=nxt.device)
+        self.fed += 1
+        self.logits = self.model(nxt[:, None], positions=pos, cache=self.cache)[:, -1]
+        return self.logits
 
 
 def _repeat_rows(item: ContinuousInput, n: int) -> ContinuousInput:
