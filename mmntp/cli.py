@@ -1,4 +1,4 @@
-"""The `mmntp` command line: generate | serve | health | bench | inspect | train | import-hf."""
+"""The `mmntp` command line: generate | serve | health | bench | eval | inspect | train | import-hf."""
 
 from __future__ import annotations
 
@@ -54,12 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--logprobs", action="store_true", help="include log-probabilities")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     gen.add_argument("-o", "--output", help="write the result here (forecast: CSV)")
+    gen.add_argument("--plot", help="forecast: also draw history, median and 10-90%% band (PNG)")
     add_remote_generate_arguments(gen)
     gen.set_defaults(func=cmd_generate)
 
     add_serve_parser(sub)
     add_health_parser(sub)
     add_bench_serve_parser(add_bench_parser(sub))
+
+    add_eval_parser(sub)
 
     ins = sub.add_parser("inspect", help="show a model folder's config, size and vocabulary")
     ins.add_argument("dir")
@@ -184,6 +187,12 @@ def _generate_forecast(pipe, args) -> int:
     if args.output:
         write_forecast_csv(args.output, forecast.median, forecast.quantiles)
         print(f"wrote {args.horizon}-step forecast to {args.output}", file=sys.stderr)
+    if args.plot:
+        from mmntp.eval.plot import plot_forecast
+
+        title = f"{Path(args.context).name}: {args.horizon}-step forecast, {args.num_samples} paths"
+        plot_forecast(args.plot, values, forecast.median, forecast.quantiles, title=title)
+        print(f"wrote forecast plot to {args.plot}", file=sys.stderr)
     if args.json or not args.output:
         payload = {"median": forecast.median.tolist()}
         payload.update({f"q{q:g}": v.tolist() for q, v in forecast.quantiles.items()})
@@ -196,6 +205,55 @@ def _emit(text: str, path: str | None) -> None:
         Path(path).write_text(text + "\n")
     else:
         print(text)
+
+
+# -- eval --------------------------------------------------------------------------
+
+
+def add_eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluate a model on held-out data against baselines")
+    kinds = ev.add_subparsers(dest="eval_command", required=True)
+    ts = kinds.add_parser(
+        "timeseries",
+        help="MASE / WQL relative to seasonal naive on the bundled series' held-out windows",
+    )
+    ts.add_argument("--model", help="model or service folder (default: the bundled service)")
+    ts.add_argument("--json", action="store_true", help="print one JSON object")
+    ts.add_argument("--num-samples", type=int, default=20, help="mmntp sample paths per window")
+    ts.add_argument("--seed", type=int, default=0, help="seed the per-window seeds derive from")
+    ts.add_argument("--out", help="also write the JSON report (settings, machine, date) here")
+    ts.add_argument(
+        "--datasets", help="comma-separated datasets or series (default: all), e.g. nile,macrodata"
+    )
+    ts.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from mmntp.eval.timeseries import (
+        EvalSettings,
+        evaluate,
+        format_table,
+        select_series,
+        stderr_progress,
+    )
+    from mmntp.pipeline import Pipeline, default_service_dir
+
+    names = None
+    if args.datasets is not None:
+        names = tuple(n.strip() for n in args.datasets.split(",") if n.strip())
+        if not names:
+            raise ValueError(f"--datasets names no dataset: {args.datasets!r}")
+    select_series(names)  # an unknown name fails before the model loads
+    settings = EvalSettings(num_samples=args.num_samples, seed=args.seed, datasets=names)
+    pipe = Pipeline.from_pretrained(args.model)
+    report = evaluate(pipe, settings, stderr_progress)
+    report["model_path"] = str(args.model or default_service_dir())
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
 
 
 # -- serve -------------------------------------------------------------------------

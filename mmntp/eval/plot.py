@@ -1,0 +1,87 @@
+"""Forecast plots: the history, the median and a quantile band, written to an image file.
+
+Uses matplotlib's Agg backend (no display needed); matplotlib is imported only here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_forecast"]
+
+
+def _band(quantiles: Mapping[float, np.ndarray], level: float, horizon: int) -> np.ndarray:
+    """The quantile forecast nearest to ``level``, shaped (horizon,)."""
+    if not quantiles:
+        raise ValueError("no quantile forecasts to draw a band from")
+    nearest = min(quantiles, key=lambda q: abs(float(q) - level))
+    values = np.asarray(quantiles[nearest], dtype=np.float64)
+    if values.shape != (horizon,):
+        raise ValueError(f"quantile {nearest:g} has shape {values.shape}; expected ({horizon},)")
+    return values
+
+
+def plot_forecast(
+    path: str | Path,
+    history: np.ndarray | Sequence[float],
+    median: np.ndarray | Sequence[float],
+    quantiles: Mapping[float, np.ndarray],
+    *,
+    band: tuple[float, float] = (0.1, 0.9),
+    max_history: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Draw history, median forecast and the ``band`` quantile range; save to ``path``.
+
+    ``history`` is shaped (length,) (NaN = missing, drawn as a gap); ``median`` and each
+    quantile array are shaped (horizon,). Only the last ``max_history`` points of the
+    history are drawn (None: ``max(120, 6 * horizon)``, so the forecast stays readable). The file format follows the suffix (``.png``, ``.svg``,
+    ``.pdf``). Returns the path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    history = np.asarray(history, dtype=np.float64).reshape(-1)
+    median = np.asarray(median, dtype=np.float64).reshape(-1)
+    if history.size == 0 or median.size == 0:
+        raise ValueError("history and median must be non-empty")
+    low, high = (_band(quantiles, level, median.size) for level in band)
+    if max_history is None:
+        max_history = max(120, 6 * median.size)
+    if max_history < 1:
+        raise ValueError(f"max_history must be >= 1, got {max_history}")
+    shown = history[-max_history:]
+    start = history.size - shown.size
+    t_hist = np.arange(start, history.size)
+    t_fut = np.arange(history.size, history.size + median.size)
+    fig, ax = plt.subplots(figsize=(9, 4.4), dpi=110)
+    try:
+        ax.plot(t_hist, shown, color="#1f4e79", lw=1.3, label="history")
+        ax.fill_between(
+            t_fut, low, high, color="#f28e2b", alpha=0.3, lw=0,
+            label=f"{band[0]:.0%}–{band[1]:.0%} interval",
+        )  # fmt: skip
+        # Join the median to the last observed point so the forecast reads as a continuation.
+        last = np.flatnonzero(np.isfinite(history))
+        t_med, v_med = t_fut, median
+        if last.size and last[-1] == history.size - 1:
+            t_med = np.concatenate([[history.size - 1], t_fut])
+            v_med = np.concatenate([[history[-1]], median])
+        ax.plot(t_med, v_med, color="#d1495b", lw=1.8, label="median forecast")
+        ax.axvline(history.size - 0.5, color="0.6", lw=0.8, ls="--")
+        ax.set_xlabel("time step")
+        ax.set_ylabel("value")
+        ax.set_title(title or f"{median.size}-step forecast")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,559 @@
+"""`mmntp eval timeseries`: rolling-origin evaluation on the bundled real series' held-out windows.
+
+Each bundled statsmodels series keeps its final ``HOLDOUT_WINDOWS`` windows of its
+frequency's horizon out of training (:func:`mmntp.data.evaluation_origins`); each window is
+forecast from everything before its origin by
+
+* ``mmntp``: the pipeline (``TimeSeriesOutput(horizon, num_samples)``, Chronos' sampling
+  defaults with a per-window seed derived from ``--seed``); the windows' requests are put
+  on the pipeline's engine together, so its batches mix windows and the prefix cache
+  computes each context once for all its sample paths;
+* ``ets``: statsmodels' ``ETSModel`` with additive error, additive damped trend and, where
+  the frequency has a season and the context at least three of them, additive seasonality
+  (AAdA, else AAdN), quantiles from its exact Gaussian prediction intervals; where that fit
+  fails, simple exponential smoothing (ANN), and the report says so;
+* ``seasonal_naive``: the last season repeated (the baseline).
+
+As in Chronos, a dataset (a statsmodels dataset: ``macrodata`` holds four series) gets MASE
+of the median averaged over its windows and WQL over levels 0.1..0.9 pooled over its
+windows; each model's scores are divided by seasonal naive's, and the relative scores are
+aggregated across datasets by geometric mean.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import os
+import platform
+import sys
+import time
+import uuid
+import warnings
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from mmntp.data.timeseries import (
+    HOLDOUT_WINDOWS,
+    Series,
+    bundled_series,
+    default_horizon,
+    evaluation_origins,
+)
+from mmntp.eval.metrics import (
+    geometric_mean,
+    mase,
+    seasonal_error,
+    seasonal_naive,
+    weighted_quantile_loss,
+)
+from mmntp.schema import DEFAULT_QUANTILES, FORECAST_SAMPLING, TimeSeriesOutput, TimeSeriesPart
+
+MODELS = ("mmntp", "ets", "seasonal_naive")
+BASELINE = "seasonal_naive"
+Progress = Callable[[str], None]
+
+
+def stderr_progress(message: str) -> None:
+    """One progress line on stderr (stdout stays machine-readable under --json)."""
+    print(f"[eval] {message}", file=sys.stderr, flush=True)
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Window:
+    """One evaluation window: forecast ``target`` from ``context`` (everything before it)."""
+
+    dataset: str
+    series: Series
+    origin: int
+    horizon: int
+
+    @property
+    def context(self) -> np.ndarray:
+        return self.series.values[: self.origin]
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.series.values[self.origin : self.origin + self.horizon]
+
+
+@dataclass
+class QuantileForecast:
+    """A forecast for one window: ``median`` (horizon,), ``quantiles`` (num_levels, horizon)."""
+
+    median: np.ndarray
+    quantiles: np.ndarray
+
+
+@dataclass
+class EvalSettings:
+    """What to evaluate and how; ``datasets`` None means every bundled dataset."""
+
+    num_samples: int = 20
+    seed: int = 0
+    datasets: tuple[str, ...] | None = None
+    windows: int = HOLDOUT_WINDOWS
+    levels: tuple[float, ...] = DEFAULT_QUANTILES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+            "datasets": list(self.datasets) if self.datasets else None,
+            "windows_per_series": self.windows,
+            "quantile_levels": list(self.levels),
+            "sampling": {
+                "temperature": FORECAST_SAMPLING.temperature,
+                "top_k": FORECAST_SAMPLING.top_k,
+            },
+        }
+
+
+# -- selection ------------------------------------------------------------------------
+
+
+def dataset_of(series: Series) -> str:
+    """The statsmodels dataset a bundled series comes from (``macrodata/cpi`` -> ``macrodata``)."""
+    return series.name.split("/", 1)[0]
+
+
+def select_series(names: Sequence[str] | None = None) -> list[tuple[str, Series]]:
+    """(dataset label, series) pairs in bundled order for dataset or series ``names``.
+
+    A name is a dataset (``macrodata``: all its series, one dataset) or one series
+    (``macrodata/cpi``: a dataset of its own). None selects every dataset. Raises
+    ``ValueError`` naming an unknown name and listing the known ones.
+    """
+    bundled = bundled_series()
+    if not names:
+        return [(dataset_of(s), s) for s in bundled]
+    known = {dataset_of(s) for s in bundled} | {s.name for s in bundled}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        choices = ", ".join(sorted(known))
+        raise ValueError(f"unknown dataset {', '.join(map(repr, unknown))}; choose from {choices}")
+    picked: dict[str, tuple[str, Series]] = {}
+    for name in names:
+        for s in bundled:
+            if s.name == name or dataset_of(s) == name:
+                picked.setdefault(s.name, (name, s))
+    return [picked[s.name] for s in bundled if s.name in picked]
+
+
+def build_windows(selected: Sequence[tuple[str, Series]], windows: int) -> list[Window]:
+    """Every held-out window of the selected series, at their frequency's default horizon."""
+    out = []
+    for label, s in selected:
+        horizon = default_horizon(s)
+        out.extend(Window(label, s, o, horizon) for o in evaluation_origins(s, horizon, windows))
+    return out
+
+
+# -- forecasters ----------------------------------------------------------------------
+
+
+def window_seed(seed: int, window: Window) -> int:
+    """A seed for one window, fixed by (seed, series name, origin) whatever else is selected."""
+    entropy = [seed, zlib.crc32(window.series.name.encode()), window.origin]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def forecast_mmntp(
+    pipe: Any,
+    windows: Sequence[Window],
+    num_samples: int,
+    seed: int,
+    levels: Sequence[float] = DEFAULT_QUANTILES,
+    progress: Progress = _quiet,
+) -> list[QuantileForecast]:
+    """The pipeline's forecasts for ``windows``, their requests batched on its engine.
+
+    All windows' jobs share the engine, so its batches mix windows; each job's sample
+    paths share their context through the prefix cache.
+    """
+    jobs = [
+        pipe.prepare(
+            TimeSeriesPart(w.context),
+            TimeSeriesOutput(w.horizon, num_samples, tuple(levels)),
+            replace(FORECAST_SAMPLING, seed=window_seed(seed, w)),
+        )
+        for w in windows
+    ]
+    batch = _EngineBatch(pipe.engine, jobs, levels, progress)
+    try:
+        return batch.run()
+    finally:  # an error leaves nothing running on the pipeline's engine
+        batch.abort_all()
+
+
+class _EngineBatch:
+    """Runs many forecast jobs on one engine, admitting them while their rows fit.
+
+    Jobs are admitted while the sample paths in flight stay under the engine's running
+    slots plus half its waiting queue, so the queue never overflows in normal use.
+    """
+
+    def __init__(self, engine: Any, jobs: list[Any], levels: Sequence[float], progress: Progress):
+        self.engine, self.jobs, self.levels, self.progress = engine, jobs, levels, progress
+        config = engine.config
+        rows = max((job.rows for job in jobs), default=1)
+        self.cap = max(rows, config.max_num_seqs + config.max_waiting_requests // 2)
+        self.pending: deque[int] = deque(range(len(jobs)))
+        self.active: dict[int, list[Any]] = {}
+        self.results: list[QuantileForecast | None] = [None] * len(jobs)
+        self.tag, self.attempt = uuid.uuid4().hex[:8], itertools.count()
+
+    def run(self) -> list[QuantileForecast]:
+        while self.pending or self.active:
+            self.admit()
+            self.engine.step()
+            self.collect()
+        return self.results  # type: ignore[return-value]
+
+    def admit(self) -> None:
+        from mmntp.engine import QueueFullError
+
+        while self.pending:
+            i = self.pending[0]
+            in_flight = sum(map(len, self.active.values()))
+            if self.active and in_flight + self.jobs[i].rows > self.cap:
+                return
+            requests = self.jobs[i].requests(f"eval-{self.tag}-{i}-{next(self.attempt)}")
+            try:
+                for r in requests:
+                    self.engine.add_request(r)
+            except QueueFullError:
+                for r in requests:
+                    self.engine.abort(r.request_id)
+                if not self.active:
+                    raise
+                return  # retried with fresh request ids once running jobs finish
+            self.active[self.pending.popleft()] = requests
+
+    def collect(self) -> None:
+        finished = [i for i, rs in self.active.items() if all(r.status.finished for r in rs)]
+        for i in finished:
+            self.results[i] = _collect(self.jobs[i], self.active.pop(i), self.levels)
+            done, total = sum(r is not None for r in self.results), len(self.jobs)
+            if done == total or done % max(1, total // 10) == 0:
+                self.progress(f"mmntp: {done}/{total} windows forecast")
+
+    def abort_all(self) -> None:
+        for requests in self.active.values():
+            for r in requests:
+                if not r.status.finished:
+                    self.engine.abort(r.request_id)
+        self.active.clear()
+
+
+def _collect(job: Any, requests: Sequence[Any], levels: Sequence[float]) -> QuantileForecast:
+    import torch
+
+    reasons = [r.finish_reason or "abort" for r in requests]
+    if any(reason not in ("length", "stop") for reason in reasons):
+        raise RuntimeError(f"a forecast request ended early ({sorted(set(reasons))})")
+    n = min(len(r.output_ids) for r in requests)
+    ids = torch.tensor([r.output_ids[:n] for r in requests], dtype=torch.long)
+    lps = torch.tensor([r.output_logprobs[:n] for r in requests], dtype=torch.float32)
+    forecast = job.finish(ids, lps, reasons).forecast
+    quantiles = np.stack([forecast.quantiles[float(q)] for q in levels])
+    return QuantileForecast(np.asarray(forecast.median, dtype=np.float64), quantiles)
+
+
+def forecast_seasonal_naive(window: Window, levels: Sequence[float]) -> QuantileForecast:
+    """The last season repeated; every quantile is the point forecast."""
+    point = seasonal_naive(window.context, window.horizon, window.series.season_length)
+    return QuantileForecast(point, np.tile(point, (len(levels), 1)))
+
+
+def _has_season(n: int, m: int) -> bool:
+    """Whether a seasonal ETS fit is attempted: a season, and at least three of them."""
+    return m > 1 and n >= max(3 * m, 10 + 2 * (m // 2))
+
+
+def _fit_ets(x: np.ndarray, horizon: int, trend: bool, season: int) -> tuple[np.ndarray, ...]:
+    """(mean, variance), each (horizon,), of an additive-error ETS fit's forecast."""
+    import pandas as pd
+    from statsmodels.tsa.exponential_smoothing.ets import ETSModel
+
+    model = ETSModel(
+        pd.Series(x),  # statsmodels 0.15's get_prediction needs a pandas index
+        error="add",
+        trend="add" if trend else None,
+        damped_trend=trend,
+        seasonal="add" if season > 1 else None,
+        seasonal_periods=season if season > 1 else None,
+        initialization_method="heuristic" if season > 1 else "estimated",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter; a bad fit shows in the checks
+        fit = model.fit(disp=False)
+        pred = fit.get_prediction(start=len(x), end=len(x) + horizon - 1)
+    mean = np.asarray(pred.predicted_mean, dtype=np.float64)
+    var = np.asarray(pred.forecast_variance, dtype=np.float64)
+    if mean.shape != (horizon,) or not (np.isfinite(mean).all() and np.isfinite(var).all()):
+        raise ValueError("non-finite forecast")
+    return mean, np.clip(var, 0.0, None)
+
+
+def forecast_ets(window: Window, levels: Sequence[float]) -> tuple[QuantileForecast, str, str]:
+    """Exponential smoothing (AAdA / AAdN, falling back to ANN): forecast, model, note.
+
+    Missing context values are interpolated linearly first (ETS needs a complete series).
+    The note is empty unless the fit fell back.
+    """
+    context = window.context
+    observed = np.isfinite(context)
+    t = np.arange(context.size)
+    x = np.interp(t, t[observed], context[observed]) if not observed.all() else context
+    m = window.series.season_length
+    season = m if _has_season(x.size, m) else 1
+    spec = "AAdA" if season > 1 else "AAdN"
+    note = ""
+    try:
+        mean, var = _fit_ets(x, window.horizon, trend=True, season=season)
+    except Exception as err:  # statsmodels raises many kinds; any failure falls back
+        note = f"{spec} fit failed ({type(err).__name__}: {err}); used ANN"
+        spec = "ANN"
+        mean, var = _fit_ets(x, window.horizon, trend=False, season=1)
+    z = np.array([NormalDist().inv_cdf(float(q)) for q in levels])
+    quantiles = mean[None, :] + z[:, None] * np.sqrt(var)[None, :]
+    return QuantileForecast(mean, quantiles), spec, note
+
+
+# -- scoring --------------------------------------------------------------------------
+
+
+def score_dataset(
+    windows: Sequence[Window],
+    forecasts: dict[str, Sequence[QuantileForecast]],
+    levels: Sequence[float],
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Per model: MASE of the median averaged over windows and WQL pooled over windows.
+
+    A window whose MASE is undefined (constant context) is left out of every model's MASE,
+    and said so in the returned notes.
+    """
+    notes: list[str] = []
+    scaled = []
+    for k, w in enumerate(windows):
+        try:
+            seasonal_error(w.context, w.series.season_length)
+            scaled.append(k)
+        except ValueError as err:
+            notes.append(f"{w.series.name} @ {w.origin}: left out of MASE ({err})")
+    if not scaled:
+        raise ValueError(f"no window of dataset {windows[0].dataset!r} has a defined MASE")
+    target = np.concatenate([w.target for w in windows])
+    scores: dict[str, dict[str, float]] = {}
+    for model, fcs in forecasts.items():
+        mases = [
+            mase(
+                windows[k].target,
+                fcs[k].median,
+                windows[k].context,
+                windows[k].series.season_length,
+            )
+            for k in scaled
+        ]
+        quantiles = np.concatenate([f.quantiles for f in fcs], axis=1)
+        scores[model] = {
+            "mase": float(np.mean(mases)),
+            "wql": weighted_quantile_loss(target, quantiles, levels),
+        }
+    return scores, notes
+
+
+def relative_scores(
+    scores: dict[str, dict[str, float]], baseline: str = BASELINE
+) -> dict[str, dict[str, float]]:
+    """Each model's scores divided by the baseline's (so the baseline's are exactly 1.0)."""
+    out = {}
+    for model, metrics in scores.items():
+        out[model] = {}
+        for key, value in metrics.items():
+            base = scores[baseline][key]
+            if not base > 0.0:
+                raise ValueError(f"baseline {key} is {base}; relative scores are undefined")
+            out[model][key] = value / base
+    return out
+
+
+# -- the run --------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    """What the evaluation ran on (CPU model, cores, threads, library versions)."""
+    import statsmodels
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "statsmodels": statsmodels.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _baselines(
+    windows: Sequence[Window], levels: Sequence[float], progress: Progress
+) -> tuple[list[QuantileForecast], list[QuantileForecast], list[str], list[str]]:
+    """Seasonal-naive and ETS forecasts for every window, ETS model names and notes.
+
+    ``notes[k]`` is window k's ETS fall-back note, or empty.
+    """
+    naive, ets, specs, notes = [], [], [], []
+    for w in windows:
+        naive.append(forecast_seasonal_naive(w, levels))
+        fc, spec, note = forecast_ets(w, levels)
+        ets.append(fc)
+        specs.append(spec)
+        notes.append(f"ets: {w.series.name} @ {w.origin}: {note}" if note else "")
+        if note:
+            progress(notes[-1])
+    return naive, ets, specs, notes
+
+
+def _dataset_entry(
+    label: str,
+    windows: list[Window],
+    forecasts: dict[str, list[QuantileForecast]],
+    specs: list[str],
+    ets_notes: list[str],
+    levels: Sequence[float],
+) -> dict[str, Any]:
+    """One dataset's report entry: its windows, scores, relative scores and notes."""
+    scores, notes = score_dataset(windows, forecasts, levels)
+    notes = [n for n in ets_notes if n] + notes
+    first = windows[0].series
+    missing = sum(int(np.isnan(w.context).any()) for w in windows)
+    if missing:
+        notes.append(f"ets: missing context values interpolated in {missing} windows")
+    return {
+        "name": label,
+        "series": list(dict.fromkeys(w.series.name for w in windows)),
+        "freq": first.freq,
+        "season_length": first.season_length,
+        "horizon": windows[0].horizon,
+        "windows": len(windows),
+        "ets_models": {spec: specs.count(spec) for spec in sorted(set(specs))},
+        "scores": scores,
+        "relative": relative_scores(scores),
+        "notes": notes,
+    }
+
+
+def evaluate(pipe: Any, settings: EvalSettings, progress: Progress = _quiet) -> dict[str, Any]:
+    """Run the whole evaluation; returns the report (what ``--json`` prints)."""
+    started = time.perf_counter()
+    windows = build_windows(select_series(settings.datasets), settings.windows)
+    labels = list(dict.fromkeys(w.dataset for w in windows))
+    progress(f"{len(windows)} windows in {len(labels)} datasets: {', '.join(labels)}")
+    t0 = time.perf_counter()  # mmntp first: a bad request fails before the baselines run
+    mmntp = forecast_mmntp(
+        pipe, windows, settings.num_samples, settings.seed, settings.levels, progress
+    )
+    mmntp_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    naive, ets, specs, notes = _baselines(windows, settings.levels, progress)
+    baseline_s = time.perf_counter() - t0
+    progress(f"seasonal naive and ets done in {baseline_s:.1f}s")
+    all_fc = {"mmntp": mmntp, "ets": ets, "seasonal_naive": naive}
+    datasets = []
+    for label in labels:
+        idx = [k for k, w in enumerate(windows) if w.dataset == label]
+        fcs = {m: [all_fc[m][k] for k in idx] for m in MODELS}
+        picked = [windows[k] for k in idx]
+        ets_notes = [notes[k] for k in idx]
+        specs_here = [specs[k] for k in idx]
+        datasets.append(_dataset_entry(label, picked, fcs, specs_here, ets_notes, settings.levels))
+    aggregate = {
+        m: {
+            key: geometric_mean([d["relative"][m][key] for d in datasets])
+            for key in ("mase", "wql")
+        }
+        for m in MODELS
+    }
+    return {
+        "benchmark": "timeseries",
+        "model": getattr(pipe, "name", None),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "settings": settings.to_dict(),
+        "machine": machine_info(),
+        "seconds": {
+            "total": time.perf_counter() - started,
+            "mmntp": mmntp_s,
+            "baselines": baseline_s,
+        },
+        "models": list(MODELS),
+        "datasets": datasets,
+        "geometric_mean_relative": aggregate,
+    }
+
+
+@dataclass
+class _Table:
+    rows: list[list[str]] = field(default_factory=list)
+
+    def add(self, *cells: object) -> None:
+        self.rows.append([str(c) for c in cells])
+
+    def render(self) -> str:
+        widths = [max(len(r[i]) for r in self.rows) for i in range(len(self.rows[0]))]
+        return "\n".join(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+            )
+            for r in self.rows
+        )
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a text table: relative MASE / WQL per dataset, then geometric means."""
+    table = _Table()
+    table.add(
+        "dataset", "freq", "h", "windows", "mmntp MASE", "mmntp WQL", "ets MASE", "ets WQL",
+        "naive MASE", "naive WQL",
+    )  # fmt: skip
+    for d in report["datasets"]:
+        rel, naive = d["relative"], d["scores"][BASELINE]
+        table.add(
+            d["name"], d["freq"], d["horizon"], d["windows"],
+            f"{rel['mmntp']['mase']:.3f}", f"{rel['mmntp']['wql']:.3f}",
+            f"{rel['ets']['mase']:.3f}", f"{rel['ets']['wql']:.3f}",
+            f"{naive['mase']:.3f}", f"{naive['wql']:.3f}",
+        )  # fmt: skip
+    agg = report["geometric_mean_relative"]
+    table.add(
+        "geometric mean", "", "", sum(d["windows"] for d in report["datasets"]),
+        f"{agg['mmntp']['mase']:.3f}", f"{agg['mmntp']['wql']:.3f}",
+        f"{agg['ets']['mase']:.3f}", f"{agg['ets']['wql']:.3f}", "-", "-",
+    )  # fmt: skip
+    lines = [
+        "Relative to seasonal naive (lower is better; < 1 beats it); naive columns are absolute.",
+        table.render(),
+    ]
+    lines += [f"note: {n}" for d in report["datasets"] for n in d["notes"]]
+    lines.append(f"took {report['seconds']['total']:.1f}s on {report['machine']['nproc']} cores")
+    return "\n".join(lines)
