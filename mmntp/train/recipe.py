@@ -77,8 +77,14 @@ class ModelSection:
 
     preset: str = "default-tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
+    # A model folder to start from (a fresh run only): weights of the same shape are copied,
+    # and embedding / head rows by vocabulary entry, so a model learns a new modality
+    # without forgetting the old ones. Relative paths resolve against the recipe's folder.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.init_from, str):
+            raise ValueError(f"model.init_from must be a folder path, got {self.init_from!r}")
         if not isinstance(self.preset, str) or self.preset not in PRESETS:
             raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if "vocab_size" in self.overrides:
@@ -93,10 +99,12 @@ class ModelSection:
     @classmethod
     def from_table(cls, value: Any) -> ModelSection:
         table = dict(_table("model", value))
-        return cls(preset=table.pop("preset", cls.preset), overrides=table)
+        preset_name = table.pop("preset", cls.preset)
+        return cls(preset=preset_name, init_from=table.pop("init_from", ""), overrides=table)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"preset": self.preset, **self.overrides}
+        init = {"init_from": self.init_from} if self.init_from else {}
+        return {"preset": self.preset, **init, **self.overrides}
 
 
 @dataclass
@@ -227,6 +235,8 @@ class Recipe:
             recipe.out_dir = str((base / recipe.out_dir).resolve())
             if recipe.train.export:
                 recipe.train.export = str((base / recipe.train.export).resolve())
+            if recipe.model.init_from:
+                recipe.model.init_from = str((base / recipe.model.init_from).resolve())
         return recipe
 
     def to_dict(self) -> dict[str, Any]:

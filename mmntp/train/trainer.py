@@ -33,6 +33,7 @@ from tqdm import tqdm
 from mmntp.model.config import preset
 from mmntp.model.transformer import Transformer
 from mmntp.model.vocab import VocabLayout
+from mmntp.train.init import init_from_model
 from mmntp.train.recipe import OptimSection, Recipe
 from mmntp.train.state import (
     TrainerState,
@@ -348,6 +349,8 @@ def _setup(recipe: Recipe, vocab: VocabLayout, source: BatchSource, resume, d: _
     optimizer = build_optimizer(core, recipe.optim)
     state = TrainerState(world_size=d.world_size, recipe=recipe.to_dict())
     checkpoint = resolve_resume(resume, recipe.out_dir)
+    if checkpoint is None and recipe.model.init_from:
+        init_from_model(core, vocab, recipe.model.init_from)
     if checkpoint is not None:
         loaded = load_checkpoint(checkpoint, core, optimizer)
         state.step, state.tokens = loaded.step, loaded.tokens

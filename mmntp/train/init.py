@@ -1,0 +1,62 @@
+"""Start a training run from an existing model folder (recipe `model.init_from`).
+
+Every weight whose name and shape match is copied. The embedding table and the token
+head are copied row by vocabulary entry instead of by position: each special token by
+name, each (modality, codebook) range by its codes. Ids that are new in this vocabulary
+(a new modality's range) keep their fresh initialisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mmntp.model.checkpoint import load_model
+from mmntp.model.transformer import Transformer
+from mmntp.model.vocab import VocabLayout
+
+VOCAB_ROWS = ("tok_embeddings.weight", "heads.token.proj.weight")
+
+
+@torch.no_grad()
+def init_from_model(model: Transformer, vocab: VocabLayout, folder: str | Path) -> dict[str, int]:
+    """Copy weights from `folder` into `model`; returns counts of what was carried over."""
+    source = load_model(folder)
+    old_state = source.model.state_dict()
+    new_state = model.state_dict()
+    mapping = row_mapping(source.vocab, vocab)  # (old ids [N], new ids [N])
+    copied = rows = 0
+    for name, tensor in new_state.items():
+        old = old_state.get(name)
+        if old is None:
+            continue
+        if name in VOCAB_ROWS and old.shape[1:] == tensor.shape[1:]:
+            tensor[mapping[1]] = old[mapping[0]].to(tensor.dtype)
+            rows += len(mapping[0])
+        elif old.shape == tensor.shape:
+            tensor.copy_(old)
+            copied += 1
+        else:
+            raise ValueError(
+                f"model.init_from {folder}: {name} is {tuple(old.shape)} there but "
+                f"{tuple(tensor.shape)} here (use the same model preset)"
+            )
+    return {"tensors": copied, "vocab_rows": rows}
+
+
+def row_mapping(old: VocabLayout, new: VocabLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids of the entries both vocabularies share: (ids in old, the same entries in new)."""
+    pairs = [(i, new.specials[name]) for name, i in old.specials.items() if name in new.specials]
+    for r in old.ranges:
+        match = [n for n in new.ranges if (n.modality, n.codebook) == (r.modality, r.codebook)]
+        if not match:
+            continue
+        if match[0].size != r.size:
+            raise ValueError(
+                f"model.init_from: the {r.modality} codebook {r.codebook} has {r.size} codes "
+                f"there and {match[0].size} here"
+            )
+        pairs.extend(zip(range(r.start, r.stop), range(match[0].start, match[0].stop)))
+    old_ids, new_ids = zip(*pairs)
+    return torch.tensor(old_ids), torch.tensor(new_ids)

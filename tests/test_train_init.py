@@ -1,0 +1,62 @@
+"""`model.init_from`: a new run starts from a model folder, rows moved by vocabulary entry."""
+
+import pytest
+import torch
+
+from mmntp.model.checkpoint import load_model
+from mmntp.model.config import preset
+from mmntp.model.transformer import Transformer
+from mmntp.model.vocab import VocabLayout
+from mmntp.train.init import init_from_model, row_mapping
+from mmntp.train.recipe import Recipe
+
+
+def _grown(old: VocabLayout) -> VocabLayout:
+    """The old layout plus an image codebook appended (existing ids do not move)."""
+    codebooks = {r.modality: [r.size] for r in old.ranges if r.modality != "text"}
+    return VocabLayout.build(text_size=256, codebooks={**codebooks, "image": [512]})
+
+
+def test_weights_and_vocab_rows_carry_over_to_a_grown_vocabulary(tiny_model_dir):
+    source = load_model(tiny_model_dir)
+    vocab = _grown(source.vocab)
+    torch.manual_seed(1)
+    model = Transformer(preset("test", vocab.size))
+    fresh_rows = model.tok_embeddings.weight.detach().clone()
+    counts = init_from_model(model, vocab, tiny_model_dir)
+    old_ids, new_ids = row_mapping(source.vocab, vocab)
+    assert counts["vocab_rows"] > 0 and len(old_ids) == 19 + 256 + 4096
+    old_emb = source.model.tok_embeddings.weight
+    torch.testing.assert_close(model.tok_embeddings.weight[new_ids], old_emb[old_ids])
+    image = vocab.range("image")
+    torch.testing.assert_close(
+        model.tok_embeddings.weight[image.start : image.stop], fresh_rows[image.start : image.stop]
+    )
+    old_state = source.model.state_dict()
+    for name, tensor in model.state_dict().items():
+        if "tok_embeddings" not in name and "heads.token" not in name:
+            torch.testing.assert_close(tensor, old_state[name], msg=name)
+
+
+def test_a_different_model_shape_is_refused(tiny_model_dir):
+    vocab = load_model(tiny_model_dir).vocab
+    model = Transformer(preset("test", vocab.size, dim=96))
+    with pytest.raises(ValueError, match="use the same model preset"):
+        init_from_model(model, vocab, tiny_model_dir)
+
+
+def test_a_resized_codebook_is_refused(tiny_model_dir):
+    old = load_model(tiny_model_dir).vocab
+    smaller = VocabLayout.build(text_size=256, codebooks={"timeseries": [1024]})
+    with pytest.raises(ValueError, match="timeseries codebook 0 has 4096 codes there and 1024"):
+        row_mapping(old, smaller)
+
+
+def test_recipe_resolves_init_from_against_its_folder(tmp_path):
+    data = {"out_dir": "runs/x", "model": {"preset": "test", "init_from": "../models/base"}}
+    recipe = Recipe.from_dict(data, base_dir=tmp_path / "recipes")
+    assert recipe.model.init_from == str((tmp_path / "models" / "base").resolve())
+    assert recipe.model.overrides == {}
+    assert recipe.to_dict()["model"]["init_from"] == recipe.model.init_from
+    with pytest.raises(ValueError, match="model.init_from must be a folder path"):
+        Recipe.from_dict({"model": {"init_from": 3}})
