@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmntp.model.config import ModelConfig
+from mmntp.model.heads import head_from_spec
 from mmntp.model.transformer import Transformer
 from mmntp.model.vocab import VocabLayout
 from mmntp.tokenizers import Tokenizer, load_tokenizer
@@ -62,6 +63,9 @@ def save_model(
         "tokenizers": refs,
         "meta": meta or {},
     }
+    heads = head_specs(model)
+    if heads:  # only then: folders without extra heads stay byte-for-byte as before
+        config["heads"] = heads
     state = {}
     for name, tensor in model.state_dict().items():
         if name == TIED_KEY and model.config.tie_embeddings:
@@ -70,6 +74,36 @@ def save_model(
     save_file(state, str(directory / WEIGHTS), metadata={"format": FORMAT})
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return directory
+
+
+def head_specs(model: Transformer) -> dict[str, dict[str, Any]]:
+    """{name: spec} of every head besides "token", so `load_model` can rebuild them."""
+    specs = {}
+    for name, head in model.heads.items():
+        if name == "token":
+            continue  # always built from the model config
+        if not callable(getattr(head, "spec", None)):
+            raise ValueError(
+                f"head {name!r} ({type(head).__name__}) has no spec(): a saved folder could "
+                "not rebuild it"
+            )
+        specs[name] = head.spec()
+    return specs
+
+
+def add_saved_heads(model: Transformer, heads: dict[str, Any], where: str) -> None:
+    """Rebuild the heads listed in config.json "heads" (weights come with the state dict)."""
+    if not isinstance(heads, dict):
+        raise ValueError(f"{where}: heads must be a dict, got {type(heads).__name__}")
+    for name, spec in heads.items():
+        head = head_from_spec(spec, f"{where}: heads[{name!r}]")
+        cond_dim = head.config.denoiser.cond_dim
+        if cond_dim != model.config.dim:
+            raise ValueError(
+                f"{where}: heads[{name!r}].config.denoiser.cond_dim={cond_dim} != model dim "
+                f"{model.config.dim}"
+            )
+        model.add_head(name, head)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -104,6 +138,7 @@ def load_model(
         raise FileNotFoundError(f"{directory}: no {WEIGHTS}")
     state = load_file(str(weights), device="cpu")
     model = Transformer(model_config)
+    add_saved_heads(model, config.get("heads", {}), str(directory / "config.json"))
     if model_config.tie_embeddings:
         state[TIED_KEY] = state["tok_embeddings.weight"]
     missing, unexpected = model.load_state_dict(state, strict=False)
