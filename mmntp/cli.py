@@ -1,4 +1,8 @@
-"""The `mmntp` command line: generate | serve | health | bench | eval | inspect | train | import-hf."""
+"""The `mmntp` command line.
+
+generate | serve | health | bench | eval | inspect | train | train-tokenizer | tokenize |
+detokenize | import-hf
+"""
 
 from __future__ import annotations
 
@@ -36,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mmntp {__version__}")
     sub = parser.add_subparsers(dest="command")
 
-    gen = sub.add_parser("generate", help="generate text, tokens or a forecast")
+    gen = sub.add_parser("generate", help="generate text, tokens, a forecast or an image")
     gen.add_argument("--model", help="model or service folder (default: the bundled service)")
-    gen.add_argument("--modality", choices=["text", "tokens", "timeseries"])
+    gen.add_argument("--modality", choices=["text", "tokens", "timeseries", "image"])
     gen.add_argument("--prompt", help="text prompt")
     gen.add_argument("--prompt-ids", help="comma-separated raw token ids")
     gen.add_argument(
@@ -47,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--horizon", type=int, default=24, help="forecast steps")
     gen.add_argument("--num-samples", type=int, default=20, help="forecast sample paths")
     gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--head", choices=["vq", "flow", "diffusion"], default="vq", help="image head")
+    gen.add_argument("--guidance", type=float, help="image: classifier-free guidance scale")
+    gen.add_argument("--steps", type=int, help="image: flow / diffusion sampling steps")
+    gen.add_argument("--width", type=int, default=0, help="image width (0 = native)")
+    gen.add_argument("--height", type=int, default=0, help="image height (0 = native)")
     gen.add_argument("--temperature", type=float)
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--top-p", type=float)
@@ -85,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("src")
     imp.add_argument("dst")
     imp.set_defaults(func=cmd_import_hf)
+
+    add_tokenizer_parsers(sub)
     return parser
 
 
@@ -101,6 +112,8 @@ def cmd_generate(args) -> int:
     pipe = Pipeline.from_pretrained(args.model)
     if modality == "timeseries":
         return _generate_forecast(pipe, args)
+    if modality == "image":
+        return _generate_image(pipe, args)
     sampling = SamplingParams(
         temperature=1.0 if args.temperature is None else args.temperature,
         top_k=args.top_k or 0,
@@ -200,6 +213,39 @@ def _generate_forecast(pipe, args) -> int:
     return 0
 
 
+def image_request(args):
+    """(ImageOutput, SamplingParams) from `generate`'s options (local and --server alike)."""
+    from mmntp.model.sampling import SamplingParams
+    from mmntp.schema import IMAGE_SAMPLING, ImageOutput
+
+    if args.prompt is None:
+        raise ValueError("--prompt is required for --modality image (the caption)")
+    if not args.output:
+        raise ValueError("-o/--output FILE.png is required for --modality image")
+    sampling = SamplingParams(
+        temperature=IMAGE_SAMPLING.temperature if args.temperature is None else args.temperature,
+        top_k=IMAGE_SAMPLING.top_k if args.top_k is None else args.top_k,
+        top_p=1.0 if args.top_p is None else args.top_p,
+        seed=args.seed,
+        guidance_scale=args.guidance,
+        num_steps=args.steps,
+    )
+    return ImageOutput(args.width, args.height, args.head), sampling
+
+
+def _generate_image(pipe, args) -> int:
+    from mmntp.schema import ImageStep
+
+    output, sampling = image_request(args)
+    for chunk in pipe.stream(args.prompt, output, sampling):
+        if isinstance(chunk, ImageStep):
+            print(f"rows {chunk.rows_done}/{chunk.total_rows}", file=sys.stderr)
+            if chunk.final:
+                Path(args.output).write_bytes(chunk.png())
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def _emit(text: str, path: str | None) -> None:
     if path:
         Path(path).write_text(text + "\n")
@@ -226,6 +272,18 @@ def add_eval_parser(sub) -> None:
         "--datasets", help="comma-separated datasets or series (default: all), e.g. nile,macrodata"
     )
     ts.set_defaults(func=cmd_eval)
+    im = kinds.add_parser(
+        "image", help="text-to-image prompt adherence (colour, shape) and speed, per head"
+    )
+    im.add_argument("--model", help="model or service folder (default: the bundled service)")
+    im.add_argument("--num-prompts", type=int, default=48, help="procedural captions (default 48)")
+    im.add_argument("--heads", default="vq", help="comma-separated heads (default vq)")
+    im.add_argument("--guidance", default="1,3", help="comma-separated guidance scales")
+    im.add_argument("--seed", type=int, default=0)
+    im.add_argument("--batch", type=int, default=16, help="images/s at this batch (default 16)")
+    im.add_argument("--json", action="store_true", help="print one JSON object")
+    im.add_argument("--out", help="also write the JSON report here")
+    im.set_defaults(func=cmd_eval_image)
 
 
 def cmd_eval(args) -> int:
@@ -252,6 +310,27 @@ def cmd_eval(args) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}", file=sys.stderr)
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
+def cmd_eval_image(args) -> int:
+    from mmntp.eval.text_to_image import ImageEvalSettings, evaluate, format_table
+    from mmntp.pipeline import Pipeline
+
+    try:
+        guidance = tuple(float(g) for g in args.guidance.split(",") if g.strip())
+    except ValueError:
+        raise ValueError(
+            f"--guidance must be comma-separated numbers, got {args.guidance!r}"
+        ) from None
+    heads = tuple(h.strip() for h in args.heads.split(",") if h.strip())
+    settings = ImageEvalSettings(args.num_prompts, heads, guidance, args.seed, args.batch)
+    pipe = Pipeline.from_pretrained(args.model)
+    report = evaluate(pipe, settings, lambda m: print(f"[eval] {m}", file=sys.stderr))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report) if args.json else format_table(report))
     return 0
 
@@ -367,6 +446,133 @@ def cmd_import_hf(args) -> int:
     dst = import_hf(args.src, args.dst)
     print(f"wrote mmntp model folder {dst}", file=sys.stderr)
     return 0
+
+
+# -- tokenizers: train-tokenizer / tokenize / detokenize -----------------------------
+
+
+def add_tokenizer_parsers(sub) -> None:
+    tt = sub.add_parser("train-tokenizer", help="train an image tokenizer from a TOML recipe")
+    tt.add_argument("recipe")
+    tt.add_argument("--max-steps", type=int, help="override optim.max_steps")
+    tt.add_argument("--out-dir", help="write the card folder here (default: the recipe's)")
+    tt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tt.set_defaults(func=cmd_train_tokenizer)
+
+    tok = sub.add_parser("tokenize", help="turn a file into codes with a tokenizer card")
+    tok.add_argument("tokenizer", help="tokenizer card folder")
+    tok.add_argument("input", help="image (PNG/JPEG), text (.txt) or series (CSV/JSON)")
+    tok.add_argument("-o", "--output", required=True, help="CODES.npy (state: CODES.json)")
+    tok.set_defaults(func=cmd_tokenize)
+
+    det = sub.add_parser("detokenize", help="turn codes back into a file with a tokenizer card")
+    det.add_argument("tokenizer", help="tokenizer card folder")
+    det.add_argument("codes", help="CODES.npy written by tokenize (CODES.json beside it)")
+    det.add_argument("-o", "--output", required=True, help="image (PNG), .txt or series CSV")
+    det.set_defaults(func=cmd_detokenize)
+
+
+def cmd_train_tokenizer(args) -> int:
+    from mmntp.train.image_tokenizer import load_image_recipe, train_image_tokenizer
+
+    recipe = load_image_recipe(args.recipe)
+    if args.max_steps is not None:
+        if args.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+        recipe.optim.max_steps = args.max_steps
+        recipe.optim.warmup_steps = min(recipe.optim.warmup_steps, args.max_steps)
+    _, result = train_image_tokenizer(recipe, out_dir=args.out_dir, progress=not args.no_progress)
+    print(f"trained {result.steps} steps in {result.wall_s:.0f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    import numpy as np
+
+    from mmntp.tokenizers import load_tokenizer
+
+    output = _npy_path(args.output)
+    tok = load_tokenizer(args.tokenizer)
+    signal, extra = _read_signal(tok.modality, Path(args.input))
+    encoded = tok.encode(signal)
+    codes = encoded.codes.detach().cpu().numpy()
+    meta = {"tokenizer": tok.type_name, "modality": tok.modality, "state": encoded.state}
+    meta.update(extra)
+    sidecar = output.with_suffix(".json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+    np.save(output, codes, allow_pickle=False)
+    print(f"wrote {output} {codes.dtype} {list(codes.shape)} and {sidecar}", file=sys.stderr)
+    return 0
+
+
+def cmd_detokenize(args) -> int:
+    import numpy as np
+    import torch
+
+    from mmntp.tokenizers import load_tokenizer
+
+    codes_path = _npy_path(args.codes)
+    tok = load_tokenizer(args.tokenizer)
+    sidecar = codes_path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    if meta.get("tokenizer", tok.type_name) != tok.type_name:
+        raise ValueError(f"{codes_path} was made by {meta['tokenizer']!r}, not {tok.type_name!r}")
+    codes = torch.from_numpy(np.load(codes_path, allow_pickle=False))
+    signal = tok.decode(codes, meta.get("state") or None)
+    _write_signal(tok.modality, signal, Path(args.output), meta)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _npy_path(path: str) -> Path:
+    if not path.endswith(".npy"):
+        raise ValueError(f"codes file must end in .npy, got {path!r}")
+    return Path(path)
+
+
+def _read_signal(modality: str, path: Path) -> tuple[object, dict]:
+    """A file -> (what the tokenizer's encode takes, extra sidecar fields)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"input {str(path)!r} does not exist")
+    if modality == "image":
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB"), {}
+        except UnidentifiedImageError as err:
+            raise ValueError(f"{path} is not an image PIL can read") from err
+    if modality == "text":
+        return path.read_text(encoding="utf-8"), {}
+    if modality == "timeseries":
+        from mmntp.data.series_io import read_series
+
+        values, timestamps = read_series(path)
+        return values, ({"timestamps": timestamps} if timestamps else {})
+    raise ValueError(f"tokenize does not read {modality!r} files yet")
+
+
+def _write_signal(modality: str, signal, path: Path, meta: dict) -> None:
+    """Writes a decoded signal: image -> PNG (or the suffix's format), text, series CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if modality == "image":
+        from PIL import Image
+
+        pixels = (signal.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()  # (H, W, 3)
+        Image.fromarray(pixels).save(path)
+    elif modality == "text":
+        path.write_text(signal, encoding="utf-8")
+    elif modality == "timeseries":
+        values = [f"{float(v):.9g}" for v in signal.tolist()]  # NaN -> "nan", read as missing
+        stamps = meta.get("timestamps")
+        if stamps and len(stamps) == len(values):
+            rows = ["timestamp,value", *(f"{t},{v}" for t, v in zip(stamps, values))]
+        else:
+            rows = ["value", *values]
+        path.write_text("\n".join(rows) + "\n")
+    else:
+        raise ValueError(f"detokenize does not write {modality!r} files yet")
 
 
 if __name__ == "__main__":

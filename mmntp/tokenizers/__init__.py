@@ -14,6 +14,8 @@ from mmntp.tokenizers.base import (
     register_tokenizer,
     registered_types,
 )
+from mmntp.tokenizers.image import VQImageTokenizer
+from mmntp.tokenizers.image_kl import KLImageTokenizer
 from mmntp.tokenizers.text import BYTES_CARD, ByteTokenizer, HFTextTokenizer
 from mmntp.tokenizers.timeseries import CHRONOS_4096_CARD, MeanScaleUniformBins
 
@@ -41,9 +43,11 @@ __all__ = [
     "DiscreteTokenizer",
     "Encoded",
     "HFTextTokenizer",
+    "KLImageTokenizer",
     "MeanScaleUniformBins",
     "StreamDecoder",
     "Tokenizer",
+    "VQImageTokenizer",
     "load_tokenizer",
     "register_tokenizer",
     "registered_types",
