@@ -38,6 +38,7 @@ from mmntp.model.sampling import SamplingParams
 from mmntp.schema import (
     DEFAULT_QUANTILES,
     FORECAST_SAMPLING,
+    ImageOutput,
     TextOutput,
     TextPart,
     TimeSeriesOutput,
@@ -130,16 +131,6 @@ class MotionPart:
         values = np.asarray(self.values)
         if values.ndim != 2 or values.shape[1] == 0:
             raise ValueError(f"MotionPart.values must be (frames, features), got {values.shape}")
-
-
-@dataclass
-class ImageOutput:
-    """An image of width x height pixels (0 = native) from the `head` ("vq", "flow", ...)."""
-
-    width: int = 0
-    height: int = 0
-    head: str = "vq"
-    preview_every_rows: int = 0  # 0 = the server's default
 
 
 @dataclass

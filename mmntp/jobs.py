@@ -20,8 +20,11 @@ from mmntp.model.sampling import SamplingParams
 from mmntp.schema import (
     DEFAULT_QUANTILES,
     FORECAST_SAMPLING,
+    IMAGE_SAMPLING,
     Forecast,
     GenerationOutput,
+    ImageOutput,
+    ImageStep,
     PromptPart,
     SeriesStep,
     TextDelta,
@@ -45,6 +48,8 @@ def build_job(pipe, prompt, output, sampling) -> Job:
         return TokensJob.build(pipe, parts, output, sampling or SamplingParams())
     if isinstance(output, TextOutput):
         return TextJob.build(pipe, parts, output, sampling or SamplingParams())
+    if isinstance(output, ImageOutput):
+        return ImageJob.build(pipe, parts, output, sampling or IMAGE_SAMPLING)
     raise ValueError(f"output: unknown output spec {type(output).__name__}")
 
 
@@ -79,6 +84,7 @@ class Job:
     segment: SegmentPlan
     sampling: SamplingParams
     rows: int = 1
+    uncond_ids: list[int] | None = None  # classifier-free guidance: the unconditional prompt
 
     def requests(
         self, tag: str | None = None, priority: int = 0, deadline: float | None = None
@@ -99,6 +105,7 @@ class Job:
                 replace(self.sampling, seed=seed),
                 priority=priority,
                 deadline=deadline,
+                uncond_prompt_ids=self.uncond_ids,
             )
             for i, seed in enumerate(seeds)
         ]
@@ -200,7 +207,9 @@ class ForecastJob(Job):
         ids, state = sequence.forecast_prompt(pipe.vocab, tok, values)
         span = sequence.series_span(pipe.vocab, tok)
         segment = codes_plan(output.horizon, [span], "timeseries")
-        return cls(pipe, ids, segment, sampling, output.num_samples, state, quantiles)
+        return cls(
+            pipe, ids, segment, sampling, output.num_samples, state=state, quantiles=quantiles
+        )
 
     def _values(self, ids: torch.Tensor) -> np.ndarray:
         start = self.pipe.vocab.range("timeseries").start
@@ -224,6 +233,78 @@ class ForecastJob(Job):
             median = np.median(samples, axis=0)
             result.forecast = Forecast(samples, median, dict(zip(self.quantiles, qs)))
         return result
+
+
+@dataclass
+class ImageJob(Job):
+    """Text-to-image with the VQ tokenizer: codes in raster order, guided by default."""
+
+    size: tuple[int, int] = (0, 0)  # output (width, height)
+    grid: tuple[int, int] = (1, 1)  # token rows, columns
+    every: int = 2  # preview every this many token rows
+    decoder: Any = None
+    final: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, pipe, parts, output: ImageOutput, sampling):
+        if output.head != "vq":
+            raise ValueError(
+                f"output.image.head: {output.head!r} is not available on this model (heads: vq)"
+            )
+        if len(parts) != 1 or not isinstance(parts[0], TextPart) or not parts[0].text.strip():
+            raise ValueError("prompt: an image prompt is one non-empty text part, its caption")
+        tok, text, vocab = pipe.tokenizer("image"), pipe.tokenizer("text"), pipe.vocab
+        ids = pipe.prompt_ids_checked(sequence.image_prompt(vocab, text, parts[0].text))
+        start = vocab.range("image").start
+        lo, hi = tok.sample_range
+        segment = codes_plan(tok.num_tokens, [(start + lo, start + hi)], "image")
+        if sampling.guidance_scale is None:
+            sampling = replace(sampling, guidance_scale=IMAGE_SAMPLING.guidance_scale)
+        guided = sampling.guidance_scale != 1.0  # scale 1 is the conditional row alone
+        uncond = sequence.image_prompt(vocab, text, None) if guided else None
+        size = _image_size(output, tok.image_size, pipe.limits.max_image_pixels)
+        every = output.preview_every_rows or 2
+        if every < 1:
+            raise ValueError(f"preview_every_rows must be >= 0, got {output.preview_every_rows}")
+        job = cls(pipe, ids, segment, sampling, uncond_ids=uncond, size=size, every=every)
+        job.grid = tuple(tok.grid)
+        job.decoder = tok.stream_decoder()
+        return job
+
+    def _pixels(self, image: torch.Tensor) -> np.ndarray:
+        """float [3, S, S] in [0, 1] -> uint8 (height, width, 3) at the requested size."""
+        from PIL import Image
+
+        array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        if array.shape[1::-1] == self.size:
+            return array
+        return np.asarray(Image.fromarray(array).resize(self.size, Image.Resampling.BICUBIC))
+
+    def chunks(self, step, ids, lps):
+        code = ids[:1] - self.pipe.vocab.range("image").start
+        preview = self.decoder.push(code)
+        rows, cols = self.grid
+        done = (step + 1) // cols
+        if preview is not None and done < rows and done % self.every == 0:
+            yield ImageStep(self._pixels(preview), done, rows, False)
+
+    def flush(self):
+        rows = self.grid[0]
+        self.final = self._pixels(self.decoder.flush())
+        yield ImageStep(self.final, rows, rows, True)
+
+    def output(self, ids, lps, reason):
+        return GenerationOutput("image", ids, lps, reason, image=self.final)
+
+
+def _image_size(output: ImageOutput, native: int, max_pixels: int) -> tuple[int, int]:
+    width, height = output.width or native, output.height or native
+    for name, value in (("width", output.width), ("height", output.height)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"output.image.{name} must be an integer >= 0, got {value!r}")
+    if width * height > max_pixels:
+        raise ValueError(f"output.image: {width}x{height} exceeds max_image_pixels {max_pixels}")
+    return width, height
 
 
 def _check_range(name: str, value: int, lo: int, hi: int) -> None:

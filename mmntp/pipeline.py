@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from mmntp.schema import (  # noqa: F401 - re-exported as the public API
     FORECAST_SAMPLING,
     Forecast,
     GenerationOutput,
+    ImageOutput,
+    ImageStep,
     Limits,
     OutputSpec,
     PromptPart,
@@ -43,7 +46,7 @@ from mmntp.schema import (  # noqa: F401 - re-exported as the public API
 )
 
 Prompt = str | PromptPart | Sequence[PromptPart]
-Chunk = TextDelta | TokensDelta | SeriesStep | GenerationOutput
+Chunk = TextDelta | TokensDelta | SeriesStep | ImageStep | GenerationOutput
 
 
 @dataclass
@@ -174,6 +177,39 @@ class Pipeline:
             yield chunk
         yield steps.finish(job)
 
+    def generate_many(
+        self,
+        items: Sequence[tuple[Prompt, OutputSpec | None, SamplingParams | None]],
+        progress: Any = None,
+    ) -> list[GenerationOutput]:
+        """Run many (prompt, output, sampling) requests batched on the engine -> results in order.
+
+        Jobs are admitted while their rows fit the engine's running slots, so the waiting
+        queue never overflows; `progress(done, total)` is called as jobs finish.
+        """
+        jobs = [self.prepare(*item) for item in items]
+        tag = uuid.uuid4().hex[:8]
+        pending, active = list(range(len(jobs)))[::-1], {}
+        results: list[GenerationOutput | None] = [None] * len(jobs)
+        cap = self.engine_config.max_num_seqs
+        try:
+            while pending or active:
+                while pending and (not active or _rows(active) + _seqs(jobs[pending[-1]]) <= cap):
+                    i = pending.pop()
+                    active[i] = jobs[i].requests(f"batch-{tag}-{i}")
+                    for r in active[i]:
+                        self.engine.add_request(r)
+                self.engine.step()
+                for i in [i for i, rs in active.items() if all(r.status.finished for r in rs)]:
+                    results[i] = _finish_job(jobs[i], active.pop(i))
+                    if progress is not None:
+                        progress(sum(r is not None for r in results), len(jobs))
+        finally:  # an error leaves nothing of this batch running
+            for rs in active.values():
+                for r in rs:
+                    self.engine.abort(r.request_id)
+        return results  # type: ignore[return-value]
+
     async def _pump(self, request: Request, progress: asyncio.Event) -> None:
         try:
             async for _ in self.async_engine.generate(request):
@@ -197,6 +233,10 @@ class Pipeline:
                 raise ValueError(f"prompt: a {type(part).__name__} cannot be mixed in here")
         if not ids:
             raise ValueError("prompt: empty prompt")
+        return self.prompt_ids_checked(ids)
+
+    def prompt_ids_checked(self, ids: list[int]) -> list[int]:
+        """`ids` if they fit max_prompt_tokens (ValueError naming the limit otherwise)."""
         if len(ids) > self.limits.max_prompt_tokens:
             raise ValueError(
                 f"prompt: {len(ids)} tokens exceeds max_prompt_tokens {self.limits.max_prompt_tokens}"
@@ -241,6 +281,26 @@ class _Steps:
         if started:
             result.queue_seconds = min(started) - min(r.arrival_time for r in self.requests)
         return result
+
+
+def _rows(active: dict[int, list[Request]]) -> int:
+    """Engine sequences in flight (a guided request runs two)."""
+    return sum(len(rs) * (2 if rs[0].uncond_prompt_ids else 1) for rs in active.values())
+
+
+def _seqs(job: Job) -> int:
+    return job.rows * (2 if job.uncond_ids else 1)
+
+
+def _finish_job(job: Job, requests: list[Request]) -> GenerationOutput:
+    """A finished job's result, its chunks replayed so stream decoders see every step."""
+    steps = _Steps(requests)
+    for k, ids, lps in steps.ready():
+        for _ in job.chunks(k, ids, lps):
+            pass
+    for _ in job.flush():
+        pass
+    return steps.finish(job)
 
 
 def default_service_dir() -> Path:

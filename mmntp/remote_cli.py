@@ -191,6 +191,8 @@ def run_remote_generate(args: argparse.Namespace) -> int:
         with _client(args) as client:
             if modality == "timeseries":
                 return _remote_forecast(client, args)
+            if modality == "image":
+                return _remote_image(client, args)
             if modality == "tokens":
                 return _remote_tokens(client, args)
             return _remote_text(client, args)
@@ -297,4 +299,19 @@ def _remote_forecast(client, args: argparse.Namespace) -> int:
         payload = {"median": result.median.tolist()}
         payload.update({f"q{q:g}": v.tolist() for q, v in result.quantiles.items()})
         print(json.dumps(payload))
+    return 0
+
+
+def _remote_image(client, args: argparse.Namespace) -> int:
+    from mmntp.cli import image_request
+    from mmntp.client import ImageChunk, save_png
+
+    output, sampling = image_request(args)
+    chunks = []
+    for chunk in client.generate(args.prompt, output, sampling):
+        if isinstance(chunk, ImageChunk):
+            print(f"rows {chunk.rows_done}/{chunk.total_rows}", file=sys.stderr)
+            chunks.append(chunk)
+    save_png(chunks, args.output)
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0

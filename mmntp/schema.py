@@ -13,6 +13,8 @@ from mmntp.model.sampling import SamplingParams
 DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # Chronos' sampling defaults for forecasting: plain temperature 1 with top-k 50.
 FORECAST_SAMPLING = SamplingParams(temperature=1.0, top_k=50)
+# Text-to-image defaults: plain sampling with classifier-free guidance (LlamaGen-style).
+IMAGE_SAMPLING = SamplingParams(temperature=1.0, top_k=0, guidance_scale=3.0)
 
 
 # -- prompt parts ---------------------------------------------------------------------
@@ -64,7 +66,20 @@ class TimeSeriesOutput:
     quantiles: Sequence[float] = DEFAULT_QUANTILES
 
 
-OutputSpec = TextOutput | TokensOutput | TimeSeriesOutput
+@dataclass
+class ImageOutput:
+    """An image of width x height pixels (0 = the tokenizer's native size) from `head`.
+
+    The model generates at its native size; other sizes are resampled from it.
+    """
+
+    width: int = 0
+    height: int = 0
+    head: str = "vq"  # "vq" | "flow" | "diffusion"
+    preview_every_rows: int = 0  # 0 = every 2 token rows
+
+
+OutputSpec = TextOutput | TokensOutput | TimeSeriesOutput | ImageOutput
 
 
 # -- results ------------------------------------------------------------------------
@@ -87,6 +102,7 @@ class GenerationOutput:
     finish_reason: str  # "stop" | "length" | "abort" | "deadline"
     text: str | None = None
     forecast: Forecast | None = None
+    image: np.ndarray | None = None  # uint8 (height, width, 3)
     prompt_tokens: int = 0
     output_tokens: int = 0  # summed over rows (sample paths)
     queue_seconds: float | None = None  # arrival -> first engine step (earliest row)
@@ -113,6 +129,25 @@ class SeriesStep:
     values: np.ndarray  # (num_samples,)
     median: float
     quantiles: dict[float, float]
+
+
+@dataclass
+class ImageStep:
+    """A preview (rows_done < total_rows, later rows gray) or the final image."""
+
+    image: np.ndarray  # uint8 (height, width, 3)
+    rows_done: int
+    total_rows: int
+    final: bool
+
+    def png(self) -> bytes:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(self.image).save(buf, format="PNG")
+        return buf.getvalue()
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
     text document:   <bos> text... <eos>
     forecast:        <bos> <task_forecast> <begin_timeseries> context... future... <end_timeseries> <eos>
+    text-to-image:   <bos> <task_generate> <begin_text> caption... <end_text> <begin_image>
+                     codes... <end_image> <eos>   (no caption: the unconditional prompt)
 
 A prompt stops where generation should take over; training writes the whole thing.
 Keeping both directions in one module is what guarantees they agree.
@@ -66,3 +68,31 @@ def series_span(vocab: VocabLayout, tokenizer: DiscreteTokenizer) -> tuple[int, 
     start = vocab.range("timeseries").start
     lo, hi = tokenizer.sample_range
     return start + lo, start + hi
+
+
+def image_prompt(
+    vocab: VocabLayout, tokenizer: DiscreteTokenizer, caption: str | None
+) -> list[int]:
+    """Prompt ids for generating an image of `caption`; None gives the unconditional prompt
+    (the same frame with no caption: what classifier-free guidance mixes against)."""
+    caption_ids = text_ids(vocab, tokenizer, caption) if caption else []
+    return [
+        vocab.special("<bos>"),
+        vocab.special("<task_generate>"),
+        vocab.special("<begin_text>"),
+        *caption_ids,
+        vocab.special("<end_text>"),
+        vocab.special("<begin_image>"),
+    ]
+
+
+def image_document(
+    vocab: VocabLayout, tokenizer: DiscreteTokenizer, caption: str | None, codes: torch.Tensor
+) -> list[int]:
+    """A training sequence: the image prompt, the image's codes, then the closing tokens."""
+    return [
+        *image_prompt(vocab, tokenizer, caption),
+        *global_ids(vocab, "image", codes),
+        vocab.special("<end_image>"),
+        vocab.special("<eos>"),
+    ]

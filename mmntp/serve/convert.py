@@ -24,7 +24,10 @@ from mmntp.model.sampling import SamplingParams
 from mmntp.schema import (
     DEFAULT_QUANTILES,
     FORECAST_SAMPLING,
+    IMAGE_SAMPLING,
     GenerationOutput,
+    ImageOutput,
+    ImageStep,
     Limits,
     OutputSpec,
     PromptPart,
@@ -62,7 +65,7 @@ FINISH_REASONS = {
     "deadline": pb.FINISH_REASON_DEADLINE,
 }
 # The outputs the pipeline can produce, and the tokenizer each one needs (None: raw ids).
-OUTPUT_TOKENIZER = {"text": "text", "timeseries": "timeseries", "tokens": None}
+OUTPUT_TOKENIZER = {"text": "text", "timeseries": "timeseries", "tokens": None, "image": "image"}
 
 
 class InvalidArgument(ValueError):
@@ -76,7 +79,7 @@ class GenerateArgs:
     prompt: list[PromptPart]
     output: OutputSpec
     sampling: SamplingParams
-    modality: str  # "text" | "tokens" | "timeseries"
+    modality: str  # "text" | "tokens" | "timeseries" | "image"
     logprobs: bool = False
     return_samples: bool = False
 
@@ -274,6 +277,12 @@ def output_spec(request: pb.GenerateRequest, pipe: Any) -> tuple[str, OutputSpec
         output = TokensOutput(max_tokens=max_tokens, stop_ids=tuple(stops))
     elif kind == "timeseries":
         output = _forecast_spec(spec.timeseries, limits)
+    elif kind == "image" and "image" in pipe.bundle.tokenizers:
+        image = spec.image
+        _check_continuous_spec(kind, image, limits)
+        output = ImageOutput(
+            image.width, image.height, image.head or "vq", image.preview_every_rows
+        )
     else:
         _check_continuous_spec(kind, getattr(spec, kind), limits)
         raise InvalidArgument(
@@ -370,18 +379,24 @@ def _part_name(part: PromptPart) -> str:
 
 def sampling_params(msg: pb.SamplingParams, modality: str) -> SamplingParams:
     """Proto sampling -> SamplingParams; unset fields take the modality's defaults."""
-    base = FORECAST_SAMPLING if modality == "timeseries" else SamplingParams()
+    base = {"timeseries": FORECAST_SAMPLING, "image": IMAGE_SAMPLING}.get(
+        modality, SamplingParams()
+    )
+    names = ["temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"]
     for name in ("guidance_scale", "num_steps"):
-        if msg.HasField(name):
+        if modality == "image":
+            names.append(name)
+        elif msg.HasField(name):
             raise InvalidArgument(
-                f"sampling.{name} applies to continuous (image/audio) outputs only, not {modality}"
+                f"sampling.{name} applies to image (and audio) outputs only, not {modality}"
             )
     values = {
-        name: getattr(msg, name) if msg.HasField(name) else getattr(base, name)
-        for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
+        name: getattr(msg, name) if msg.HasField(name) else getattr(base, name) for name in names
     }
     for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
         values[name] = float(values[name])
+    if values.get("guidance_scale") is not None:
+        values["guidance_scale"] = float(values["guidance_scale"])
     try:
         return SamplingParams(**values)
     except ValueError as err:
@@ -500,6 +515,14 @@ def chunk_response(chunk: Any, args: GenerateArgs, request_id: str) -> pb.Genera
             else (),
         )
         return pb.GenerateResponse(request_id=request_id, series=series)
+    if isinstance(chunk, ImageStep):
+        image = pb.ImageChunk(
+            png=chunk.png(),
+            rows_done=chunk.rows_done,
+            total_rows=chunk.total_rows,
+            final=chunk.final,
+        )
+        return pb.GenerateResponse(request_id=request_id, image=image)
     raise TypeError(f"unexpected pipeline chunk {type(chunk).__name__}")
 
 

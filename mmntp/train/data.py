@@ -25,7 +25,7 @@ from mmntp.data import (
 )
 from mmntp.model.checkpoint import save_model
 from mmntp.model.vocab import VocabLayout
-from mmntp.tokenizers import ByteTokenizer, DiscreteTokenizer, MeanScaleUniformBins
+from mmntp.tokenizers import ByteTokenizer, DiscreteTokenizer, MeanScaleUniformBins, load_tokenizer
 
 IGNORE = -100
 HEADER = 5  # <bos> <task_forecast> <begin_timeseries> ... <end_timeseries> <eos>
@@ -83,7 +83,55 @@ class TextSource:
         return ids[:max_tokens]
 
 
-SOURCES = {"timeseries": TimeSeriesSource, "text": TextSource}
+@dataclass
+class ImageSource:
+    """Text-to-image documents, several packed per row (each is ~100 tokens).
+
+    A fixed pool of captioned images (procedural shapes, and scikit-learn's training
+    digits with probability `digits`) is encoded once with the VQ tokenizer; a caption is
+    dropped with probability `caption_dropout`, which teaches the unconditional prompt
+    that classifier-free guidance mixes against.
+    """
+
+    vocab: VocabLayout
+    tokenizer: Any
+    caption_dropout: float = 0.1
+    digits: float = 0.15
+    pool_size: int = 12000
+    pool_seed: int = 0
+    card: str = ""  # the tokenizer card folder (read by build_data)
+    text_tokenizer: Any = None  # captions are written with the text tokenizer
+
+    def __post_init__(self) -> None:
+        from mmntp.data.images import digit_examples, shape_examples, to_batch
+
+        if not 0 <= self.caption_dropout < 1 or not 0 <= self.digits <= 1:
+            raise ValueError("caption_dropout must be in [0, 1) and digits in [0, 1]")
+        pools = []
+        for examples in (shape_examples(self.pool_size, self.pool_seed), digit_examples("train")):
+            images, captions = zip(*examples)
+            codes = torch.cat(
+                [
+                    self.tokenizer.encode_batch(to_batch(list(images[i : i + 256])))
+                    for i in range(0, len(images), 256)
+                ]
+            )  # codes: [N, h*w]
+            pools.append((codes, list(captions)))
+        self.pools = pools
+
+    def document(self, rng: np.random.Generator, max_tokens: int) -> list[int]:
+        ids: list[int] = []
+        while True:
+            codes, captions = self.pools[1 if rng.random() < self.digits else 0]
+            k = int(rng.integers(len(captions)))
+            caption = None if rng.random() < self.caption_dropout else captions[k]
+            doc = sequence.image_document(self.vocab, self.text_tokenizer, caption, codes[k])
+            if ids and len(ids) + len(doc) > max_tokens:
+                return ids
+            ids.extend(doc[: max_tokens - len(ids)])
+
+
+SOURCES = {"timeseries": TimeSeriesSource, "text": TextSource, "image": ImageSource}
 
 
 @dataclass
@@ -114,8 +162,19 @@ class MixtureSource:
         return ids_t[:, :-1].contiguous(), targets
 
 
-def build_tokenizers() -> dict[str, DiscreteTokenizer]:
-    return {"text": ByteTokenizer(), "timeseries": MeanScaleUniformBins()}
+def build_tokenizers(mixture: list[dict[str, Any]] = ()) -> dict[str, DiscreteTokenizer]:
+    """Text and series tokenizers, plus any card a mixture entry names (`card = DIR`)."""
+    tokenizers: dict[str, Any] = {"text": ByteTokenizer(), "timeseries": MeanScaleUniformBins()}
+    for i, entry in enumerate(mixture):
+        if entry.get("card"):
+            card = load_tokenizer(entry["card"])
+            if card.modality != entry.get("source"):
+                raise ValueError(
+                    f"data.mixture[{i}].card is a {card.modality} tokenizer, "
+                    f"not {entry.get('source')}"
+                )
+            tokenizers[card.modality] = card
+    return tokenizers
 
 
 def build_vocab(tokenizers: dict[str, DiscreteTokenizer]) -> VocabLayout:
@@ -125,7 +184,7 @@ def build_vocab(tokenizers: dict[str, DiscreteTokenizer]) -> VocabLayout:
 
 def build_data(recipe) -> tuple[VocabLayout, dict[str, DiscreteTokenizer], MixtureSource]:
     """The trainer's data hook: vocabulary, tokenizers and the batch source of a recipe."""
-    tokenizers = build_tokenizers()
+    tokenizers = build_tokenizers(recipe.data.mixture)
     vocab = build_vocab(tokenizers)
     sources, weights = [], []
     for i, entry in enumerate(recipe.data.mixture):
@@ -138,6 +197,10 @@ def build_data(recipe) -> tuple[VocabLayout, dict[str, DiscreteTokenizer], Mixtu
             )
         if weight <= 0:
             raise ValueError(f"data.mixture[{i}].weight must be > 0, got {weight}")
+        if name not in tokenizers:
+            raise ValueError(f"data.mixture[{i}] ({name}) needs card = TOKENIZER_DIR")
+        if name == "image":
+            entry["text_tokenizer"] = tokenizers["text"]
         try:
             sources.append(SOURCES[name](vocab, tokenizers[name], **entry))
         except TypeError as err:

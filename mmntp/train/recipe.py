@@ -237,6 +237,9 @@ class Recipe:
                 recipe.train.export = str((base / recipe.train.export).resolve())
             if recipe.model.init_from:
                 recipe.model.init_from = str((base / recipe.model.init_from).resolve())
+            for entry in recipe.data.mixture:  # tokenizer cards named by mixture entries
+                if isinstance(entry.get("card"), str) and entry["card"]:
+                    entry["card"] = str((base / entry["card"]).resolve())
         return recipe
 
     def to_dict(self) -> dict[str, Any]:
