@@ -133,17 +133,22 @@ def _infer_modality(args) -> str:
     return "text"
 
 
-def _generate_tokens(pipe, args, sampling) -> int:
-    from mmntp.pipeline import TokenIdsPart, TokensOutput
-
+def prompt_ids(args) -> list[int]:
+    """--prompt-ids as integers (local and --server alike)."""
     if not args.prompt_ids:
         raise ValueError("--prompt-ids is required for --modality tokens")
     try:
-        ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
+        return [int(x) for x in args.prompt_ids.split(",") if x.strip()]
     except ValueError:
         raise ValueError(
             f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}"
         ) from None
+
+
+def _generate_tokens(pipe, args, sampling) -> int:
+    from mmntp.pipeline import TokenIdsPart, TokensOutput
+
+    ids = prompt_ids(args)
     result = pipe(TokenIdsPart(ids), TokensOutput(max_tokens=args.max_tokens), sampling)
     payload = {"token_ids": result.token_ids}
     if args.logprobs:

@@ -214,18 +214,11 @@ def _sampling(args: argparse.Namespace):
 
 
 def _remote_tokens(client, args: argparse.Namespace) -> int:
-    from mmntp.cli import _emit
+    from mmntp.cli import _emit, prompt_ids
     from mmntp.client import TokensChunk
     from mmntp.schema import TokenIdsPart, TokensOutput
 
-    if not args.prompt_ids:
-        raise ValueError("--prompt-ids is required for --modality tokens")
-    try:
-        ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(
-            f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}"
-        ) from None
+    ids = prompt_ids(args)
     sampling = _sampling(args)
     out_ids: list[int] = []
     logprobs: list[float] = []

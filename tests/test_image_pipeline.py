@@ -162,6 +162,6 @@ def test_eval_image_reports_adherence_and_speed(image_model_dir, capsys):
     report = json.loads(capsys.readouterr().out)
     assert [(a["head"], a["guidance"]) for a in report["adherence"]] == [("vq", 1.0), ("vq", 2.0)]
     for a, s in zip(report["adherence"], report["speed"]):
-        assert a["images"] == 4 and 0 <= a["both"] <= min(a["color"], a["shape"]) <= 1
+        assert a["images"] == 3 and 0 <= a["both"] <= min(a["color"], a["shape"]) <= 1
         assert 0 < s["first_preview_s"] <= s["final_s"] and s["images_per_s"] > 0
     assert main([*args, "--guidance", "x"]) == 2

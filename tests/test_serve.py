@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
 from serving import DEFAULT_SERVICE, ServerThread, wait_until
 
 from mmntp.client import (
     Client,
     ClientError,
     Final,
+    ImageChunk,
     SeriesChunk,
     TextChunk,
     TokensChunk,
@@ -31,7 +33,14 @@ from mmntp.data.series_io import read_series
 from mmntp.engine import EngineConfig
 from mmntp.model.sampling import SamplingParams
 from mmntp.pipeline import Pipeline
-from mmntp.schema import TextOutput, TimeSeriesOutput, TimeSeriesPart, TokenIdsPart, TokensOutput
+from mmntp.schema import (
+    ImageOutput,
+    TextOutput,
+    TimeSeriesOutput,
+    TimeSeriesPart,
+    TokenIdsPart,
+    TokensOutput,
+)
 from mmntp.serve.server import ServerConfig
 from mmntp.v1 import generation_pb2 as pb
 from mmntp.v1 import generation_pb2_grpc
@@ -100,7 +109,8 @@ def test_list_models_reports_modalities_and_limits(server, pipe):
     with Client(server.target, timeout=10) as client:
         (info,) = client.list_models()
     assert info.name == "default" and info.parameters == pipe.bundle.model.num_parameters()
-    assert set(info.output_modalities) == {"text", "timeseries", "tokens"}
+    images = {"image"} if "image" in pipe.bundle.tokenizers else set()
+    assert set(info.output_modalities) == {"text", "timeseries", "tokens"} | images
     assert info.limits["timeseries_max_horizon"] == pipe.limits.timeseries_max_horizon
 
 
@@ -154,6 +164,23 @@ def test_token_chunks_carry_ids_and_logprobs_of_the_reference(server, pipe):
     np.testing.assert_allclose(logprobs, offline.logprobs, atol=1e-5)
 
 
+def test_image_previews_stream_before_the_final_png(server):
+    with Client(server.target, timeout=60) as client:
+        chunks = list(
+            client.generate(
+                "a red circle on a blue background", ImageOutput(), SamplingParams(seed=0)
+            )
+        )
+    images = [c for c in chunks if isinstance(c, ImageChunk)]
+    assert [c.final for c in images] == [False] * (len(images) - 1) + [True]
+    rows = [c.rows_done for c in images]
+    assert rows == sorted(set(rows)) and len(rows) > 2 and rows[-1] == images[-1].total_rows
+    for chunk in images:
+        picture = Image.open(io.BytesIO(chunk.png))
+        assert picture.format == "PNG" and picture.size == (32, 32)
+    assert isinstance(chunks[-1], Final) and chunks[-1].output_tokens == rows[-1] ** 2
+
+
 def test_request_id_is_echoed(stub):
     responses = generate(
         stub,
@@ -185,11 +212,9 @@ def test_tokenize_detokenize_round_trip(stub):
 # -- bad input: INVALID_ARGUMENT naming the field, and the server keeps serving -----------
 
 
-def _png() -> bytes:
-    from PIL import Image
-
+def _png(width: int = 8, height: int = 8) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (8, 8), "red").save(buf, format="PNG")
+    Image.new("RGB", (width, height), "red").save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -251,6 +276,13 @@ BAD_REQUESTS = {
         dict(prompt=[pb.PromptPart(image=pb.ImageInput(data=_png()[:40]))], output=TEXT_OUT),
         "prompt[0].image",
     ),
+    "oversized image": (
+        dict(
+            prompt=[pb.PromptPart(image=pb.ImageInput(data=_png(1100, 1000)))],
+            output=TEXT_OUT,
+        ),
+        "prompt[0].image: 1100x1000 = 1100000 pixels exceeds max_image_pixels",
+    ),
     "corrupt audio": (
         dict(prompt=[pb.PromptPart(audio=pb.AudioInput(wav=b"RIFF...."))], output=TEXT_OUT),
         "prompt[0].audio.wav: not a WAV file",
@@ -271,9 +303,13 @@ BAD_REQUESTS = {
         ),
         "prompt[0].motion.values[1]",
     ),
-    "image output this model cannot make": (
-        dict(prompt=[TEXT], output=pb.OutputSpec(image=pb.ImageSpec(width=64, height=64))),
-        "output.image: this model cannot generate image",
+    "audio output this model cannot make": (
+        dict(prompt=[TEXT], output=pb.OutputSpec(audio=pb.AudioSpec(seconds=1.0))),
+        "output.audio: this model cannot generate audio",
+    ),
+    "audio duration out of range": (
+        dict(prompt=[TEXT], output=pb.OutputSpec(audio=pb.AudioSpec(seconds=-1.0))),
+        "output.audio.seconds must lie in",
     ),
     "negative temperature": (
         dict(prompt=[TEXT], output=TEXT_OUT, sampling=pb.SamplingParams(temperature=-1.0)),
@@ -307,11 +343,14 @@ def test_unknown_detokenize_modality_is_invalid_argument(stub):
     assert "modality" in err.value.details()
 
 
-def test_a_real_png_prompt_is_refused_by_modality_not_as_corrupt(stub):
+def test_a_real_png_prompt_is_refused_by_modality_not_as_corrupt(stub, pipe):
     with pytest.raises(grpc.RpcError) as err:
         generate(stub, prompt=[pb.PromptPart(image=pb.ImageInput(data=_png()))], output=TEXT_OUT)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "no image tokenizer" in err.value.details()
+    if "image" in pipe.bundle.tokenizers:
+        assert "image prompts are not supported by this server yet" in err.value.details()
+    else:
+        assert "no image tokenizer" in err.value.details()
 
 
 def test_oversized_message_is_refused_by_grpc():
