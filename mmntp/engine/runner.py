@@ -43,6 +43,9 @@ class ContinuousHead(Protocol):
         ...
 
 
+DECODE_BUCKET = 64  # smallest decode context bucket (keys); buckets double from here
+
+
 class BlockStore:
     """Preallocated K/V slots for every layer: [layers, num_blocks * block_size, Hkv, Dh]."""
 
@@ -80,8 +83,7 @@ class PagedAttention:
         kc[self.slots] = k[0].to(kc.dtype)  # write this step's keys/values into their slots
         vc[self.slots] = v[0].to(vc.dtype)
         out = torch.empty_like(q[0])  # [N, H, Dh]
-        if self.decodes is not None:
-            d = self.decodes
+        for d in self.decodes:
             qd = q[0, d.rows][:, :, None]  # [Bd, H, 1, Dh]
             keys = kc[d.key_slots].transpose(1, 2)  # [Bd, Hkv, Kmax, Dh]
             vals = vc[d.key_slots].transpose(1, 2)
@@ -232,16 +234,27 @@ class ModelRunner:
                 mask = (torch.arange(ctx, device=dev)[None] <= q_pos)[None, None]
                 prefills.append(_Prefill(slice(cursor, cursor + n), key_slots, mask))
             cursor += n
-        decodes = None
-        if dec_rows:
-            kmax = max(len(k) for k in dec_slots)
-            padded = torch.zeros(len(dec_rows), kmax, dtype=torch.long, device=dev)
-            lens = torch.tensor([len(k) for k in dec_slots], device=dev)
-            for i, k in enumerate(dec_slots):
-                padded[i, : len(k)] = k
-            mask = (torch.arange(kmax, device=dev)[None] < lens[:, None])[:, None, None]
-            decodes = _Decodes(torch.tensor(dec_rows, device=dev), padded, mask)
+        # Decodes are grouped by context length (powers of two), so a short request is
+        # not padded to the longest one's keys: gathers and SDPA shrink under mixed loads.
+        buckets: dict[int, list[int]] = {}
+        for i, k in enumerate(dec_slots):
+            buckets.setdefault(max(DECODE_BUCKET, 1 << (len(k) - 1).bit_length()), []).append(i)
+        decodes = [
+            _decodes([dec_rows[i] for i in group], [dec_slots[i] for i in group], dev)
+            for group in buckets.values()
+        ]
         return decodes, prefills
+
+
+def _decodes(rows: list[int], slots: list[torch.Tensor], device) -> _Decodes:
+    """One SDPA batch of decode rows: key slots padded to the longest, masked beyond."""
+    kmax = max(len(k) for k in slots)
+    padded = torch.zeros(len(rows), kmax, dtype=torch.long, device=device)  # [Bd, Kmax]
+    for i, k in enumerate(slots):
+        padded[i, : len(k)] = k
+    lens = torch.tensor([len(k) for k in slots], device=device)
+    mask = (torch.arange(kmax, device=device)[None] < lens[:, None])[:, None, None]
+    return _Decodes(torch.tensor(rows, device=device), padded, mask)
 
 
 def _slot_range(table: list[int], start: int, end: int, bs: int, device) -> torch.Tensor:
