@@ -186,10 +186,11 @@ def _generate_text(pipe, args, sampling) -> int:
     return 0
 
 
-def _generate_forecast(pipe, args) -> int:
-    from mmntp.data.series_io import read_series, write_forecast_csv
+def forecast_request(args):
+    """(context values, SamplingParams) from `generate`'s options (local and --server alike)."""
+    from mmntp.data.series_io import read_series
     from mmntp.model.sampling import SamplingParams
-    from mmntp.pipeline import FORECAST_SAMPLING, TimeSeriesOutput, TimeSeriesPart
+    from mmntp.schema import FORECAST_SAMPLING
 
     if not args.context:
         raise ValueError("--context FILE is required for --modality timeseries")
@@ -200,6 +201,14 @@ def _generate_forecast(pipe, args) -> int:
         top_p=1.0 if args.top_p is None else args.top_p,
         seed=args.seed,
     )
+    return values, sampling
+
+
+def _generate_forecast(pipe, args) -> int:
+    from mmntp.data.series_io import write_forecast_csv
+    from mmntp.pipeline import TimeSeriesOutput, TimeSeriesPart
+
+    values, sampling = forecast_request(args)
     output = TimeSeriesOutput(horizon=args.horizon, num_samples=args.num_samples)
     forecast = pipe(TimeSeriesPart(values), output, sampling).forecast
     if args.output:

@@ -270,20 +270,10 @@ def _remote_text(client, args: argparse.Namespace) -> int:
 
 
 def _remote_forecast(client, args: argparse.Namespace) -> int:
+    from mmntp.cli import forecast_request
     from mmntp.client import save_forecast_csv
-    from mmntp.data.series_io import read_series
-    from mmntp.model.sampling import SamplingParams
-    from mmntp.schema import FORECAST_SAMPLING
 
-    if not args.context:
-        raise ValueError("--context FILE is required for --modality timeseries")
-    values, _ = read_series(args.context)
-    sampling = SamplingParams(
-        temperature=FORECAST_SAMPLING.temperature if args.temperature is None else args.temperature,
-        top_k=FORECAST_SAMPLING.top_k if args.top_k is None else args.top_k,
-        top_p=1.0 if args.top_p is None else args.top_p,
-        seed=args.seed,
-    )
+    values, sampling = forecast_request(args)
     result = client.forecast(values, args.horizon, num_samples=args.num_samples, sampling=sampling)
     if args.output:
         save_forecast_csv(result, args.output)
