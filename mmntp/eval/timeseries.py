@@ -23,15 +23,12 @@ aggregated across datasets by geometric mean.
 from __future__ import annotations
 
 import datetime as _dt
-import itertools
 import os
 import platform
 import sys
 import time
-import uuid
 import warnings
 import zlib
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from statistics import NormalDist
@@ -178,94 +175,29 @@ def forecast_mmntp(
 ) -> list[QuantileForecast]:
     """The pipeline's forecasts for ``windows``, their requests batched on its engine.
 
-    All windows' jobs share the engine, so its batches mix windows; each job's sample
-    paths share their context through the prefix cache.
+    All windows' requests share the engine (`Pipeline.generate_many`), so its batches mix
+    windows; each window's sample paths share their context through the prefix cache.
     """
-    jobs = [
-        pipe.prepare(
+    items = [
+        (
             TimeSeriesPart(w.context),
             TimeSeriesOutput(w.horizon, num_samples, tuple(levels)),
             replace(FORECAST_SAMPLING, seed=window_seed(seed, w)),
         )
         for w in windows
     ]
-    batch = _EngineBatch(pipe.engine, jobs, levels, progress)
-    try:
-        return batch.run()
-    finally:  # an error leaves nothing running on the pipeline's engine
-        batch.abort_all()
+
+    def report(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            progress(f"mmntp: {done}/{total} windows forecast")
+
+    return [_quantile_forecast(r, levels) for r in pipe.generate_many(items, report)]
 
 
-class _EngineBatch:
-    """Runs many forecast jobs on one engine, admitting them while their rows fit.
-
-    Jobs are admitted while the sample paths in flight stay under the engine's running
-    slots plus half its waiting queue, so the queue never overflows in normal use.
-    """
-
-    def __init__(self, engine: Any, jobs: list[Any], levels: Sequence[float], progress: Progress):
-        self.engine, self.jobs, self.levels, self.progress = engine, jobs, levels, progress
-        config = engine.config
-        rows = max((job.rows for job in jobs), default=1)
-        self.cap = max(rows, config.max_num_seqs + config.max_waiting_requests // 2)
-        self.pending: deque[int] = deque(range(len(jobs)))
-        self.active: dict[int, list[Any]] = {}
-        self.results: list[QuantileForecast | None] = [None] * len(jobs)
-        self.tag, self.attempt = uuid.uuid4().hex[:8], itertools.count()
-
-    def run(self) -> list[QuantileForecast]:
-        while self.pending or self.active:
-            self.admit()
-            self.engine.step()
-            self.collect()
-        return self.results  # type: ignore[return-value]
-
-    def admit(self) -> None:
-        from mmntp.engine import QueueFullError
-
-        while self.pending:
-            i = self.pending[0]
-            in_flight = sum(map(len, self.active.values()))
-            if self.active and in_flight + self.jobs[i].rows > self.cap:
-                return
-            requests = self.jobs[i].requests(f"eval-{self.tag}-{i}-{next(self.attempt)}")
-            try:
-                for r in requests:
-                    self.engine.add_request(r)
-            except QueueFullError:
-                for r in requests:
-                    self.engine.abort(r.request_id)
-                if not self.active:
-                    raise
-                return  # retried with fresh request ids once running jobs finish
-            self.active[self.pending.popleft()] = requests
-
-    def collect(self) -> None:
-        finished = [i for i, rs in self.active.items() if all(r.status.finished for r in rs)]
-        for i in finished:
-            self.results[i] = _collect(self.jobs[i], self.active.pop(i), self.levels)
-            done, total = sum(r is not None for r in self.results), len(self.jobs)
-            if done == total or done % max(1, total // 10) == 0:
-                self.progress(f"mmntp: {done}/{total} windows forecast")
-
-    def abort_all(self) -> None:
-        for requests in self.active.values():
-            for r in requests:
-                if not r.status.finished:
-                    self.engine.abort(r.request_id)
-        self.active.clear()
-
-
-def _collect(job: Any, requests: Sequence[Any], levels: Sequence[float]) -> QuantileForecast:
-    import torch
-
-    reasons = [r.finish_reason or "abort" for r in requests]
-    if any(reason not in ("length", "stop") for reason in reasons):
-        raise RuntimeError(f"a forecast request ended early ({sorted(set(reasons))})")
-    n = min(len(r.output_ids) for r in requests)
-    ids = torch.tensor([r.output_ids[:n] for r in requests], dtype=torch.long)
-    lps = torch.tensor([r.output_logprobs[:n] for r in requests], dtype=torch.float32)
-    forecast = job.finish(ids, lps, reasons).forecast
+def _quantile_forecast(result: Any, levels: Sequence[float]) -> QuantileForecast:
+    if result.finish_reason not in ("length", "stop"):
+        raise RuntimeError(f"a forecast request ended early ({result.finish_reason})")
+    forecast = result.forecast
     quantiles = np.stack([forecast.quantiles[float(q)] for q in levels])
     return QuantileForecast(np.asarray(forecast.median, dtype=np.float64), quantiles)
 
