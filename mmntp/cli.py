@@ -103,7 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_generate(args) -> int:
-    from mmntp.model.sampling import SamplingParams
     from mmntp.pipeline import Pipeline
 
     if args.server:
@@ -114,15 +113,22 @@ def cmd_generate(args) -> int:
         return _generate_forecast(pipe, args)
     if modality == "image":
         return _generate_image(pipe, args)
-    sampling = SamplingParams(
+    sampling = token_sampling(args)
+    if modality == "tokens":
+        return _generate_tokens(pipe, args, sampling)
+    return _generate_text(pipe, args, sampling)
+
+
+def token_sampling(args):
+    """SamplingParams for text and raw tokens from `generate`'s options (local and --server)."""
+    from mmntp.model.sampling import SamplingParams
+
+    return SamplingParams(
         temperature=1.0 if args.temperature is None else args.temperature,
         top_k=args.top_k or 0,
         top_p=1.0 if args.top_p is None else args.top_p,
         seed=args.seed,
     )
-    if modality == "tokens":
-        return _generate_tokens(pipe, args, sampling)
-    return _generate_text(pipe, args, sampling)
 
 
 def _infer_modality(args) -> str:

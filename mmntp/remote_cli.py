@@ -201,25 +201,13 @@ def run_remote_generate(args: argparse.Namespace) -> int:
         return 2
 
 
-def _sampling(args: argparse.Namespace):
-    """SamplingParams exactly as the local `generate` builds them for text and tokens."""
-    from mmntp.model.sampling import SamplingParams
-
-    return SamplingParams(
-        temperature=1.0 if args.temperature is None else args.temperature,
-        top_k=args.top_k or 0,
-        top_p=1.0 if args.top_p is None else args.top_p,
-        seed=args.seed,
-    )
-
-
 def _remote_tokens(client, args: argparse.Namespace) -> int:
-    from mmntp.cli import _emit, prompt_ids
+    from mmntp.cli import _emit, prompt_ids, token_sampling
     from mmntp.client import TokensChunk
     from mmntp.schema import TokenIdsPart, TokensOutput
 
     ids = prompt_ids(args)
-    sampling = _sampling(args)
+    sampling = token_sampling(args)
     out_ids: list[int] = []
     logprobs: list[float] = []
     for chunk in client.generate(TokenIdsPart(ids), TokensOutput(args.max_tokens), sampling):
@@ -237,7 +225,7 @@ def _remote_tokens(client, args: argparse.Namespace) -> int:
 
 
 def _remote_text(client, args: argparse.Namespace) -> int:
-    from mmntp.cli import _emit
+    from mmntp.cli import _emit, token_sampling
     from mmntp.client import Final, TextChunk
     from mmntp.schema import TextOutput
 
@@ -246,7 +234,7 @@ def _remote_text(client, args: argparse.Namespace) -> int:
     if args.json and (args.logprobs):
         # The API streams text as deltas only; ask for raw ids with --modality tokens.
         raise ValueError("--logprobs with text output is not available with --server")
-    sampling = _sampling(args)
+    sampling = token_sampling(args)
     chunks = client.generate(args.prompt, TextOutput(max_tokens=args.max_tokens), sampling)
     if args.json or args.output:
         parts: list[str] = []

@@ -371,8 +371,36 @@ def gray_out_missing(image: torch.Tensor, grid: tuple[int, int], n_known: int) -
 # -- the tokenizer ------------------------------------------------------------------------
 
 
+class AutoencoderCard:
+    """Card plumbing shared by tokenizers whose weights are one `self.model` autoencoder."""
+
+    model: nn.Module
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.state_dict())
+
+    def num_parameters(self) -> int:
+        """Parameters of the autoencoder (a VQ codebook included)."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    @classmethod
+    def from_config(
+        cls,
+        config: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        directory: Path | None = None,
+    ):
+        try:
+            tok = cls(**config)
+        except TypeError as err:
+            raise ValueError(f"{cls.__name__}: bad config {config}: {err}") from err
+        if tensors:
+            load_weights(tok.model, tensors, cls.__name__)
+        return tok
+
+
 @register_tokenizer
-class VQImageTokenizer(DiscreteTokenizer):
+class VQImageTokenizer(AutoencoderCard, DiscreteTokenizer):
     """RGB image <-> codes (grid_h * grid_w,) in raster order, one codebook."""
 
     type_name: ClassVar[str] = "image_vq"
@@ -477,28 +505,6 @@ class VQImageTokenizer(DiscreteTokenizer):
             "patch": self.patch,
             "seed": self.seed,
         }
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.model.state_dict())
-
-    def num_parameters(self) -> int:
-        """Trainable parameters of the autoencoder (codebook included)."""
-        return sum(p.numel() for p in self.model.parameters())
-
-    @classmethod
-    def from_config(
-        cls,
-        config: dict[str, Any],
-        tensors: dict[str, torch.Tensor],
-        directory: Path | None = None,
-    ) -> VQImageTokenizer:
-        try:
-            tok = cls(**config)
-        except TypeError as err:
-            raise ValueError(f"VQImageTokenizer: bad config {config}: {err}") from err
-        if tensors:
-            load_weights(tok.model, tensors, cls.__name__)
-        return tok
 
 
 def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:

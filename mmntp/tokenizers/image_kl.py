@@ -11,17 +11,16 @@ weights are our own safetensors file, so loading never touches the network.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from mmntp.tokenizers.base import ContinuousTokenizer, Encoded, register_tokenizer
 from mmntp.tokenizers.image import (
+    AutoencoderCard,
     ImageStreamDecoder,
     gray_out_missing,
     grid_from_state,
-    load_weights,
     prepare_image,
 )
 
@@ -46,7 +45,7 @@ def build_autoencoder_kl(
 
 
 @register_tokenizer
-class KLImageTokenizer(ContinuousTokenizer):
+class KLImageTokenizer(AutoencoderCard, ContinuousTokenizer):
     """RGB image <-> latents (grid_h * grid_w, latent_channels) in raster order."""
 
     type_name: ClassVar[str] = "image_kl"
@@ -154,25 +153,3 @@ class KLImageTokenizer(ContinuousTokenizer):
             "shift_factor": self.shift_factor,
             "seed": self.seed,
         }
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.model.state_dict())
-
-    def num_parameters(self) -> int:
-        """Parameters of the autoencoder."""
-        return sum(p.numel() for p in self.model.parameters())
-
-    @classmethod
-    def from_config(
-        cls,
-        config: dict[str, Any],
-        tensors: dict[str, torch.Tensor],
-        directory: Path | None = None,
-    ) -> KLImageTokenizer:
-        try:
-            tok = cls(**config)
-        except TypeError as err:
-            raise ValueError(f"KLImageTokenizer: bad config {config}: {err}") from err
-        if tensors:
-            load_weights(tok.model, tensors, cls.__name__)
-        return tok
