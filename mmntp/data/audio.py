@@ -46,13 +46,15 @@ TRAIN_VOICES = (
 )
 HELDOUT_VOICES = ("en+f4", "en-gb-x-gbclan+m4", "en-us+f5")
 
-_WORDS = (
-    "the quick brown fox jumps over a lazy dog while seven small birds sing "
-    "under green trees near the river bank today we measure every sound and "
-    "learn how signals carry meaning across time a model listens then speaks "
-    "numbers like one two three four five six eight nine ten echo softly "
-    "morning light falls on old stone walls and warm wind moves the tall grass"
-).split()
+_WORDS = tuple(
+    (  # noqa: SIM905 - one readable paragraph
+        "the quick brown fox jumps over a lazy dog while seven small birds sing "
+        "under green trees near the river bank today we measure every sound and "
+        "learn how signals carry meaning across time a model listens then speaks "
+        "numbers like one two three four five six eight nine ten echo softly "
+        "morning light falls on old stone walls and warm wind moves the tall grass"
+    ).split()
+)
 
 
 def caption(waveform: str, frequency: int) -> str:
