@@ -2,7 +2,14 @@
 
 from mmntp.engine.async_engine import AsyncEngine
 from mmntp.engine.engine import Engine, EngineConfig, EngineStats, RequestOutput
-from mmntp.engine.plans import SegmentPlan, codes_plan, continuous_plan, free_plan, text_plan
+from mmntp.engine.plans import (
+    SegmentPlan,
+    codes_plan,
+    continuous_plan,
+    frames_plan,
+    free_plan,
+    text_plan,
+)
 from mmntp.engine.request import PromptVector, QueueFullError, Request, RequestStatus
 
 __all__ = [
@@ -17,6 +24,7 @@ __all__ = [
     "RequestStatus",
     "SegmentPlan",
     "codes_plan",
+    "frames_plan",
     "continuous_plan",
     "free_plan",
     "text_plan",

@@ -23,7 +23,9 @@ class SegmentPlan:
     are always allowed too (e.g. <eos> for text). `length` fixes the number of steps
     (forecast horizon, frames x codebooks); otherwise the segment ends at a stop id or
     `max_tokens`. `continuous` marks every step as a vector from head `head`, fed back
-    at the placeholder id `placeholder`.
+    at the placeholder id `placeholder`. `frame_head` names a multi-token head that emits
+    a whole cycle (one frame: `len(cycle)` tokens) per forward; without it, the token head
+    samples the same frames one token per forward (flattened).
     """
 
     max_tokens: int
@@ -35,6 +37,7 @@ class SegmentPlan:
     head: str | None = None
     placeholder: int | None = None
     modality: str = "tokens"
+    frame_head: str | None = None
     _stops: frozenset[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -42,7 +45,16 @@ class SegmentPlan:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         if self.continuous and (self.head is None or self.placeholder is None):
             raise ValueError("a continuous plan needs a head and a placeholder id")
+        if self.frame_head is not None and (
+            self.continuous or not self.cycle or self.max_tokens % len(self.cycle)
+        ):
+            raise ValueError("a frame plan needs a cycle and a whole number of frames")
         object.__setattr__(self, "_stops", frozenset(self.stop_ids))
+
+    @property
+    def group(self) -> int:
+        """Tokens produced per forward: a frame with a frame head, else one."""
+        return len(self.cycle) if self.frame_head is not None else 1
 
     def allowed(self, step: int) -> tuple[Spans, tuple[int, ...]] | None:
         """Allowed (spans, ids) at output step `step`, or None when unconstrained."""
@@ -91,4 +103,22 @@ def continuous_plan(length: int, head: str, placeholder: int, modality: str) -> 
         head=head,
         placeholder=placeholder,
         modality=modality,
+    )
+
+
+def frames_plan(
+    frames: int,
+    spans_per_step: Sequence[tuple[int, int]],
+    modality: str,
+    frame_head: str | None = None,
+) -> SegmentPlan:
+    """Exactly `frames` frames of `len(spans_per_step)` tokens; with `frame_head`, one
+    frame per forward, else one token per forward through the token head."""
+    cycle = tuple(((int(lo), int(hi)),) for lo, hi in spans_per_step)
+    return SegmentPlan(
+        frames * len(cycle),
+        cycle=cycle,
+        fixed_length=True,
+        modality=modality,
+        frame_head=frame_head,
     )

@@ -11,7 +11,7 @@ On GPU this backend is the place for FlexAttention / paged kernels and CUDA grap
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -117,9 +117,10 @@ class ModelRunner:
         self.device = model.tok_embeddings.weight.device
 
     @torch.inference_mode()
-    def execute(self, scheduled) -> dict[str, tuple[int, float, torch.Tensor | None]]:
+    def execute(self, scheduled) -> dict[str, tuple[Any, Any, torch.Tensor | None]]:
         """-> {request_id: (token id, logprob, vector or None)} for chunks that end a request's
-        known tokens (a partial prefill chunk produces nothing)."""
+        known tokens (a partial prefill chunk produces nothing); a frame head gives lists
+        of a frame's ids and logprobs instead."""
         ids, positions, slots, continuous = self._flatten(scheduled)
         decodes, prefills = self._attention_plan(scheduled)
         backend = PagedAttention(self.store, slots, decodes, prefills)
@@ -145,10 +146,16 @@ class ModelRunner:
         # The scheduler puts both rows of a guided pair in the same step when they sample.
         uncond = {i: index[requests[i].partner.request_id] for i in primary if requests[i].partner}
         by_head: dict[str | None, list[int]] = {}
+        by_frame_head: dict[str, list[int]] = {}
         for i in primary:
             r = requests[i]
+            if r.plan.frame_head is not None:
+                by_frame_head.setdefault(r.plan.frame_head, []).append(i)
+                continue
             head = r.plan.head if r.plan.is_continuous(len(r.output_ids)) else None
             by_head.setdefault(head, []).append(i)
+        for head, rows in by_frame_head.items():
+            out.update(self._frames(self.model.heads[head], rows, uncond, requests, hidden))
         token_rows = by_head.pop(None, [])
         if token_rows:
             reqs = [requests[i] for i in token_rows]
@@ -164,6 +171,31 @@ class ModelRunner:
         for i, j in uncond.items():
             out[requests[j].request_id] = out[requests[i].request_id]
         return out
+
+    def _frames(self, head, rows, uncond, requests, hidden):
+        """A whole frame per row from a multi-token head: {id: (ids, logprobs, None)}."""
+        reqs = [requests[i] for i in rows]
+        vocab = self.sampler.vocab_size
+
+        def pick(local: torch.Tensor, step: int):
+            lo, hi = head.config.spans[step]
+            logits = local.new_full((len(reqs), vocab), float("-inf"))
+            logits[:, lo:hi] = local
+            return self.sampler.sample(logits, reqs, offset=step)
+
+        partner_rows = [uncond.get(i, i) for i in rows]
+        guided = any(i in uncond for i in rows)
+        scales = torch.tensor(
+            [r.guidance_scale if i in uncond else 1.0 for i, r in zip(rows, reqs)],
+            device=hidden.device,
+        )
+        ids, lps = head.sample(
+            hidden[rows],
+            pick,
+            hidden[partner_rows] if guided else None,
+            scales if guided else None,
+        )
+        return {r.request_id: (t, lp, None) for r, t, lp in zip(reqs, ids.tolist(), lps.tolist())}
 
     def _guided_rows(self, rows, uncond, requests, hidden) -> torch.Tensor:
         """Token logits of `rows`, mixed with their shadows' logits where guided."""

@@ -42,8 +42,10 @@ class Sampler:
         return cached
 
     def sample(
-        self, logits: torch.Tensor, requests: list[Request]
+        self, logits: torch.Tensor, requests: list[Request], offset: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`offset`: how many tokens past its output so far each row samples (frame heads
+        draw a frame's tokens in one step), for the plan's per-step constraint."""
         logits = logits.float()
         rows = RowParams.stack([r.params for r in requests], device=logits.device)
         seen = None
@@ -51,7 +53,7 @@ class Sampler:
             seen = torch.zeros_like(logits, dtype=torch.bool)
             for i, r in enumerate(requests):
                 seen[i, r.all_token_ids] = True
-        plans = [r.plan.allowed(len(r.output_ids)) for r in requests]
+        plans = [r.plan.allowed(len(r.output_ids) + offset) for r in requests]
         allowed = None
         if any(p is not None for p in plans):
             allowed = torch.stack([self.mask(p) for p in plans])

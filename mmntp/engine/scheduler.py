@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import time
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from mmntp.engine.kv_cache import KVCacheManager
 from mmntp.engine.request import QueueFullError, Request, RequestStatus
@@ -214,10 +215,11 @@ class Scheduler:
 
     # -- update ------------------------------------------------------------------------
 
-    def update(
-        self, output: SchedulerOutput, sampled: dict[str, tuple[int, float]]
-    ) -> list[Request]:
-        """Apply a step's results; return requests that got a token or finished."""
+    def update(self, output: SchedulerOutput, sampled: dict[str, tuple[Any, Any]]) -> list[Request]:
+        """Apply a step's results; return requests that got tokens or finished.
+
+        `sampled` maps a request id to (token, logprob), or to lists of them for a frame.
+        """
         changed = []
         for s in output.scheduled:
             req = s.request
@@ -229,10 +231,16 @@ class Scheduler:
                 continue
             if req.request_id not in sampled:
                 raise ValueError(f"sampled has no token for request {req.request_id!r}")
-            token, logprob = sampled[req.request_id]
-            req.output_ids.append(int(token))
-            req.output_logprobs.append(float(logprob))
-            reason = req.plan.finish_reason(req.output_ids)
+            tokens, logprobs = sampled[req.request_id]
+            if not isinstance(tokens, (list, tuple)):  # one token, or a frame of them
+                tokens, logprobs = [tokens], [logprobs]
+            reason = None
+            for token, logprob in zip(tokens, logprobs):
+                req.output_ids.append(int(token))
+                req.output_logprobs.append(float(logprob))
+                reason = req.plan.finish_reason(req.output_ids)
+                if reason is not None:
+                    break
             if reason is not None:
                 del self._running[req.request_id]
                 self._finish(req, _FINISH_STATUS[reason])

@@ -97,11 +97,9 @@ def add_saved_heads(model: Transformer, heads: dict[str, Any], where: str) -> No
         raise ValueError(f"{where}: heads must be a dict, got {type(heads).__name__}")
     for name, spec in heads.items():
         head = head_from_spec(spec, f"{where}: heads[{name!r}]")
-        cond_dim = head.config.denoiser.cond_dim
-        if cond_dim != model.config.dim:
+        if head.cond_dim != model.config.dim:
             raise ValueError(
-                f"{where}: heads[{name!r}].config.denoiser.cond_dim={cond_dim} != model dim "
-                f"{model.config.dim}"
+                f"{where}: heads[{name!r}] cond_dim={head.cond_dim} != model dim {model.config.dim}"
             )
         model.add_head(name, head)
 

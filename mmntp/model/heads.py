@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmntp.model.frame_head import FrameHead, FrameHeadConfig
+
 if TYPE_CHECKING:
     from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
@@ -297,6 +299,10 @@ class _DenoisingHead(nn.Module):
     @property
     def width(self) -> int:
         return self.config.denoiser.width
+
+    @property
+    def cond_dim(self) -> int:
+        return self.config.denoiser.cond_dim
 
     def spec(self) -> dict[str, Any]:
         """JSON description that `head_from_spec` rebuilds this head from (checkpoints)."""
@@ -569,9 +575,10 @@ def _gen_device(generator: torch.Generator | None, device) -> torch.device | str
 
 # -- building and registering -----------------------------------------------------------
 
-HEAD_TYPES: dict[str, tuple[type[_DenoisingHead], type]] = {
+HEAD_TYPES: dict[str, tuple[type[nn.Module], type]] = {
     FlowHead.type_name: (FlowHead, FlowHeadConfig),
     DiffusionHead.type_name: (DiffusionHead, DiffusionHeadConfig),
+    FrameHead.type_name: (FrameHead, FrameHeadConfig),
 }
 
 
@@ -590,11 +597,9 @@ def head_from_spec(spec: Mapping[str, Any], where: str = "head") -> nn.Module:
         raise ValueError(f"{where}: {err}") from None
 
 
-def register_head(model: nn.Module, head: _DenoisingHead, name: str | None = None) -> None:
+def register_head(model: nn.Module, head: nn.Module, name: str | None = None) -> None:
     """`model.add_head(name or head.type_name, head)` after checking the condition width."""
     dim = model.config.dim
-    if head.config.denoiser.cond_dim != dim:
-        raise ValueError(
-            f"denoiser.cond_dim={head.config.denoiser.cond_dim} must equal the model dim {dim}"
-        )
+    if head.cond_dim != dim:
+        raise ValueError(f"the head's cond_dim={head.cond_dim} must equal the model dim {dim}")
     model.add_head(name or head.type_name, head)
