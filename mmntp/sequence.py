@@ -4,6 +4,8 @@
     forecast:        <bos> <task_forecast> <begin_timeseries> context... future... <end_timeseries> <eos>
     text-to-image:   <bos> <task_generate> <begin_text> caption... <end_text> <begin_image>
                      codes... <end_image> <eos>   (no caption: the unconditional prompt)
+    text-to-audio:   the same with <begin_audio> frames... <end_audio>; a frame of a
+                     K-level codec is K ids (level 0 first), frames in time order
 
 A prompt stops where generation should take over; training writes the whole thing.
 Keeping both directions in one module is what guarantees they agree.
@@ -70,11 +72,11 @@ def series_span(vocab: VocabLayout, tokenizer: DiscreteTokenizer) -> tuple[int, 
     return start + lo, start + hi
 
 
-def image_prompt(
-    vocab: VocabLayout, tokenizer: DiscreteTokenizer, caption: str | None
+def generate_prompt(
+    vocab: VocabLayout, tokenizer: DiscreteTokenizer, caption: str | None, modality: str
 ) -> list[int]:
-    """Prompt ids for generating an image of `caption`; None gives the unconditional prompt
-    (the same frame with no caption: what classifier-free guidance mixes against)."""
+    """Prompt ids for generating `modality` from `caption`; None gives the unconditional
+    prompt (the same frame with no caption: what classifier-free guidance mixes against)."""
     caption_ids = text_ids(vocab, tokenizer, caption) if caption else []
     return [
         vocab.special("<bos>"),
@@ -82,7 +84,50 @@ def image_prompt(
         vocab.special("<begin_text>"),
         *caption_ids,
         vocab.special("<end_text>"),
-        vocab.special("<begin_image>"),
+        vocab.special(f"<begin_{modality}>"),
+    ]
+
+
+def image_prompt(
+    vocab: VocabLayout, tokenizer: DiscreteTokenizer, caption: str | None
+) -> list[int]:
+    return generate_prompt(vocab, tokenizer, caption, "image")
+
+
+def audio_prompt(
+    vocab: VocabLayout, tokenizer: DiscreteTokenizer, caption: str | None
+) -> list[int]:
+    return generate_prompt(vocab, tokenizer, caption, "audio")
+
+
+def frame_ids(vocab: VocabLayout, modality: str, codes: torch.Tensor) -> list[int]:
+    """Codes (frames, K) of a K-codebook tokenizer -> global ids, frame-major."""
+    codes = codes.long().reshape(codes.shape[0], -1)
+    starts = torch.tensor([vocab.range(modality, k).start for k in range(codes.shape[1])])
+    for k in range(codes.shape[1]):
+        vocab.to_global(modality, k, codes[:, k])  # range check per codebook
+    return (codes + starts).flatten().tolist()
+
+
+def frame_spans(vocab: VocabLayout, tokenizer: DiscreteTokenizer, modality: str):
+    """Global [lo, hi) ids a generator may sample at each step of a frame."""
+    lo, hi = tokenizer.sample_range
+    spans = []
+    for k in range(tokenizer.num_codebooks):
+        start = vocab.range(modality, k).start
+        spans.append((start + lo, start + min(hi, tokenizer.codebook_sizes[k])))
+    return spans
+
+
+def audio_document(
+    vocab: VocabLayout, tokenizer: DiscreteTokenizer, caption: str | None, codes: torch.Tensor
+) -> list[int]:
+    """A training sequence: the audio prompt, the clip's frames, then the closing tokens."""
+    return [
+        *audio_prompt(vocab, tokenizer, caption),
+        *frame_ids(vocab, "audio", codes),
+        vocab.special("<end_audio>"),
+        vocab.special("<eos>"),
     ]
 
 

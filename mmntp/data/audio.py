@@ -128,13 +128,16 @@ def speak(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50) ->
 
 
 def speech_clips(
-    n: int, seed: int, voices: tuple[str, ...] = TRAIN_VOICES
+    n: int,
+    seed: int,
+    voices: tuple[str, ...] = TRAIN_VOICES,
+    words: tuple[int, int] = (4, 10),
 ) -> list[tuple[np.ndarray, str, str]]:
-    """`n` (clip, text, voice): random sentences, voices, speeds and pitches from `seed`."""
+    """`n` (clip, text, voice): random sentences (`words` long), voices, speeds and pitches."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        text = sentence(rng)
+        text = sentence(rng, words)
         voice = voices[int(rng.integers(len(voices)))]
         speed, pitch = int(rng.integers(130, 200)), int(rng.integers(30, 71))
         out.append((speak(text, voice, speed, pitch), text, voice))

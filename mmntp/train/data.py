@@ -131,7 +131,60 @@ class ImageSource:
             ids.extend(doc[: max_tokens - len(ids)])
 
 
-SOURCES = {"timeseries": TimeSeriesSource, "text": TextSource, "image": ImageSource}
+@dataclass
+class AudioSource:
+    """Text-to-audio documents, packed per row: captioned tones and `say: ...` speech.
+
+    A fixed pool is encoded once with the audio tokenizer: `pool_size` tones of
+    `seconds` ("a sine tone at 440 Hz", `mmntp.data.audio.tone_clips`) and, drawn with
+    probability `speech`, `speech_pool` short espeak-ng phrases captioned "say: {text}".
+    A caption is dropped with probability `caption_dropout` (the unconditional prompt).
+    """
+
+    vocab: VocabLayout
+    tokenizer: Any
+    caption_dropout: float = 0.1
+    pool_size: int = 3000
+    pool_seed: int = 0
+    seconds: float = 1.0
+    speech: float = 0.0
+    speech_pool: int = 400
+    card: str = ""  # the tokenizer card folder (read by build_data)
+    text_tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        from mmntp.data.audio import speech_clips, tone_clips
+
+        if not 0 <= self.caption_dropout < 1 or not 0 <= self.speech <= 1:
+            raise ValueError("caption_dropout must be in [0, 1) and speech in [0, 1]")
+        tones = tone_clips(self.pool_size, self.pool_seed, self.seconds)
+        self.pools = [self._encode([(clip, text) for clip, text, _ in tones])]
+        if self.speech > 0:
+            phrases = speech_clips(self.speech_pool, self.pool_seed + 1, words=(1, 3))
+            self.pools.append(self._encode([(clip, f"say: {text}") for clip, text, _ in phrases]))
+
+    def _encode(self, clips) -> list[tuple[torch.Tensor, str]]:
+        with torch.no_grad():
+            return [(self.tokenizer.encode(clip).codes, text) for clip, text in clips]
+
+    def document(self, rng: np.random.Generator, max_tokens: int) -> list[int]:
+        ids: list[int] = []
+        while True:
+            pool = self.pools[1 if len(self.pools) > 1 and rng.random() < self.speech else 0]
+            codes, caption = pool[int(rng.integers(len(pool)))]
+            caption = None if rng.random() < self.caption_dropout else caption
+            doc = sequence.audio_document(self.vocab, self.text_tokenizer, caption, codes)
+            if ids and len(ids) + len(doc) > max_tokens:
+                return ids
+            ids.extend(doc[: max_tokens - len(ids)])
+
+
+SOURCES = {
+    "timeseries": TimeSeriesSource,
+    "text": TextSource,
+    "image": ImageSource,
+    "audio": AudioSource,
+}
 
 
 @dataclass
@@ -199,7 +252,7 @@ def build_data(recipe) -> tuple[VocabLayout, dict[str, DiscreteTokenizer], Mixtu
             raise ValueError(f"data.mixture[{i}].weight must be > 0, got {weight}")
         if name not in tokenizers:
             raise ValueError(f"data.mixture[{i}] ({name}) needs card = TOKENIZER_DIR")
-        if name == "image":
+        if name in ("image", "audio"):
             entry["text_tokenizer"] = tokenizers["text"]
         try:
             sources.append(SOURCES[name](vocab, tokenizers[name], **entry))

@@ -81,10 +81,22 @@ class ModelSection:
     # and embedding / head rows by vocabulary entry, so a model learns a new modality
     # without forgetting the old ones. Relative paths resolve against the recipe's folder.
     init_from: str = ""
+    # Multi-token frame heads by modality: {"audio": {"hidden": 256, "depth": 2,
+    # "group": frames' tokens per forward (default: the tokenizer's codebooks), "weight": 1}}.
+    frame_heads: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.init_from, str):
             raise ValueError(f"model.init_from must be a folder path, got {self.init_from!r}")
+        _table("model.frame_heads", self.frame_heads)
+        for modality, head in self.frame_heads.items():
+            where = f"model.frame_heads.{modality}."
+            _reject_unknown(where, _table(where[:-1], head), {"hidden", "depth", "group", "weight"})
+            for key in ("hidden", "depth", "group"):
+                if key in head:
+                    _number(where + key, head[key], integer=True, ge=1)
+            if "weight" in head:
+                _number(where + "weight", head["weight"], ge=0)
         if not isinstance(self.preset, str) or self.preset not in PRESETS:
             raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if "vocab_size" in self.overrides:
@@ -100,11 +112,17 @@ class ModelSection:
     def from_table(cls, value: Any) -> ModelSection:
         table = dict(_table("model", value))
         preset_name = table.pop("preset", cls.preset)
-        return cls(preset=preset_name, init_from=table.pop("init_from", ""), overrides=table)
+        return cls(
+            preset=preset_name,
+            init_from=table.pop("init_from", ""),
+            frame_heads=table.pop("frame_heads", {}),
+            overrides=table,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         init = {"init_from": self.init_from} if self.init_from else {}
-        return {"preset": self.preset, **init, **self.overrides}
+        heads = {"frame_heads": self.frame_heads} if self.frame_heads else {}
+        return {"preset": self.preset, **init, **heads, **self.overrides}
 
 
 @dataclass

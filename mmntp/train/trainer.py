@@ -25,7 +25,6 @@ from typing import Any, Literal, Protocol
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -34,6 +33,7 @@ from mmntp.model.config import preset
 from mmntp.model.transformer import Transformer
 from mmntp.model.vocab import VocabLayout
 from mmntp.train.init import init_from_model
+from mmntp.train.losses import IGNORE_INDEX, TrainingLosses, add_frame_heads
 from mmntp.train.recipe import OptimSection, Recipe
 from mmntp.train.state import (
     TrainerState,
@@ -45,7 +45,6 @@ from mmntp.train.state import (
     save_checkpoint,
 )
 
-IGNORE_INDEX = -100
 METRICS = "metrics.jsonl"
 
 
@@ -150,7 +149,7 @@ def _setup_distributed() -> _Dist:
 @dataclass
 class _Run:
     recipe: Recipe
-    model: nn.Module  # the Transformer, or DDP around it
+    model: nn.Module  # TrainingLosses around the Transformer, or DDP around that
     core: Transformer
     optimizer: torch.optim.Optimizer
     source: BatchSource
@@ -195,13 +194,7 @@ def _train_step(run: _Run, step: int, lr: float) -> tuple[float, float, int]:
         sync = run.model.no_sync() if d.world_size > 1 and not last else nullcontext()
         with sync:
             with run.autocast():
-                logits = run.model(ids)  # [B, L, V]
-            loss = F.cross_entropy(
-                logits.float().flatten(0, 1),  # fp32 loss whatever the autocast
-                targets.flatten(),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
+                loss = run.model(ids, targets)  # summed over targets (and frames), fp32
             (loss * scale).backward()
         loss_sum += loss.detach()
     loss = d.all_sum(loss_sum).item() / max(n_targets, 1.0)
@@ -293,7 +286,7 @@ def train(
 def _train(recipe, build_data, resume, export_fn, progress, d: _Dist) -> TrainResult:
     out_dir = Path(recipe.out_dir)
     vocab, tokenizers, source = build_data(recipe)
-    run, state, checkpoint = _setup(recipe, vocab, source, resume, d)
+    run, state, checkpoint = _setup(recipe, vocab, tokenizers, source, resume, d)
     result = TrainResult(step=state.step, checkpoint=checkpoint, start_step=state.step)
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -337,7 +330,7 @@ def _train(recipe, build_data, resume, export_fn, progress, d: _Dist) -> TrainRe
     return result
 
 
-def _setup(recipe: Recipe, vocab: VocabLayout, source: BatchSource, resume, d: _Dist):
+def _setup(recipe: Recipe, vocab: VocabLayout, tokenizers, source: BatchSource, resume, d: _Dist):
     """Model (seeded), optimiser, optional resume, DDP wrap -> (run, state, checkpoint)."""
     config = preset(recipe.model.preset, vocab.size, **recipe.model.overrides)
     if recipe.data.seq_len > config.max_seq_len:
@@ -345,7 +338,9 @@ def _setup(recipe: Recipe, vocab: VocabLayout, source: BatchSource, resume, d: _
             f"data.seq_len={recipe.data.seq_len} exceeds the model's max_seq_len={config.max_seq_len}"
         )
     torch.manual_seed(recipe.seed)
-    core = Transformer(config).to(d.device)
+    core = Transformer(config)
+    frame_losses = add_frame_heads(core, vocab, tokenizers, recipe.model.frame_heads)
+    core = core.to(d.device)
     optimizer = build_optimizer(core, recipe.optim)
     state = TrainerState(world_size=d.world_size, recipe=recipe.to_dict())
     checkpoint = resolve_resume(resume, recipe.out_dir)
@@ -361,10 +356,11 @@ def _setup(recipe: Recipe, vocab: VocabLayout, source: BatchSource, resume, d: _
             f"{checkpoints_dir(recipe.out_dir)} holds checkpoints past step {state.step} "
             f"({', '.join(newer)}): resume from the newest (resume='auto') or move them away"
         )
-    model: nn.Module = core
+    # DDP wraps the whole objective, so every head's loss is computed inside its forward.
+    model: nn.Module = TrainingLosses(core, frame_losses)
     if d.world_size > 1:
         ids = [d.device.index] if d.device.type == "cuda" else None
-        model = DistributedDataParallel(core, device_ids=ids)
+        model = DistributedDataParallel(model, device_ids=ids)
     return _Run(recipe, model, core, optimizer, source, d), state, checkpoint
 
 
