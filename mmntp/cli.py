@@ -40,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mmntp {__version__}")
     sub = parser.add_subparsers(dest="command")
 
-    gen = sub.add_parser("generate", help="generate text, tokens, a forecast or an image")
+    gen = sub.add_parser("generate", help="generate text, tokens, a forecast, an image or audio")
     gen.add_argument("--model", help="model or service folder (default: the bundled service)")
-    gen.add_argument("--modality", choices=["text", "tokens", "timeseries", "image"])
+    gen.add_argument("--modality", choices=["text", "tokens", "timeseries", "image", "audio"])
     gen.add_argument("--prompt", help="text prompt")
     gen.add_argument("--prompt-ids", help="comma-separated raw token ids")
     gen.add_argument(
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-samples", type=int, default=20, help="forecast sample paths")
     gen.add_argument("--max-tokens", type=int, default=128)
     gen.add_argument("--head", choices=["vq", "flow", "diffusion"], default="vq", help="image head")
-    gen.add_argument("--guidance", type=float, help="image: classifier-free guidance scale")
+    gen.add_argument("--guidance", type=float, help="image/audio: classifier-free guidance scale")
+    gen.add_argument("--seconds", type=float, default=1.0, help="audio: duration (default 1)")
     gen.add_argument("--steps", type=int, help="image: flow / diffusion sampling steps")
     gen.add_argument("--width", type=int, default=0, help="image width (0 = native)")
     gen.add_argument("--height", type=int, default=0, help="image height (0 = native)")
@@ -113,6 +114,8 @@ def cmd_generate(args) -> int:
         return _generate_forecast(pipe, args)
     if modality == "image":
         return _generate_image(pipe, args)
+    if modality == "audio":
+        return _generate_audio(pipe, args)
     sampling = token_sampling(args)
     if modality == "tokens":
         return _generate_tokens(pipe, args, sampling)
@@ -262,6 +265,40 @@ def _generate_image(pipe, args) -> int:
             print(f"rows {chunk.rows_done}/{chunk.total_rows}", file=sys.stderr)
             if chunk.final:
                 Path(args.output).write_bytes(chunk.png())
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def audio_request(args):
+    """(AudioOutput, SamplingParams) from `generate`'s options (local and --server alike)."""
+    from mmntp.model.sampling import SamplingParams
+    from mmntp.schema import AUDIO_SAMPLING, AudioOutput
+
+    if args.prompt is None:
+        raise ValueError('--prompt is required for --modality audio ("a sine tone at 440 Hz")')
+    if not args.output or not args.output.endswith(".wav"):
+        raise ValueError("-o/--output FILE.wav is required for --modality audio")
+    sampling = SamplingParams(
+        temperature=AUDIO_SAMPLING.temperature if args.temperature is None else args.temperature,
+        top_k=AUDIO_SAMPLING.top_k if args.top_k is None else args.top_k,
+        top_p=1.0 if args.top_p is None else args.top_p,
+        seed=args.seed,
+        guidance_scale=args.guidance,
+    )
+    return AudioOutput(seconds=args.seconds), sampling
+
+
+def _generate_audio(pipe, args) -> int:
+    from mmntp.data.audio import wav_bytes
+    from mmntp.schema import AudioChunk, GenerationOutput
+
+    output, sampling = audio_request(args)
+    for chunk in pipe.stream(args.prompt, output, sampling):
+        if isinstance(chunk, AudioChunk):
+            end = (chunk.first_sample + len(chunk.samples)) / chunk.sample_rate
+            print(f"audio {end:.2f} s", file=sys.stderr)
+        elif isinstance(chunk, GenerationOutput):
+            Path(args.output).write_bytes(wav_bytes(chunk.audio, chunk.sample_rate))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -18,9 +18,11 @@ from mmntp import sequence
 from mmntp.engine import Request, SegmentPlan, codes_plan, free_plan, text_plan
 from mmntp.model.sampling import SamplingParams
 from mmntp.schema import (
+    AUDIO_SAMPLING,
     DEFAULT_QUANTILES,
     FORECAST_SAMPLING,
     IMAGE_SAMPLING,
+    AudioOutput,
     Forecast,
     GenerationOutput,
     ImageOutput,
@@ -50,6 +52,10 @@ def build_job(pipe, prompt, output, sampling) -> Job:
         return TextJob.build(pipe, parts, output, sampling or SamplingParams())
     if isinstance(output, ImageOutput):
         return ImageJob.build(pipe, parts, output, sampling or IMAGE_SAMPLING)
+    if isinstance(output, AudioOutput):
+        from mmntp.audio_job import AudioJob
+
+        return AudioJob.build(pipe, parts, output, sampling or AUDIO_SAMPLING)
     raise ValueError(f"output: unknown output spec {type(output).__name__}")
 
 
@@ -251,17 +257,15 @@ class ImageJob(Job):
             raise ValueError(
                 f"output.image.head: {output.head!r} is not available on this model (heads: vq)"
             )
-        if len(parts) != 1 or not isinstance(parts[0], TextPart) or not parts[0].text.strip():
-            raise ValueError("prompt: an image prompt is one non-empty text part, its caption")
+        caption = caption_of(parts, "image")
         tok, text, vocab = pipe.tokenizer("image"), pipe.tokenizer("text"), pipe.vocab
-        ids = pipe.prompt_ids_checked(sequence.image_prompt(vocab, text, parts[0].text))
+        ids = pipe.prompt_ids_checked(sequence.image_prompt(vocab, text, caption))
         start = vocab.range("image").start
         lo, hi = tok.sample_range
         segment = codes_plan(tok.num_tokens, [(start + lo, start + hi)], "image")
-        if sampling.guidance_scale is None:
-            sampling = replace(sampling, guidance_scale=IMAGE_SAMPLING.guidance_scale)
-        guided = sampling.guidance_scale != 1.0  # scale 1 is the conditional row alone
-        uncond = sequence.image_prompt(vocab, text, None) if guided else None
+        sampling, uncond = guided_sampling(
+            sampling, IMAGE_SAMPLING, lambda: sequence.image_prompt(vocab, text, None)
+        )
         size = _image_size(output, tok.image_size, pipe.limits.max_image_pixels)
         every = output.preview_every_rows or 2
         if every < 1:
@@ -295,6 +299,21 @@ class ImageJob(Job):
 
     def output(self, ids, lps, reason):
         return GenerationOutput("image", ids, lps, reason, image=self.final)
+
+
+def guided_sampling(sampling: SamplingParams, defaults: SamplingParams, uncond_prompt):
+    """(sampling with the default guidance scale filled in, the unconditional prompt ids
+    or None): scale 1 is the conditional row alone, so it needs no shadow row."""
+    if sampling.guidance_scale is None:
+        sampling = replace(sampling, guidance_scale=defaults.guidance_scale)
+    return sampling, (uncond_prompt() if sampling.guidance_scale != 1.0 else None)
+
+
+def caption_of(parts: Sequence[PromptPart], what: str) -> str:
+    """The one non-empty text part of a text-to-image/audio prompt."""
+    if len(parts) != 1 or not isinstance(parts[0], TextPart) or not parts[0].text.strip():
+        raise ValueError(f"prompt: an {what} prompt is one non-empty text part, its caption")
+    return parts[0].text
 
 
 def _image_size(output: ImageOutput, native: int, max_pixels: int) -> tuple[int, int]:

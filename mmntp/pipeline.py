@@ -27,6 +27,8 @@ from mmntp.model.sampling import SamplingParams
 from mmntp.schema import (  # noqa: F401 - re-exported as the public API
     DEFAULT_QUANTILES,
     FORECAST_SAMPLING,
+    AudioChunk,
+    AudioOutput,
     Forecast,
     GenerationOutput,
     ImageOutput,
@@ -46,7 +48,7 @@ from mmntp.schema import (  # noqa: F401 - re-exported as the public API
 )
 
 Prompt = str | PromptPart | Sequence[PromptPart]
-Chunk = TextDelta | TokensDelta | SeriesStep | ImageStep | GenerationOutput
+Chunk = TextDelta | TokensDelta | SeriesStep | ImageStep | AudioChunk | GenerationOutput
 
 
 @dataclass

@@ -193,6 +193,8 @@ def run_remote_generate(args: argparse.Namespace) -> int:
                 return _remote_forecast(client, args)
             if modality == "image":
                 return _remote_image(client, args)
+            if modality == "audio":
+                return _remote_audio(client, args)
             if modality == "tokens":
                 return _remote_tokens(client, args)
             return _remote_text(client, args)
@@ -270,6 +272,22 @@ def _remote_forecast(client, args: argparse.Namespace) -> int:
         payload = {"median": result.median.tolist()}
         payload.update({f"q{q:g}": v.tolist() for q, v in result.quantiles.items()})
         print(json.dumps(payload))
+    return 0
+
+
+def _remote_audio(client, args: argparse.Namespace) -> int:
+    from mmntp.cli import audio_request
+    from mmntp.client import AudioChunk, save_wav
+
+    output, sampling = audio_request(args)
+    chunks = []
+    for chunk in client.generate(args.prompt, output, sampling):
+        if isinstance(chunk, AudioChunk):
+            end = (chunk.first_sample + len(chunk.pcm) // 2) / chunk.sample_rate
+            print(f"audio {end:.2f} s", file=sys.stderr)
+            chunks.append(chunk)
+    save_wav(chunks, args.output)
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 

@@ -15,6 +15,8 @@ DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 FORECAST_SAMPLING = SamplingParams(temperature=1.0, top_k=50)
 # Text-to-image defaults: plain sampling with classifier-free guidance (LlamaGen-style).
 IMAGE_SAMPLING = SamplingParams(temperature=1.0, top_k=0, guidance_scale=3.0)
+# Text-to-audio defaults: top-k sampling of codec frames with classifier-free guidance.
+AUDIO_SAMPLING = SamplingParams(temperature=1.0, top_k=50, guidance_scale=3.0)
 
 
 # -- prompt parts ---------------------------------------------------------------------
@@ -79,7 +81,22 @@ class ImageOutput:
     preview_every_rows: int = 0  # 0 = every 2 token rows
 
 
-OutputSpec = TextOutput | TokensOutput | TimeSeriesOutput | ImageOutput
+@dataclass
+class AudioOutput:
+    """`seconds` of audio (rounded up to whole codec frames), streamed as PCM chunks.
+
+    The first chunk holds `first_chunk_frames` frames (small, so it comes at once), later
+    ones `chunk_frames`. `frame_head` False samples the same frames flattened, one token
+    per forward through the token head (the baseline the frame head is measured against).
+    """
+
+    seconds: float = 1.0
+    first_chunk_frames: int = 1
+    chunk_frames: int = 5
+    frame_head: bool = True
+
+
+OutputSpec = TextOutput | TokensOutput | TimeSeriesOutput | ImageOutput | AudioOutput
 
 
 # -- results ------------------------------------------------------------------------
@@ -103,6 +120,8 @@ class GenerationOutput:
     text: str | None = None
     forecast: Forecast | None = None
     image: np.ndarray | None = None  # uint8 (height, width, 3)
+    audio: np.ndarray | None = None  # float32 mono samples in [-1, 1]
+    sample_rate: int = 0  # of `audio`
     prompt_tokens: int = 0
     output_tokens: int = 0  # summed over rows (sample paths)
     queue_seconds: float | None = None  # arrival -> first engine step (earliest row)
@@ -148,6 +167,22 @@ class ImageStep:
         buf = io.BytesIO()
         Image.fromarray(self.image).save(buf, format="PNG")
         return buf.getvalue()
+
+
+@dataclass
+class AudioChunk:
+    """New audio samples: `samples` (float32 mono) starting at sample `first_sample`."""
+
+    samples: np.ndarray
+    sample_rate: int
+    first_sample: int
+    frames: int  # codec frames in this chunk
+
+    def pcm16(self) -> bytes:
+        """Signed 16-bit little-endian PCM, the wire format."""
+        from mmntp.data.audio import pcm16
+
+        return pcm16(self.samples)
 
 
 @dataclass

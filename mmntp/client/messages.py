@@ -12,6 +12,7 @@ import numpy as np
 from mmntp.model.sampling import SamplingParams
 from mmntp.schema import (
     FORECAST_SAMPLING,
+    AudioOutput,
     ImageOutput,
     TextOutput,
     TextPart,
@@ -60,11 +61,6 @@ class MotionPart:
         values = np.asarray(self.values)
         if values.ndim != 2 or values.shape[1] == 0:
             raise ValueError(f"MotionPart.values must be (frames, features), got {values.shape}")
-
-
-@dataclass
-class AudioOutput:
-    seconds: float
 
 
 @dataclass

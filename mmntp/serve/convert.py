@@ -22,9 +22,12 @@ import torch
 from mmntp import sequence
 from mmntp.model.sampling import SamplingParams
 from mmntp.schema import (
+    AUDIO_SAMPLING,
     DEFAULT_QUANTILES,
     FORECAST_SAMPLING,
     IMAGE_SAMPLING,
+    AudioChunk,
+    AudioOutput,
     GenerationOutput,
     ImageOutput,
     ImageStep,
@@ -65,7 +68,13 @@ FINISH_REASONS = {
     "deadline": pb.FINISH_REASON_DEADLINE,
 }
 # The outputs the pipeline can produce, and the tokenizer each one needs (None: raw ids).
-OUTPUT_TOKENIZER = {"text": "text", "timeseries": "timeseries", "tokens": None, "image": "image"}
+OUTPUT_TOKENIZER = {
+    "text": "text",
+    "timeseries": "timeseries",
+    "tokens": None,
+    "image": "image",
+    "audio": "audio",
+}
 
 
 class InvalidArgument(ValueError):
@@ -283,6 +292,9 @@ def output_spec(request: pb.GenerateRequest, pipe: Any) -> tuple[str, OutputSpec
         output = ImageOutput(
             image.width, image.height, image.head or "vq", image.preview_every_rows
         )
+    elif kind == "audio" and "audio" in pipe.bundle.tokenizers:
+        _check_continuous_spec(kind, spec.audio, limits)
+        output = AudioOutput(seconds=float(spec.audio.seconds))
     else:
         _check_continuous_spec(kind, getattr(spec, kind), limits)
         raise InvalidArgument(
@@ -379,12 +391,14 @@ def _part_name(part: PromptPart) -> str:
 
 def sampling_params(msg: pb.SamplingParams, modality: str) -> SamplingParams:
     """Proto sampling -> SamplingParams; unset fields take the modality's defaults."""
-    base = {"timeseries": FORECAST_SAMPLING, "image": IMAGE_SAMPLING}.get(
-        modality, SamplingParams()
-    )
+    base = {
+        "timeseries": FORECAST_SAMPLING,
+        "image": IMAGE_SAMPLING,
+        "audio": AUDIO_SAMPLING,
+    }.get(modality, SamplingParams())
     names = ["temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"]
     for name in ("guidance_scale", "num_steps"):
-        if modality == "image":
+        if modality == "image" or (modality == "audio" and name == "guidance_scale"):
             names.append(name)
         elif msg.HasField(name):
             raise InvalidArgument(
@@ -523,6 +537,11 @@ def chunk_response(chunk: Any, args: GenerateArgs, request_id: str) -> pb.Genera
             final=chunk.final,
         )
         return pb.GenerateResponse(request_id=request_id, image=image)
+    if isinstance(chunk, AudioChunk):
+        audio = pb.AudioChunk(
+            pcm=chunk.pcm16(), sample_rate=chunk.sample_rate, first_sample=chunk.first_sample
+        )
+        return pb.GenerateResponse(request_id=request_id, audio=audio)
     raise TypeError(f"unexpected pipeline chunk {type(chunk).__name__}")
 
 

@@ -1,0 +1,115 @@
+"""Text-to-audio: codec frames from the model, streamed as PCM through the causal decoder.
+
+With the model's frame head, one forward emits a whole frame (all codec levels), so the
+first audio chunk is ready after the prefill forward; without it (`frame_head=False`)
+the same frames come one token per forward (the flattened baseline). Frames go to the
+tokenizer's stream decoder as they complete: the first chunk is small
+(`first_chunk_frames`), later ones `chunk_frames`; nothing is ever decoded twice, and the
+chunks joined equal the final clip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmntp import sequence
+from mmntp.engine import frames_plan
+from mmntp.jobs import Job, caption_of, guided_sampling
+from mmntp.schema import AUDIO_SAMPLING, AudioChunk, AudioOutput, GenerationOutput
+
+
+@dataclass
+class AudioJob(Job):
+    frame_size: int = 1  # tokens per codec frame (its levels)
+    first: int = 1
+    every: int = 5
+    decoder: Any = None
+    sample_rate: int = 0
+    pending: list[int] = field(default_factory=list)  # tokens of the frame in progress
+    frames: list[list[int]] = field(default_factory=list)  # complete, not yet decoded
+    sent_frames: int = 0
+    sent_samples: int = 0
+    pieces: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, pipe, parts, output: AudioOutput, sampling):
+        caption = caption_of(parts, "audio")
+        tok, text, vocab = pipe.tokenizer("audio"), pipe.tokenizer("text"), pipe.vocab
+        frames = _frames(output, tok.frame_rate, pipe.limits)
+        for name in ("first_chunk_frames", "chunk_frames"):
+            value = getattr(output, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"output.audio.{name} must be a positive integer, got {value!r}")
+        spans = sequence.frame_spans(vocab, tok, "audio")
+        if frames * len(spans) > pipe.limits.max_output_tokens:
+            raise ValueError(
+                f"output.audio.seconds: {output.seconds} s is {frames * len(spans)} tokens, "
+                f"more than max_output_tokens {pipe.limits.max_output_tokens}"
+            )
+        head = "audio" if output.frame_head and "audio" in pipe.bundle.model.heads else None
+        segment = frames_plan(frames, spans, "audio", head)
+        ids = pipe.prompt_ids_checked(sequence.audio_prompt(vocab, text, caption))
+        sampling, uncond = guided_sampling(
+            sampling, AUDIO_SAMPLING, lambda: sequence.audio_prompt(vocab, text, None)
+        )
+        job = cls(pipe, ids, segment, sampling, uncond_ids=uncond, frame_size=len(spans))
+        job.first, job.every = output.first_chunk_frames, output.chunk_frames
+        job.decoder, job.sample_rate = tok.stream_decoder(), int(tok.sample_rate)
+        return job
+
+    def _codes(self, frames: list[list[int]]) -> torch.Tensor:
+        """Global ids of whole frames -> local codes (n, levels)."""
+        starts = [self.pipe.vocab.range("audio", k).start for k in range(self.frame_size)]
+        return torch.tensor(frames, dtype=torch.long) - torch.tensor(starts)
+
+    def _decode(self, frames: list[list[int]]) -> AudioChunk:
+        samples = self.decoder.push(self._codes(frames)).detach().cpu().numpy()
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        chunk = AudioChunk(samples, self.sample_rate, self.sent_samples, len(frames))
+        self.sent_frames += len(frames)
+        self.sent_samples += len(samples)
+        self.pieces.append(samples)
+        return chunk
+
+    def chunks(self, step, ids, lps):
+        self.pending.append(int(ids[0]))
+        if len(self.pending) < self.frame_size:
+            return
+        self.frames.append(self.pending)
+        self.pending = []
+        need = self.first if self.sent_frames == 0 else self.every
+        if len(self.frames) >= need:
+            frames, self.frames = self.frames, []
+            yield self._decode(frames)
+
+    def flush(self):
+        if self.frames:
+            frames, self.frames = self.frames, []
+            yield self._decode(frames)
+        tail = np.asarray(self.decoder.flush(), dtype=np.float32).reshape(-1)
+        if tail.size:
+            self.pieces.append(tail)
+            yield AudioChunk(tail, self.sample_rate, self.sent_samples, 0)
+            self.sent_samples += tail.size
+
+    def output(self, ids, lps, reason):
+        audio = np.concatenate(self.pieces) if self.pieces else np.zeros(0, np.float32)
+        return GenerationOutput(
+            "audio", ids, lps, reason, audio=audio, sample_rate=self.sample_rate
+        )
+
+
+def _frames(output: AudioOutput, frame_rate: float, limits) -> int:
+    seconds = output.seconds
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ValueError(f"output.audio.seconds must be a number, got {seconds!r}")
+    if not 0 < seconds <= limits.max_audio_seconds:  # also false for NaN
+        raise ValueError(
+            f"output.audio.seconds must lie in (0, {limits.max_audio_seconds:g}], got {seconds}"
+        )
+    return max(1, math.ceil(seconds * frame_rate - 1e-9))
