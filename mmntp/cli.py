@@ -509,7 +509,9 @@ def cmd_import_hf(args) -> int:
 
 
 def add_tokenizer_parsers(sub) -> None:
-    tt = sub.add_parser("train-tokenizer", help="train an image tokenizer from a TOML recipe")
+    tt = sub.add_parser(
+        "train-tokenizer", help="train an image or audio tokenizer from a TOML recipe"
+    )
     tt.add_argument("recipe")
     tt.add_argument("--max-steps", type=int, help="override optim.max_steps")
     tt.add_argument("--out-dir", help="write the card folder here (default: the recipe's)")
@@ -518,27 +520,43 @@ def add_tokenizer_parsers(sub) -> None:
 
     tok = sub.add_parser("tokenize", help="turn a file into codes with a tokenizer card")
     tok.add_argument("tokenizer", help="tokenizer card folder")
-    tok.add_argument("input", help="image (PNG/JPEG), text (.txt) or series (CSV/JSON)")
+    tok.add_argument("input", help="image (PNG/JPEG), audio (WAV/FLAC), text (.txt) or series")
     tok.add_argument("-o", "--output", required=True, help="CODES.npy (state: CODES.json)")
     tok.set_defaults(func=cmd_tokenize)
 
     det = sub.add_parser("detokenize", help="turn codes back into a file with a tokenizer card")
     det.add_argument("tokenizer", help="tokenizer card folder")
     det.add_argument("codes", help="CODES.npy written by tokenize (CODES.json beside it)")
-    det.add_argument("-o", "--output", required=True, help="image (PNG), .txt or series CSV")
+    det.add_argument("-o", "--output", required=True, help="image (PNG), WAV, .txt or series CSV")
     det.set_defaults(func=cmd_detokenize)
 
 
 def cmd_train_tokenizer(args) -> int:
-    from mmntp.train.image_tokenizer import load_image_recipe, train_image_tokenizer
+    import tomllib
 
-    recipe = load_image_recipe(args.recipe)
-    if args.max_steps is not None:
-        if args.max_steps < 1:
-            raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
-        recipe.optim.max_steps = args.max_steps
-        recipe.optim.warmup_steps = min(recipe.optim.warmup_steps, args.max_steps)
-    _, result = train_image_tokenizer(recipe, out_dir=args.out_dir, progress=not args.no_progress)
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    try:
+        kind = tomllib.loads(Path(args.recipe).read_text()).get("kind")
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{args.recipe} is not valid TOML: {err}") from None
+    progress = not args.no_progress
+    if kind == "codec":
+        from mmntp.train.audio_codec import train_codec
+
+        _, result = train_codec(args.recipe, args.out_dir, args.max_steps, progress)
+    elif kind == "cochlear":
+        from mmntp.train.cochlear import train_cochlear
+
+        _, result = train_cochlear(args.recipe, args.out_dir, args.max_steps, progress)
+    else:  # the image kinds ("vq", "kl"); the recipe loader names a bad kind
+        from mmntp.train.image_tokenizer import load_image_recipe, train_image_tokenizer
+
+        recipe = load_image_recipe(args.recipe)
+        if args.max_steps is not None:
+            recipe.optim.max_steps = args.max_steps
+            recipe.optim.warmup_steps = min(recipe.optim.warmup_steps, args.max_steps)
+        _, result = train_image_tokenizer(recipe, out_dir=args.out_dir, progress=progress)
     print(f"trained {result.steps} steps in {result.wall_s:.0f} s", file=sys.stderr)
     return 0
 
@@ -607,6 +625,10 @@ def _read_signal(modality: str, path: Path) -> tuple[object, dict]:
 
         values, timestamps = read_series(path)
         return values, ({"timestamps": timestamps} if timestamps else {})
+    if modality == "audio":
+        from mmntp.data.audio import read_wav
+
+        return read_wav(path, field=str(path)), {}
     raise ValueError(f"tokenize does not read {modality!r} files yet")
 
 
@@ -628,6 +650,11 @@ def _write_signal(modality: str, signal, path: Path, meta: dict) -> None:
         else:
             rows = ["value", *values]
         path.write_text("\n".join(rows) + "\n")
+    elif modality == "audio":
+        from mmntp.data.audio import SAMPLE_RATE, wav_bytes
+
+        samples = signal.detach().cpu().numpy() if hasattr(signal, "detach") else signal
+        path.write_bytes(wav_bytes(samples, SAMPLE_RATE))
     else:
         raise ValueError(f"detokenize does not write {modality!r} files yet")
 

@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
+# espeak-ng speaks the speech the audio tokenizers and tests use (Debian package).
+if ! command -v espeak-ng >/dev/null 2>&1; then
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq espeak-ng >/dev/null
+fi
+
 # The local CPU build; an unpinned torch would download a multi-GB CUDA build instead.
 "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 "$PY" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
