@@ -341,6 +341,18 @@ def add_eval_parser(sub) -> None:
     im.add_argument("--json", action="store_true", help="print one JSON object")
     im.add_argument("--out", help="also write the JSON report here")
     im.set_defaults(func=cmd_eval_image)
+    au = kinds.add_parser(
+        "audio", help="tone-prompt pitch adherence and streaming speed (local and over gRPC)"
+    )
+    au.add_argument("--model", help="model or service folder (default: the bundled service)")
+    au.add_argument("--num-prompts", type=int, default=48, help="tone captions (default 48)")
+    au.add_argument("--seconds", type=float, default=1.0, help="clip length (default 1)")
+    au.add_argument("--guidance", default="1,3", help="comma-separated guidance scales")
+    au.add_argument("--seed", type=int, default=0)
+    au.add_argument("--no-grpc", action="store_true", help="skip the over-gRPC figures")
+    au.add_argument("--json", action="store_true", help="print one JSON object")
+    au.add_argument("--out", help="also write the JSON report here")
+    au.set_defaults(func=cmd_eval_audio)
 
 
 def cmd_eval(args) -> int:
@@ -371,25 +383,47 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _guidance_scales(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(g) for g in text.split(",") if g.strip())
+    except ValueError:
+        raise ValueError(f"--guidance must be comma-separated numbers, got {text!r}") from None
+
+
+def _report(args, report: dict, table: str) -> int:
+    """Print an eval report (table, or JSON with --json) and write it to --out."""
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report) if args.json else table)
+    return 0
+
+
+def _eval_progress(message: str) -> None:
+    print(f"[eval] {message}", file=sys.stderr)
+
+
 def cmd_eval_image(args) -> int:
     from mmntp.eval.text_to_image import ImageEvalSettings, evaluate, format_table
     from mmntp.pipeline import Pipeline
 
-    try:
-        guidance = tuple(float(g) for g in args.guidance.split(",") if g.strip())
-    except ValueError:
-        raise ValueError(
-            f"--guidance must be comma-separated numbers, got {args.guidance!r}"
-        ) from None
+    guidance = _guidance_scales(args.guidance)
     heads = tuple(h.strip() for h in args.heads.split(",") if h.strip())
     settings = ImageEvalSettings(args.num_prompts, heads, guidance, args.seed, args.batch)
-    pipe = Pipeline.from_pretrained(args.model)
-    report = evaluate(pipe, settings, lambda m: print(f"[eval] {m}", file=sys.stderr))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report) if args.json else format_table(report))
-    return 0
+    report = evaluate(Pipeline.from_pretrained(args.model), settings, _eval_progress)
+    return _report(args, report, format_table(report))
+
+
+def cmd_eval_audio(args) -> int:
+    from mmntp.eval.text_to_audio import AudioEvalSettings, evaluate, format_table
+    from mmntp.pipeline import Pipeline
+
+    guidance = _guidance_scales(args.guidance)
+    settings = AudioEvalSettings(
+        args.num_prompts, args.seconds, guidance, args.seed, grpc=not args.no_grpc
+    )
+    report = evaluate(Pipeline.from_pretrained(args.model), settings, _eval_progress)
+    return _report(args, report, format_table(report))
 
 
 # -- serve -------------------------------------------------------------------------
