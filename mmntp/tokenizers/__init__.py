@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmntp.tokenizers.audio_cochlear import CochlearTokenizer
 from mmntp.tokenizers.base import (
     ContinuousTokenizer,
     DiscreteTokenizer,
@@ -39,6 +40,7 @@ def write_builtin_cards(root: str | Path) -> list[Path]:
 __all__ = [
     "BUILTIN_CARDS",
     "ByteTokenizer",
+    "CochlearTokenizer",
     "ContinuousTokenizer",
     "DiscreteTokenizer",
     "Encoded",
