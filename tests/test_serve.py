@@ -29,6 +29,7 @@ from mmntp.client import (
     TextChunk,
     TokensChunk,
 )
+from mmntp.data.audio import tone, wav_bytes
 from mmntp.data.series_io import read_series
 from mmntp.engine import EngineConfig
 from mmntp.model.sampling import SamplingParams
@@ -295,6 +296,35 @@ BAD_REQUESTS = {
             output=TEXT_OUT,
         ),
         "prompt[0].audio.pcm.data",
+    ),
+    "unsupported WAV sample rate": (
+        dict(
+            prompt=[
+                pb.PromptPart(
+                    audio=pb.AudioInput(wav=wav_bytes(tone("sine", 440, 0.1, 11025), 11025))
+                )
+            ],
+            output=TEXT_OUT,
+        ),
+        "prompt[0].audio.wav: sample rate 11025 Hz is not supported",
+    ),
+    "unsupported PCM sample rate": (
+        dict(
+            prompt=[
+                pb.PromptPart(audio=pb.AudioInput(pcm=pb.PcmAudio(data=b"\x00\x00", sample_rate=7)))
+            ],
+            output=TEXT_OUT,
+        ),
+        "prompt[0].audio.pcm.sample_rate: 7 Hz is not supported",
+    ),
+    "over-long WAV": (
+        dict(
+            prompt=[
+                pb.PromptPart(audio=pb.AudioInput(wav=wav_bytes(np.zeros(16000 * 61, np.float32))))
+            ],
+            output=TEXT_OUT,
+        ),
+        "prompt[0].audio: 61.00 s exceeds max_audio_seconds",
     ),
     "NaN motion": (
         dict(

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mmntp import sequence
+from mmntp.data.audio import SUPPORTED_RATES
 from mmntp.model.sampling import SamplingParams
 from mmntp.schema import (
     AUDIO_SAMPLING,
@@ -223,8 +224,11 @@ def check_audio(audio: pb.AudioInput, path: str, limits: Limits) -> None:
         raise InvalidArgument(f"{path}: no audio given (wav or pcm)")
     if source == "pcm":
         pcm = audio.pcm
-        if pcm.sample_rate <= 0:
-            raise InvalidArgument(f"{path}.pcm.sample_rate must be positive, got {pcm.sample_rate}")
+        if pcm.sample_rate not in SUPPORTED_RATES:
+            raise InvalidArgument(
+                f"{path}.pcm.sample_rate: {pcm.sample_rate} Hz is not supported "
+                f"({', '.join(map(str, SUPPORTED_RATES))})"
+            )
         if not pcm.data or len(pcm.data) % 2:
             raise InvalidArgument(
                 f"{path}.pcm.data must hold 16-bit samples (a positive even number of bytes), "
@@ -236,6 +240,11 @@ def check_audio(audio: pb.AudioInput, path: str, limits: Limits) -> None:
             with soundfile.SoundFile(io.BytesIO(audio.wav)) as f:
                 if f.format not in ("WAV", "WAVEX"):
                     raise InvalidArgument(f"{path}.wav: not a WAV file (got {f.format})")
+                if f.samplerate not in SUPPORTED_RATES:
+                    raise InvalidArgument(
+                        f"{path}.wav: sample rate {f.samplerate} Hz is not supported "
+                        f"({', '.join(map(str, SUPPORTED_RATES))})"
+                    )
                 seconds = f.frames / f.samplerate
                 if seconds <= limits.max_audio_seconds:
                     f.read(dtype="float32")  # decodes every frame: catches a truncated file
