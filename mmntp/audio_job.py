@@ -112,4 +112,5 @@ def _frames(output: AudioOutput, frame_rate: float, limits) -> int:
         raise ValueError(
             f"output.audio.seconds must lie in (0, {limits.max_audio_seconds:g}], got {seconds}"
         )
-    return max(1, math.ceil(seconds * frame_rate - 1e-9))
+    # round first: a float32 0.3 from the wire is 0.30000001 s, not 16 frames but 15
+    return max(1, math.ceil(round(seconds * frame_rate, 4)))
