@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmntp.tokenizers.audio_cochlear import CochlearTokenizer
+from mmntp.tokenizers.audio_codec import CodecTokenizer
 from mmntp.tokenizers.base import (
     ContinuousTokenizer,
     DiscreteTokenizer,
@@ -41,6 +42,7 @@ __all__ = [
     "BUILTIN_CARDS",
     "ByteTokenizer",
     "CochlearTokenizer",
+    "CodecTokenizer",
     "ContinuousTokenizer",
     "DiscreteTokenizer",
     "Encoded",
