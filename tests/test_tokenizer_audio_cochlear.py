@@ -1,0 +1,136 @@
+"""The cochlear audio tokenizer: front end, shapes, streaming, cards and the committed card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmntp.data.audio import espeak_available, tone
+from mmntp.eval.audio import estimate_pitch, mel_distance, semitones
+from mmntp.tokenizers import CochlearTokenizer, load_tokenizer
+from mmntp.tokenizers.audio_cochlear import erb, hz_to_erb_number
+
+CARD = Path(__file__).resolve().parents[1] / "tokenizers" / "audio-cochlear-16k"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> CochlearTokenizer:
+    tok = CochlearTokenizer(channels=16, codebook_size=32, width=16, carriers=24, fir_length=512)
+    with torch.no_grad():  # non-trivial amplitudes, so streaming compares real signals
+        gen = torch.Generator().manual_seed(0)
+        tok.decoder.out.weight.copy_(0.3 * torch.randn(tok.decoder.out.weight.shape, generator=gen))
+    return tok
+
+
+@pytest.fixture(scope="module")
+def card() -> CochlearTokenizer:
+    return load_tokenizer(CARD)
+
+
+def test_centres_are_erb_spaced():
+    tok = CochlearTokenizer(codebook_size=4, width=4, carriers=4)
+    centres = tok.centres.double()
+    assert centres[0] == pytest.approx(50.0, rel=1e-4)
+    assert centres[-1] == pytest.approx(7600.0, rel=1e-4)
+    steps = hz_to_erb_number(centres).diff()
+    assert torch.allclose(steps, steps.mean().expand_as(steps), rtol=1e-4)
+    # about half an ERB apart at 64 channels, so the bank overlaps but does not smear
+    assert 0.3 < float(centres.diff()[0] / erb(centres[0])) < 1.0
+
+
+@pytest.mark.parametrize("frequency", [120.0, 440.0, 1000.0, 2500.0, 6000.0])
+def test_tone_excites_the_nearest_channel(frequency):
+    tok = CochlearTokenizer(codebook_size=4, width=4, carriers=4)
+    c = tok.cochleagram(tone("sine", frequency, 0.3))  # [C, F]
+    loudest = int(c[:, 10:].mean(1).argmax())
+    nearest = int((tok.centres - frequency).abs().argmin())
+    assert abs(loudest - nearest) <= 1
+    assert loudest == int(
+        (hz_to_erb_number(tok.centres) - hz_to_erb_number(frequency)).abs().argmin()
+    )
+
+
+@pytest.mark.parametrize("samples", [1, 79, 80, 81, 1600, 16_003])
+def test_frame_rate_and_shapes(tiny, samples):
+    clip = np.random.default_rng(samples).standard_normal(samples).astype(np.float32) * 0.1
+    frames = -(-samples // 80)
+    assert tiny.frame_rate == 200.0 and tiny.hop == 80 and tiny.sample_rate == 16_000
+    assert tiny.num_codebooks == 1 and tiny.codebook_sizes == [32] and tiny.sample_range == (0, 32)
+    assert tiny.cochleagram(clip).shape == (16, frames)
+    codes = tiny.encode(torch.from_numpy(clip)).codes
+    assert codes.dtype == torch.long and codes.shape == (frames,)
+    wave = tiny.decode(codes)
+    assert wave.dtype == torch.float32 and wave.shape == (frames * 80,)
+
+
+def test_streaming_equals_one_shot(tiny):
+    codes = torch.from_numpy(np.random.default_rng(1).integers(0, 32, 157))
+    whole = tiny.decode(codes)
+    assert whole.abs().max() > 1e-3
+    rng = np.random.default_rng(2)
+    for chunks in ("ones", "random"):
+        stream, parts, i = tiny.stream_decoder(), [], 0
+        while i < len(codes):
+            n = 1 if chunks == "ones" else int(rng.integers(1, 23))
+            part = stream.push(codes[i : i + n])
+            assert part.shape == (80 * len(codes[i : i + n]),)
+            parts.append(part)
+            i += n
+        assert stream.flush().numel() == 0
+        torch.testing.assert_close(torch.cat(parts), whole, atol=1e-5, rtol=0)
+
+
+def test_save_load_round_trip(tiny, tmp_path):
+    tiny.save(tmp_path / "tok")
+    config = json.loads((tmp_path / "tok" / "config.json").read_text())
+    assert config["type"] == "audio_cochlear" and config["modality"] == "audio"
+    back = load_tokenizer(tmp_path / "tok")
+    clip = tone("square", 220, 0.2)
+    assert torch.equal(back.encode(clip).codes, tiny.encode(clip).codes)
+    codes = tiny.encode(clip).codes
+    assert torch.equal(back.decode(codes), tiny.decode(codes))
+    assert back.config() == tiny.config()
+
+
+def test_bad_codes_raise(tiny):
+    with pytest.raises(ValueError, match=r"\[0, 32\)"):
+        tiny.decode(torch.tensor([0, 32]))
+    with pytest.raises(ValueError, match=r"\[0, 32\)"):
+        tiny.stream_decoder().push(torch.tensor([-1]))
+    with pytest.raises(ValueError, match="integer"):
+        tiny.decode(torch.tensor([0.5]))
+    with pytest.raises(ValueError, match=r"shaped \(frames,\)"):
+        tiny.decode(torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="1-D"):
+        tiny.encode(np.zeros((2, 100), dtype=np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        tiny.encode(np.full(100, np.nan, dtype=np.float32))
+
+
+def test_card_keeps_held_out_tone_pitch(card):
+    """Held-out tones the card keeps within a semitone (61% of all 200 do; see CARD.md)."""
+    from mmntp.data.audio import tone_clips
+    from mmntp.eval.audio_tokenizers import HELDOUT_TONE_SEED
+
+    tones = tone_clips(8, HELDOUT_TONE_SEED)
+    # sawtooth 431 Hz, sine 321 Hz, square 721 Hz, sawtooth 163 Hz, square 241 Hz
+    for clip, caption, frequency in (tones[i] for i in (1, 2, 4, 5, 7)):
+        wave = card.decode(card.encode(clip).codes)
+        assert semitones(estimate_pitch(wave.numpy()), frequency) <= 1.0, caption
+
+
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+def test_card_mel_distance_on_held_out_speech(card):
+    from mmntp.data.audio import heldout_speech
+
+    for clip in heldout_speech(2):
+        wave = card.decode(card.encode(clip).codes)
+        assert wave.shape == (-(-len(clip) // 80) * 80,)
+        assert mel_distance(clip, wave.numpy()) < MEL_BOUND
+
+
+MEL_BOUND = 1.0  # the card: 0.743 mean over 24 held-out clips, 0.85 / 0.75 on these two
