@@ -76,7 +76,7 @@ class AudioJob(Job):
         self.pieces.append(samples)
         return chunk
 
-    def chunks(self, step, ids, lps):
+    def chunks(self, step, ids, lps, vectors=None):
         self.pending.append(int(ids[0]))
         if len(self.pending) < self.frame_size:
             return

@@ -6,6 +6,7 @@ it turns engine requests' step outputs into user-facing chunks and the final res
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,14 @@ import numpy as np
 import torch
 
 from mmntp import sequence
-from mmntp.engine import Request, SegmentPlan, codes_plan, free_plan, text_plan
+from mmntp.engine import (
+    Request,
+    SegmentPlan,
+    codes_plan,
+    continuous_plan,
+    free_plan,
+    text_plan,
+)
 from mmntp.model.sampling import SamplingParams
 from mmntp.schema import (
     AUDIO_SAMPLING,
@@ -116,8 +124,15 @@ class Job:
             for i, seed in enumerate(seeds)
         ]
 
-    def chunks(self, step: int, ids: torch.Tensor, lps: torch.Tensor) -> Iterator:
-        """User-facing chunks for output step `step` (ids/logprobs of every row [rows])."""
+    def chunks(
+        self,
+        step: int,
+        ids: torch.Tensor,
+        lps: torch.Tensor,
+        vectors: list[torch.Tensor | None] | None = None,
+    ) -> Iterator:
+        """User-facing chunks for output step `step` (ids/logprobs of every row [rows]; for a
+        continuous step, each row's vector)."""
         return iter(())
 
     def flush(self) -> Iterator:
@@ -138,7 +153,7 @@ class Job:
 
 @dataclass
 class TokensJob(Job):
-    def chunks(self, step, ids, lps):
+    def chunks(self, step, ids, lps, vectors=None):
         yield TokensDelta([int(ids[0])], [float(lps[0])])
 
     @classmethod
@@ -170,7 +185,7 @@ class TextJob(Job):
         stops = self.segment.stop_ids
         return torch.tensor([i - start for i in ids if i not in stops], dtype=torch.long)
 
-    def chunks(self, step, ids, lps):
+    def chunks(self, step, ids, lps, vectors=None):
         delta = self.decoder.push(self._local(ids[:1].tolist()))
         if delta:
             yield TextDelta(delta)
@@ -221,7 +236,7 @@ class ForecastJob(Job):
         start = self.pipe.vocab.range("timeseries").start
         return self.pipe.tokenizer("timeseries").decode(ids - start, self.state).numpy()
 
-    def chunks(self, step, ids, lps):
+    def chunks(self, step, ids, lps, vectors=None):
         values = self._values(ids)  # (num_samples,)
         qs = np.quantile(values, self.quantiles)
         yield SeriesStep(
@@ -243,26 +258,40 @@ class ForecastJob(Job):
 
 @dataclass
 class ImageJob(Job):
-    """Text-to-image with the VQ tokenizer: codes in raster order, guided by default."""
+    """Text-to-image, guided by default: VQ codes in raster order (head "vq"), or KL latents
+    in k x k cells from a flow or diffusion head (continuous positions, next-X)."""
 
     size: tuple[int, int] = (0, 0)  # output (width, height)
-    grid: tuple[int, int] = (1, 1)  # token rows, columns
+    grid: tuple[int, int] = (1, 1)  # token (or latent) rows, columns
     every: int = 2  # preview every this many token rows
     decoder: Any = None
     final: np.ndarray | None = None
+    cells: int = 0  # k of the k x k latent cells; 0 = VQ codes
+    pending: list = field(default_factory=list)  # cells of the cell row in progress
 
     @classmethod
     def build(cls, pipe, parts, output: ImageOutput, sampling):
-        if output.head != "vq":
+        heads = image_heads(pipe)
+        if output.head not in heads:
             raise ValueError(
-                f"output.image.head: {output.head!r} is not available on this model (heads: vq)"
+                f"output.image.head: {output.head!r} is not available on this model "
+                f"(heads: {', '.join(heads) or 'none'})"
             )
         caption = caption_of(parts, "image")
-        tok, text, vocab = pipe.tokenizer("image"), pipe.tokenizer("text"), pipe.vocab
+        text, vocab = pipe.tokenizer("text"), pipe.vocab
         ids = pipe.prompt_ids_checked(sequence.image_prompt(vocab, text, caption))
-        start = vocab.range("image").start
-        lo, hi = tok.sample_range
-        segment = codes_plan(tok.num_tokens, [(start + lo, start + hi)], "image")
+        if output.head == "vq":
+            tok = pipe.tokenizer("image")
+            start = vocab.range("image").start
+            lo, hi = tok.sample_range
+            segment = codes_plan(tok.num_tokens, [(start + lo, start + hi)], "image")
+            cells = 0
+        else:
+            tok = pipe.tokenizer(LATENT_TOKENIZER)
+            cells = math.isqrt(pipe.bundle.model.heads[output.head].width // tok.latent_dim)
+            positions = tok.num_tokens // (cells * cells)
+            placeholder = vocab.special(sequence.LATENT_PLACEHOLDER)
+            segment = continuous_plan(positions, output.head, placeholder, "image")
         sampling, uncond = guided_sampling(
             sampling, IMAGE_SAMPLING, lambda: sequence.image_prompt(vocab, text, None)
         )
@@ -271,7 +300,7 @@ class ImageJob(Job):
         if every < 1:
             raise ValueError(f"preview_every_rows must be >= 0, got {output.preview_every_rows}")
         job = cls(pipe, ids, segment, sampling, uncond_ids=uncond, size=size, every=every)
-        job.grid = tuple(tok.grid)
+        job.grid, job.cells = tuple(tok.grid), cells
         job.decoder = tok.stream_decoder()
         return job
 
@@ -284,13 +313,26 @@ class ImageJob(Job):
             return array
         return np.asarray(Image.fromarray(array).resize(self.size, Image.Resampling.BICUBIC))
 
-    def chunks(self, step, ids, lps):
-        code = ids[:1] - self.pipe.vocab.range("image").start
-        preview = self.decoder.push(code)
+    def chunks(self, step, ids, lps, vectors=None):
         rows, cols = self.grid
-        done = (step + 1) // cols
+        if self.cells:
+            preview, done = self._push_cell(vectors[0]), (step + 1) // (cols // self.cells)
+            done *= self.cells  # latent rows
+        else:
+            preview = self.decoder.push(ids[:1] - self.pipe.vocab.range("image").start)
+            done = (step + 1) // cols
         if preview is not None and done < rows and done % self.every == 0:
             yield ImageStep(self._pixels(preview), done, rows, False)
+
+    def _push_cell(self, cell: torch.Tensor):
+        """Cells wait until their cell row is complete, then go in as k latent rows."""
+        self.pending.append(cell.float().cpu())
+        k, cols = self.cells, self.grid[1]
+        if len(self.pending) < cols // k:
+            return None
+        row = sequence.from_cells(torch.stack(self.pending), (k, cols), k)  # [k * cols, C]
+        self.pending = []
+        return self.decoder.push(row)
 
     def flush(self):
         rows = self.grid[0]
@@ -299,6 +341,19 @@ class ImageJob(Job):
 
     def output(self, ids, lps, reason):
         return GenerationOutput("image", ids, lps, reason, image=self.final)
+
+
+LATENT_TOKENIZER = "image_latent"  # the model folder's key of its KL image tokenizer
+
+
+def image_heads(pipe) -> list[str]:
+    """Image heads this model has: "vq" with a VQ tokenizer, flow / diffusion heads with a
+    KL tokenizer."""
+    heads = ["vq"] if "image" in pipe.bundle.tokenizers else []
+    if LATENT_TOKENIZER in pipe.bundle.tokenizers:
+        model_heads = pipe.bundle.model.heads
+        heads += [h for h in ("flow", "diffusion") if h in model_heads]
+    return heads
 
 
 def guided_sampling(sampling: SamplingParams, defaults: SamplingParams, uncond_prompt):

@@ -127,8 +127,8 @@ class Pipeline:
         steps = _Steps(requests)
         try:
             while True:
-                for k, ids, lps in steps.ready():
-                    yield from job.chunks(k, ids, lps)
+                for k, ids, lps, vectors in steps.ready():
+                    yield from job.chunks(k, ids, lps, vectors)
                 if steps.all_finished():
                     break
                 self.engine.step()
@@ -167,8 +167,8 @@ class Pipeline:
                 failed = [p for p in pumps if p.done() and p.exception() is not None]
                 if failed:
                     raise failed[0].exception()
-                for k, ids, lps in steps.ready():
-                    for chunk in job.chunks(k, ids, lps):
+                for k, ids, lps, vectors in steps.ready():
+                    for chunk in job.chunks(k, ids, lps, vectors):
                         yield chunk
                 if all(p.done() for p in pumps):
                     break
@@ -261,11 +261,14 @@ class _Steps:
     def __init__(self, requests: list[Request]) -> None:
         self.requests, self.done = requests, 0
 
-    def ready(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    def ready(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, list | None]]:
+        """(step, ids [rows], logprobs [rows], each row's vector or None if the step is a token)."""
         upto = min(len(r.output_ids) for r in self.requests)
         for k in range(self.done, upto):
             ids = torch.tensor([r.output_ids[k] for r in self.requests])
-            yield k, ids, torch.tensor([r.output_logprobs[k] for r in self.requests])
+            lps = torch.tensor([r.output_logprobs[k] for r in self.requests])
+            vectors = [r.output_vectors.get(k) for r in self.requests]
+            yield k, ids, lps, (vectors if vectors[0] is not None else None)
         self.done = max(self.done, upto)
 
     def all_finished(self) -> bool:
@@ -297,8 +300,8 @@ def _seqs(job: Job) -> int:
 def _finish_job(job: Job, requests: list[Request]) -> GenerationOutput:
     """A finished job's result, its chunks replayed so stream decoders see every step."""
     steps = _Steps(requests)
-    for k, ids, lps in steps.ready():
-        for _ in job.chunks(k, ids, lps):
+    for k, ids, lps, vectors in steps.ready():
+        for _ in job.chunks(k, ids, lps, vectors):
             pass
     for _ in job.flush():
         pass

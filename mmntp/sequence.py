@@ -6,6 +6,9 @@
                      codes... <end_image> <eos>   (no caption: the unconditional prompt)
     text-to-audio:   the same with <begin_audio> frames... <end_audio>; a frame of a
                      K-level codec is K ids (level 0 first), frames in time order
+    latent image:    the image prompt, then one continuous position per k x k cell of
+                     KL latents (the id there is LATENT_PLACEHOLDER, the vector replaces
+                     its embedding), then <end_image> <eos>
 
 A prompt stops where generation should take over; training writes the whole thing.
 Keeping both directions in one module is what guarantees they agree.
@@ -141,3 +144,42 @@ def image_document(
         vocab.special("<end_image>"),
         vocab.special("<eos>"),
     ]
+
+
+LATENT_PLACEHOLDER = "<unk>"  # the id at continuous positions (its embedding is replaced)
+
+
+def to_cells(latents: torch.Tensor, grid: tuple[int, int], k: int) -> torch.Tensor:
+    """Raster latents [..., h*w, C] -> k x k cells [..., (h/k)*(w/k), k*k*C] (xAR's next-X
+    units), cells in raster order, each cell's latents in raster order within it."""
+    h, w = grid
+    if h % k or w % k:
+        raise ValueError(f"cells of {k}x{k} do not tile a {h}x{w} latent grid")
+    *lead, n, c = latents.shape
+    x = latents.reshape(*lead, h // k, k, w // k, k, c)
+    x = x.movedim(-3, -4)  # [..., h/k, w/k, k, k, C]
+    return x.reshape(*lead, (h // k) * (w // k), k * k * c)
+
+
+def from_cells(cells: torch.Tensor, grid: tuple[int, int], k: int) -> torch.Tensor:
+    """The inverse of `to_cells`: [..., (h/k)*(w/k), k*k*C] -> raster [..., h*w, C]."""
+    h, w = grid
+    *lead, n, width = cells.shape
+    c = width // (k * k)
+    x = cells.reshape(*lead, h // k, w // k, k, k, c).movedim(-4, -3)
+    return x.reshape(*lead, h * w, c)
+
+
+def latent_image_document(
+    vocab: VocabLayout, tokenizer: DiscreteTokenizer, caption: str | None, positions: int
+) -> tuple[list[int], list[int]]:
+    """A training sequence for a continuous image: (ids, indices of its vector positions)."""
+    prompt = image_prompt(vocab, tokenizer, caption)
+    placeholder = vocab.special(LATENT_PLACEHOLDER)
+    ids = [
+        *prompt,
+        *[placeholder] * positions,
+        vocab.special("<end_image>"),
+        vocab.special("<eos>"),
+    ]
+    return ids, list(range(len(prompt), len(prompt) + positions))

@@ -21,6 +21,7 @@ import torch
 
 from mmntp import sequence
 from mmntp.data.audio import SUPPORTED_RATES
+from mmntp.jobs import image_heads
 from mmntp.model.sampling import SamplingParams
 from mmntp.schema import (
     AUDIO_SAMPLING,
@@ -295,7 +296,7 @@ def output_spec(request: pb.GenerateRequest, pipe: Any) -> tuple[str, OutputSpec
         output = TokensOutput(max_tokens=max_tokens, stop_ids=tuple(stops))
     elif kind == "timeseries":
         output = _forecast_spec(spec.timeseries, limits)
-    elif kind == "image" and "image" in pipe.bundle.tokenizers:
+    elif kind == "image" and image_heads(pipe):
         image = spec.image
         _check_continuous_spec(kind, image, limits)
         output = ImageOutput(
@@ -310,7 +311,7 @@ def output_spec(request: pb.GenerateRequest, pipe: Any) -> tuple[str, OutputSpec
             f"output.{kind}: this model cannot generate {kind} "
             f"(output modalities: {', '.join(output_modalities(pipe))})"
         )
-    needs = OUTPUT_TOKENIZER[kind]
+    needs = OUTPUT_TOKENIZER[kind] if kind != "image" else None  # image: checked above
     if needs is not None and needs not in pipe.bundle.tokenizers:
         raise InvalidArgument(
             f"output.{kind}: this model has no {needs} tokenizer "
@@ -444,7 +445,10 @@ def with_field_path(message: str, modality: str) -> str:
 
 def output_modalities(pipe: Any) -> list[str]:
     toks = pipe.bundle.tokenizers
-    return [m for m, needs in OUTPUT_TOKENIZER.items() if needs is None or needs in toks]
+    out = [m for m, needs in OUTPUT_TOKENIZER.items() if needs is None or needs in toks]
+    if "image" not in out and image_heads(pipe):  # continuous heads alone make images too
+        out.append("image")
+    return out
 
 
 def input_modalities(pipe: Any) -> list[str]:

@@ -179,12 +179,83 @@ class AudioSource:
             ids.extend(doc[: max_tokens - len(ids)])
 
 
+@dataclass
+class Doc:
+    """Ids plus continuous vectors at some of their positions (position -> vector)."""
+
+    ids: list[int]
+    vectors: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class LatentImageSource:
+    """Text-to-image documents over continuous KL latents, k x k cells per position (xAR).
+
+    The same captioned pool as `ImageSource` (procedural shapes, digits), encoded once to
+    normalised latents by the KL card; each image is (h/k)*(w/k) continuous positions
+    whose vectors feed the trunk through its "image" input projection and are what the
+    flow and diffusion heads learn to produce.
+    """
+
+    vocab: VocabLayout
+    tokenizer: Any
+    cells: int = 2
+    caption_dropout: float = 0.1
+    digits: float = 0.15
+    pool_size: int = 12000
+    pool_seed: int = 0
+    card: str = ""
+    text_tokenizer: Any = None
+    modality: str = "image"  # the continuous input's name in the model
+
+    def __post_init__(self) -> None:
+        from mmntp.data.images import digit_examples, shape_examples, to_batch
+
+        if not 0 <= self.caption_dropout < 1 or not 0 <= self.digits <= 1:
+            raise ValueError("caption_dropout must be in [0, 1) and digits in [0, 1]")
+        pools, size = [], self.tokenizer.image_size
+        shapes = shape_examples(self.pool_size, self.pool_seed, size)
+        for examples in (shapes, digit_examples("train", size)):
+            images, captions = zip(*examples)
+            latents = torch.cat(
+                [
+                    self.tokenizer.encode_batch(to_batch(list(images[i : i + 256])))
+                    for i in range(0, len(images), 256)
+                ]
+            )  # [N, h*w, C]
+            cells = sequence.to_cells(latents, tuple(self.tokenizer.grid), self.cells)
+            pools.append((cells, list(captions)))
+        self.pools = pools
+
+    @property
+    def width(self) -> int:
+        return int(self.pools[0][0].shape[-1])
+
+    def document(self, rng: np.random.Generator, max_tokens: int) -> Doc:
+        doc = Doc([])
+        while True:
+            cells, captions = self.pools[1 if rng.random() < self.digits else 0]
+            k = int(rng.integers(len(captions)))
+            caption = None if rng.random() < self.caption_dropout else captions[k]
+            ids, where = sequence.latent_image_document(
+                self.vocab, self.text_tokenizer, caption, cells.shape[1]
+            )
+            if (doc.ids and len(doc.ids) + len(ids) > max_tokens) or len(ids) > max_tokens:
+                return doc if doc.ids else Doc(ids[:max_tokens])
+            base = len(doc.ids)
+            doc.ids.extend(ids)
+            doc.vectors.update({base + p: cells[k, j] for j, p in enumerate(where)})
+
+
 SOURCES = {
     "timeseries": TimeSeriesSource,
     "text": TextSource,
     "image": ImageSource,
     "audio": AudioSource,
+    "image_latent": LatentImageSource,
 }
+# The modality of each source's tokenizer card (the tokenizer's key is the source name).
+SOURCE_MODALITY = {"image_latent": "image"}
 
 
 @dataclass
@@ -198,21 +269,40 @@ class MixtureSource:
     seed: int
     pad_id: int
 
-    def batch(self, step: int, rank: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids [B, L], targets [B, L]) with targets shifted by one and IGNORE on padding."""
+    def batch(self, step: int, rank: int, world_size: int):
+        """(ids [B, L], targets [B, L]) with targets shifted by one and IGNORE on padding;
+        with continuous documents in the batch, also {modality: (mask [B, L], values [N, W])}
+        (values in row-major order of the mask), and IGNORE where the next id is a vector's."""
         rng = np.random.default_rng([self.seed, step, rank, world_size])
         ids = np.full((self.batch_size, self.seq_len + 1), self.pad_id, dtype=np.int64)
         lengths = np.zeros(self.batch_size, dtype=np.int64)
+        vectors: dict[str, list[tuple[int, int, torch.Tensor]]] = {}
         for row in range(self.batch_size):
             source = self.sources[rng.choice(len(self.sources), p=self.weights)]
             doc = source.document(rng, self.seq_len + 1)
+            if isinstance(doc, Doc):
+                for pos, vec in doc.vectors.items():
+                    if pos < self.seq_len:  # the extra last position is a target only
+                        vectors.setdefault(source.modality, []).append((row, pos, vec))
+                doc = doc.ids
             ids[row, : len(doc)] = doc
             lengths[row] = len(doc)
         ids_t = torch.from_numpy(ids)
         targets = ids_t[:, 1:].clone()
         positions = torch.arange(self.seq_len)[None]
         targets[positions >= torch.from_numpy(lengths)[:, None] - 1] = IGNORE
-        return ids_t[:, :-1].contiguous(), targets
+        if not vectors:
+            return ids_t[:, :-1].contiguous(), targets
+        continuous = {}
+        for modality, items in vectors.items():
+            items.sort(key=lambda item: (item[0], item[1]))  # row-major, as masked_scatter
+            mask = torch.zeros(self.batch_size, self.seq_len, dtype=torch.bool)
+            rows = torch.tensor([r for r, _, _ in items])
+            cols = torch.tensor([p for _, p, _ in items])
+            mask[rows, cols] = True
+            targets[rows[cols > 0], cols[cols > 0] - 1] = IGNORE  # a vector is no token
+            continuous[modality] = (mask, torch.stack([v for _, _, v in items]).float())
+        return ids_t[:, :-1].contiguous(), targets, continuous
 
 
 def build_tokenizers(mixture: list[dict[str, Any]] = ()) -> dict[str, DiscreteTokenizer]:
@@ -221,17 +311,21 @@ def build_tokenizers(mixture: list[dict[str, Any]] = ()) -> dict[str, DiscreteTo
     for i, entry in enumerate(mixture):
         if entry.get("card"):
             card = load_tokenizer(entry["card"])
-            if card.modality != entry.get("source"):
+            source = entry.get("source")
+            modality = SOURCE_MODALITY.get(source, source)
+            if card.modality != modality:
                 raise ValueError(
-                    f"data.mixture[{i}].card is a {card.modality} tokenizer, "
-                    f"not {entry.get('source')}"
+                    f"data.mixture[{i}].card is a {card.modality} tokenizer, not {modality}"
                 )
-            tokenizers[card.modality] = card
+            tokenizers[source] = card
     return tokenizers
 
 
 def build_vocab(tokenizers: dict[str, DiscreteTokenizer]) -> VocabLayout:
-    codebooks = {k: t.codebook_sizes for k, t in tokenizers.items() if k != "text"}
+    """Specials, text, then every discrete tokenizer's codebooks (continuous ones have none)."""
+    codebooks = {
+        k: t.codebook_sizes for k, t in tokenizers.items() if k != "text" and t.kind == "discrete"
+    }
     return VocabLayout.build(text_size=tokenizers["text"].codebook_sizes[0], codebooks=codebooks)
 
 
@@ -252,7 +346,7 @@ def build_data(recipe) -> tuple[VocabLayout, dict[str, DiscreteTokenizer], Mixtu
             raise ValueError(f"data.mixture[{i}].weight must be > 0, got {weight}")
         if name not in tokenizers:
             raise ValueError(f"data.mixture[{i}] ({name}) needs card = TOKENIZER_DIR")
-        if name in ("image", "audio"):
+        if name in ("image", "audio", "image_latent"):
             entry["text_tokenizer"] = tokenizers["text"]
         try:
             sources.append(SOURCES[name](vocab, tokenizers[name], **entry))

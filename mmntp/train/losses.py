@@ -17,11 +17,18 @@ from torch import nn
 
 from mmntp import sequence
 from mmntp.model.frame_head import FrameHead, FrameHeadConfig, frame_starts
-from mmntp.model.heads import register_head
-from mmntp.model.transformer import Transformer
+from mmntp.model.heads import head_from_spec, register_head
+from mmntp.model.transformer import ContinuousInput, Transformer
 from mmntp.model.vocab import VocabLayout
 
 IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class ContinuousLoss:
+    head: str  # name in model.heads
+    modality: str  # the continuous input whose vectors it learns to produce
+    weight: float
 
 
 @dataclass(frozen=True)
@@ -60,16 +67,52 @@ def add_frame_heads(
     return losses
 
 
-class TrainingLosses(nn.Module):
-    """ids, targets [B, L] -> summed loss (token CE + weighted frame CE), fp32."""
+def add_continuous_heads(model: Transformer, heads: dict) -> list[ContinuousLoss]:
+    """Create the recipe's flow / diffusion heads on `model`, sized by its continuous inputs."""
+    losses = []
+    for name, spec in heads.items():
+        spec = dict(spec)
+        kind, modality = spec.pop("type"), spec.pop("modality")
+        weight = float(spec.pop("weight", 1.0))
+        denoiser = {"width": model.config.continuous_inputs[modality], "cond_dim": model.config.dim}
+        for key in ("hidden", "depth", "cells"):
+            if key in spec:
+                denoiser[key] = spec.pop(key)
+        try:
+            head = head_from_spec({"type": kind, "config": {"denoiser": denoiser, **spec}})
+        except ValueError as err:
+            raise ValueError(f"model.continuous_heads.{name}: {err}") from None
+        register_head(model, head, name)
+        losses.append(ContinuousLoss(name, modality, weight))
+    return losses
 
-    def __init__(self, model: Transformer, frame_losses: list[FrameLoss] = ()) -> None:
+
+class TrainingLosses(nn.Module):
+    """ids, targets [B, L] (+ continuous inputs) -> summed loss, fp32: token CE, weighted
+    frame CE, and each continuous head's weighted loss times its number of vectors."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        frame_losses: list[FrameLoss] = (),
+        continuous_losses: list[ContinuousLoss] = (),
+    ) -> None:
         super().__init__()
         self.model = model
         self.frame_losses = list(frame_losses)
+        self.continuous_losses = list(continuous_losses)
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        hidden = self.model.hidden_states(ids)  # [B, L, D]
+    def forward(
+        self,
+        ids: torch.Tensor,
+        targets: torch.Tensor,
+        continuous: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        inputs = [
+            ContinuousInput(m, mask, values) for m, (mask, values) in (continuous or {}).items()
+        ]
+        hidden = self.model.hidden_states(ids, continuous=inputs)  # [B, L, D]
         logits = self.model.heads["token"](hidden)
         total = F.cross_entropy(
             logits.float().flatten(0, 1),  # fp32 loss whatever the autocast
@@ -88,4 +131,15 @@ class TrainingLosses(nn.Module):
             frames = ids[rows[:, None], positions[:, None] + steps]  # [N, group]
             h = hidden[rows, positions].float()
             total = total + item.weight * head.loss(h, frames)
+        for item in self.continuous_losses:
+            head = self.model.heads[item.head]
+            if item.modality not in (continuous or {}):
+                total = total + 0.0 * sum(p.sum() for p in head.parameters())
+                continue
+            mask, values = continuous[item.modality]
+            rows, cols = mask.nonzero(as_tuple=True)  # row-major: the order of `values`
+            keep = cols > 0  # a vector is predicted from the position before it
+            z = hidden[rows[keep], cols[keep] - 1].float()
+            mse = head.loss(z, values[keep], generator)
+            total = total + item.weight * mse * int(keep.sum())
         return total

@@ -84,6 +84,10 @@ class ModelSection:
     # Multi-token frame heads by modality: {"audio": {"hidden": 256, "depth": 2,
     # "group": frames' tokens per forward (default: the tokenizer's codebooks), "weight": 1}}.
     frame_heads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Continuous (next-X) heads by name: {"flow": {"type": "flow", "modality": "image",
+    # "hidden": 256, "depth": 3, "weight": 1, ...FlowHeadConfig / DiffusionHeadConfig
+    # fields}}; the vector width is the model's continuous_inputs[modality].
+    continuous_heads: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.init_from, str):
@@ -97,6 +101,19 @@ class ModelSection:
                     _number(where + key, head[key], integer=True, ge=1)
             if "weight" in head:
                 _number(where + "weight", head["weight"], ge=0)
+        widths = self.overrides.get("continuous_inputs", {})
+        for name, head in _table("model.continuous_heads", self.continuous_heads).items():
+            where = f"model.continuous_heads.{name}"
+            _table(where, head)
+            if head.get("type") not in ("flow", "diffusion"):
+                raise ValueError(
+                    f"{where}.type must be flow or diffusion, got {head.get('type')!r}"
+                )
+            if head.get("modality") not in widths:
+                raise ValueError(
+                    f"{where}.modality must name one of model.continuous_inputs "
+                    f"{sorted(widths)}, got {head.get('modality')!r}"
+                )
         if not isinstance(self.preset, str) or self.preset not in PRESETS:
             raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if "vocab_size" in self.overrides:
@@ -116,12 +133,15 @@ class ModelSection:
             preset=preset_name,
             init_from=table.pop("init_from", ""),
             frame_heads=table.pop("frame_heads", {}),
+            continuous_heads=table.pop("continuous_heads", {}),
             overrides=table,
         )
 
     def to_dict(self) -> dict[str, Any]:
         init = {"init_from": self.init_from} if self.init_from else {}
         heads = {"frame_heads": self.frame_heads} if self.frame_heads else {}
+        if self.continuous_heads:
+            heads["continuous_heads"] = self.continuous_heads
         return {"preset": self.preset, **init, **heads, **self.overrides}
 
 

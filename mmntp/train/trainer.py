@@ -33,7 +33,12 @@ from mmntp.model.config import preset
 from mmntp.model.transformer import Transformer
 from mmntp.model.vocab import VocabLayout
 from mmntp.train.init import init_from_model
-from mmntp.train.losses import IGNORE_INDEX, TrainingLosses, add_frame_heads
+from mmntp.train.losses import (
+    IGNORE_INDEX,
+    TrainingLosses,
+    add_continuous_heads,
+    add_frame_heads,
+)
 from mmntp.train.recipe import OptimSection, Recipe
 from mmntp.train.state import (
     TrainerState,
@@ -160,8 +165,11 @@ class _Run:
         enabled = mode == "bf16" or (mode == "auto" and device.type == "cuda")
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def fetch(self, step: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, targets = self.source.batch(step, rank, world)
+    def fetch(self, step: int, rank: int, world: int):
+        """(ids, targets, continuous inputs or None) on the device."""
+        batch = self.source.batch(step, rank, world)
+        ids, targets = batch[0], batch[1]
+        continuous = batch[2] if len(batch) > 2 else None
         if ids.ndim != 2 or ids.shape != targets.shape:
             raise ValueError(
                 f"source.batch must return ids and targets [B, L] of one shape, "
@@ -174,7 +182,9 @@ class _Run:
                 f"batch length {ids.shape[1]} > model max_seq_len {self.core.config.max_seq_len}"
             )
         device = self.dist.device
-        return ids.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if continuous is not None:
+            continuous = {m: (k.to(device), v.to(device)) for m, (k, v) in continuous.items()}
+        return ids.to(device, non_blocking=True), targets.to(device, non_blocking=True), continuous
 
 
 def _train_step(run: _Run, step: int, lr: float) -> tuple[float, float, int]:
@@ -182,19 +192,22 @@ def _train_step(run: _Run, step: int, lr: float) -> tuple[float, float, int]:
     accum, d = run.recipe.optim.grad_accum, run.dist
     micro = [run.fetch(step, d.rank * accum + m, d.world_size * accum) for m in range(accum)]
     counts = torch.tensor(
-        [sum(int((t != IGNORE_INDEX).sum()) for _, t in micro), sum(i.numel() for i, _ in micro)],
+        [sum(int((b[1] != IGNORE_INDEX).sum()) for b in micro), sum(b[0].numel() for b in micro)],
         dtype=torch.float64,
         device=d.device,
     )
     n_targets, n_tokens = d.all_sum(counts).tolist()
     scale = d.world_size / max(n_targets, 1.0)  # DDP averages gradients over ranks: undo it
     loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
-    for m, (ids, targets) in enumerate(micro):
+    for m, (ids, targets, continuous) in enumerate(micro):
         last = m == accum - 1
         sync = run.model.no_sync() if d.world_size > 1 and not last else nullcontext()
+        # The heads' noise comes from (seed, step, virtual rank): exact resumes, as the data.
+        seed = (run.recipe.seed * 1_000_003 + step) * 4099 + d.rank * accum + m
+        generator = torch.Generator(d.device).manual_seed(seed)
         with sync:
             with run.autocast():
-                loss = run.model(ids, targets)  # summed over targets (and frames), fp32
+                loss = run.model(ids, targets, continuous, generator)  # summed, fp32
             (loss * scale).backward()
         loss_sum += loss.detach()
     loss = d.all_sum(loss_sum).item() / max(n_targets, 1.0)
@@ -340,6 +353,7 @@ def _setup(recipe: Recipe, vocab: VocabLayout, tokenizers, source: BatchSource, 
     torch.manual_seed(recipe.seed)
     core = Transformer(config)
     frame_losses = add_frame_heads(core, vocab, tokenizers, recipe.model.frame_heads)
+    continuous_losses = add_continuous_heads(core, recipe.model.continuous_heads)
     core = core.to(d.device)
     optimizer = build_optimizer(core, recipe.optim)
     state = TrainerState(world_size=d.world_size, recipe=recipe.to_dict())
@@ -357,7 +371,7 @@ def _setup(recipe: Recipe, vocab: VocabLayout, tokenizers, source: BatchSource, 
             f"({', '.join(newer)}): resume from the newest (resume='auto') or move them away"
         )
     # DDP wraps the whole objective, so every head's loss is computed inside its forward.
-    model: nn.Module = TrainingLosses(core, frame_losses)
+    model: nn.Module = TrainingLosses(core, frame_losses, continuous_losses)
     if d.world_size > 1:
         ids = [d.device.index] if d.device.type == "cuda" else None
         model = DistributedDataParallel(model, device_ids=ids)
