@@ -46,13 +46,19 @@ class AudioJob(Job):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"output.audio.{name} must be a positive integer, got {value!r}")
         spans = sequence.frame_spans(vocab, tok, "audio")
-        if frames * len(spans) > pipe.limits.max_output_tokens:
+        head = "audio" if output.frame_head and "audio" in pipe.bundle.model.heads else None
+        # A head may emit several codec frames per forward (e.g. 4 cochlear tokens): the
+        # clip is then rounded up to whole groups of frames.
+        per_forward = len(pipe.bundle.model.heads[head].config.spans) if head else len(spans)
+        group = per_forward // len(spans)
+        frames = -(-frames // group) * group
+        tokens = frames * len(spans)
+        if tokens > pipe.limits.max_output_tokens:
             raise ValueError(
-                f"output.audio.seconds: {output.seconds} s is {frames * len(spans)} tokens, "
+                f"output.audio.seconds: {output.seconds} s is {tokens} tokens, "
                 f"more than max_output_tokens {pipe.limits.max_output_tokens}"
             )
-        head = "audio" if output.frame_head and "audio" in pipe.bundle.model.heads else None
-        segment = frames_plan(frames, spans, "audio", head)
+        segment = frames_plan(frames // group, spans * group, "audio", head)
         ids = pipe.prompt_ids_checked(sequence.audio_prompt(vocab, text, caption))
         sampling, uncond = guided_sampling(
             sampling, AUDIO_SAMPLING, lambda: sequence.audio_prompt(vocab, text, None)
@@ -65,7 +71,8 @@ class AudioJob(Job):
     def _codes(self, frames: list[list[int]]) -> torch.Tensor:
         """Global ids of whole frames -> local codes (n, levels)."""
         starts = [self.pipe.vocab.range("audio", k).start for k in range(self.frame_size)]
-        return torch.tensor(frames, dtype=torch.long) - torch.tensor(starts)
+        codes = torch.tensor(frames, dtype=torch.long) - torch.tensor(starts)
+        return codes[:, 0] if self.frame_size == 1 else codes  # one codebook: codes (n,)
 
     def _decode(self, frames: list[list[int]]) -> AudioChunk:
         samples = self.decoder.push(self._codes(frames)).detach().cpu().numpy()

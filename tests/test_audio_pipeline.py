@@ -199,3 +199,28 @@ def test_concurrent_audio_streams_stay_independent(audio_model_dir):
             t.join(60)
     for seed in (1, 2):
         assert results[seed] == pcm16(expected[seed])
+
+
+def test_a_one_codebook_tokenizer_with_a_four_frame_head(tmp_path):
+    """Cochlear tokens (200/s, one codebook): the head emits 4 frames per forward."""
+    from mmntp.tokenizers.audio_cochlear import CochlearTokenizer
+
+    tokenizers = build_tokenizers()
+    tokenizers["audio"] = CochlearTokenizer(channels=16, fir_length=128, codebook_size=32)
+    vocab = build_vocab(tokenizers)
+    torch.manual_seed(0)
+    model = Transformer(preset("test", vocab.size))
+    add_frame_heads(model, vocab, tokenizers, {"audio": {"hidden": 32, "depth": 1, "group": 4}})
+    save_model(tmp_path / "m", model, vocab, tokenizers)
+    pipe = Pipeline.from_pretrained(tmp_path / "m")
+    before = pipe.engine.stats.steps
+    chunks, result = [], None
+    for chunk in pipe.stream(CAPTION, AudioOutput(seconds=0.1), SamplingParams(seed=0)):
+        if isinstance(chunk, AudioChunk):
+            if not chunks:
+                assert pipe.engine.stats.steps - before == 1  # with the prefill step
+            chunks.append(chunk)
+        result = chunk
+    assert len(result.token_ids) == 20 and len(result.audio) == 20 * 80  # 0.1 s at 200/s
+    assert pipe.engine.stats.steps - before == 5  # 4 frames per forward
+    np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks]), result.audio)

@@ -115,6 +115,7 @@ def _one_shot_decode_s(pipe: Any, result: GenerationOutput) -> float:
     levels = tok.num_codebooks
     starts = torch.tensor([pipe.vocab.range("audio", k).start for k in range(levels)])
     codes = torch.tensor(result.token_ids).reshape(-1, levels) - starts
+    codes = codes[:, 0] if levels == 1 else codes
     begin = time.perf_counter()
     tok.decode(codes)
     return time.perf_counter() - begin
