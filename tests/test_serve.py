@@ -333,9 +333,9 @@ BAD_REQUESTS = {
         ),
         "prompt[0].motion.values[1]",
     ),
-    "audio output this model cannot make": (
-        dict(prompt=[TEXT], output=pb.OutputSpec(audio=pb.AudioSpec(seconds=1.0))),
-        "output.audio: this model cannot generate audio",
+    "motion output this model cannot make": (
+        dict(prompt=[TEXT], output=pb.OutputSpec(motion=pb.MotionSpec(frames=8))),
+        "output.motion: this model cannot generate motion",
     ),
     "audio duration out of range": (
         dict(prompt=[TEXT], output=pb.OutputSpec(audio=pb.AudioSpec(seconds=-1.0))),
