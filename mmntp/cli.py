@@ -134,6 +134,20 @@ def token_sampling(args):
     )
 
 
+def sampling_from_args(args, defaults, **extra):
+    """SamplingParams from `generate`'s --temperature/--top-k/--top-p/--seed, with the
+    modality's defaults where an option is not given."""
+    from mmntp.model.sampling import SamplingParams
+
+    return SamplingParams(
+        temperature=defaults.temperature if args.temperature is None else args.temperature,
+        top_k=defaults.top_k if args.top_k is None else args.top_k,
+        top_p=1.0 if args.top_p is None else args.top_p,
+        seed=args.seed,
+        **extra,
+    )
+
+
 def _infer_modality(args) -> str:
     if args.context:
         return "timeseries"
@@ -198,18 +212,12 @@ def _generate_text(pipe, args, sampling) -> int:
 def forecast_request(args):
     """(context values, SamplingParams) from `generate`'s options (local and --server alike)."""
     from mmntp.data.series_io import read_series
-    from mmntp.model.sampling import SamplingParams
     from mmntp.schema import FORECAST_SAMPLING
 
     if not args.context:
         raise ValueError("--context FILE is required for --modality timeseries")
     values, _ = read_series(args.context)
-    sampling = SamplingParams(
-        temperature=FORECAST_SAMPLING.temperature if args.temperature is None else args.temperature,
-        top_k=FORECAST_SAMPLING.top_k if args.top_k is None else args.top_k,
-        top_p=1.0 if args.top_p is None else args.top_p,
-        seed=args.seed,
-    )
+    sampling = sampling_from_args(args, FORECAST_SAMPLING)
     return values, sampling
 
 
@@ -238,20 +246,14 @@ def _generate_forecast(pipe, args) -> int:
 
 def image_request(args):
     """(ImageOutput, SamplingParams) from `generate`'s options (local and --server alike)."""
-    from mmntp.model.sampling import SamplingParams
     from mmntp.schema import IMAGE_SAMPLING, ImageOutput
 
     if args.prompt is None:
         raise ValueError("--prompt is required for --modality image (the caption)")
     if not args.output:
         raise ValueError("-o/--output FILE.png is required for --modality image")
-    sampling = SamplingParams(
-        temperature=IMAGE_SAMPLING.temperature if args.temperature is None else args.temperature,
-        top_k=IMAGE_SAMPLING.top_k if args.top_k is None else args.top_k,
-        top_p=1.0 if args.top_p is None else args.top_p,
-        seed=args.seed,
-        guidance_scale=args.guidance,
-        num_steps=args.steps,
+    sampling = sampling_from_args(
+        args, IMAGE_SAMPLING, guidance_scale=args.guidance, num_steps=args.steps
     )
     return ImageOutput(args.width, args.height, args.head), sampling
 
@@ -271,20 +273,13 @@ def _generate_image(pipe, args) -> int:
 
 def audio_request(args):
     """(AudioOutput, SamplingParams) from `generate`'s options (local and --server alike)."""
-    from mmntp.model.sampling import SamplingParams
     from mmntp.schema import AUDIO_SAMPLING, AudioOutput
 
     if args.prompt is None:
         raise ValueError('--prompt is required for --modality audio ("a sine tone at 440 Hz")')
     if not args.output or not args.output.endswith(".wav"):
         raise ValueError("-o/--output FILE.wav is required for --modality audio")
-    sampling = SamplingParams(
-        temperature=AUDIO_SAMPLING.temperature if args.temperature is None else args.temperature,
-        top_k=AUDIO_SAMPLING.top_k if args.top_k is None else args.top_k,
-        top_p=1.0 if args.top_p is None else args.top_p,
-        seed=args.seed,
-        guidance_scale=args.guidance,
-    )
+    sampling = sampling_from_args(args, AUDIO_SAMPLING, guidance_scale=args.guidance)
     return AudioOutput(seconds=args.seconds), sampling
 
 

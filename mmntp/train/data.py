@@ -83,6 +83,27 @@ class TextSource:
         return ids[:max_tokens]
 
 
+def captioned_pools(source) -> list[tuple[torch.Tensor, list[str]]]:
+    """The image sources' two pools, encoded once by `source.tokenizer`: procedural shapes
+    (`pool_size` from `pool_seed`) and the training digits, each (encodings, captions)."""
+    from mmntp.data.images import digit_examples, shape_examples, to_batch
+
+    if not 0 <= source.caption_dropout < 1 or not 0 <= source.digits <= 1:
+        raise ValueError("caption_dropout must be in [0, 1) and digits in [0, 1]")
+    size, pools = source.tokenizer.image_size, []
+    shapes = shape_examples(source.pool_size, source.pool_seed, size)
+    for examples in (shapes, digit_examples("train", size)):
+        images, captions = zip(*examples)
+        encoded = torch.cat(
+            [
+                source.tokenizer.encode_batch(to_batch(list(images[i : i + 256])))
+                for i in range(0, len(images), 256)
+            ]
+        )
+        pools.append((encoded, list(captions)))
+    return pools
+
+
 @dataclass
 class ImageSource:
     """Text-to-image documents, several packed per row (each is ~100 tokens).
@@ -103,21 +124,7 @@ class ImageSource:
     text_tokenizer: Any = None  # captions are written with the text tokenizer
 
     def __post_init__(self) -> None:
-        from mmntp.data.images import digit_examples, shape_examples, to_batch
-
-        if not 0 <= self.caption_dropout < 1 or not 0 <= self.digits <= 1:
-            raise ValueError("caption_dropout must be in [0, 1) and digits in [0, 1]")
-        pools = []
-        for examples in (shape_examples(self.pool_size, self.pool_seed), digit_examples("train")):
-            images, captions = zip(*examples)
-            codes = torch.cat(
-                [
-                    self.tokenizer.encode_batch(to_batch(list(images[i : i + 256])))
-                    for i in range(0, len(images), 256)
-                ]
-            )  # codes: [N, h*w]
-            pools.append((codes, list(captions)))
-        self.pools = pools
+        self.pools = captioned_pools(self)  # codes [N, h*w] per pool
 
     def document(self, rng: np.random.Generator, max_tokens: int) -> list[int]:
         ids: list[int] = []
@@ -209,23 +216,11 @@ class LatentImageSource:
     modality: str = "image"  # the continuous input's name in the model
 
     def __post_init__(self) -> None:
-        from mmntp.data.images import digit_examples, shape_examples, to_batch
-
-        if not 0 <= self.caption_dropout < 1 or not 0 <= self.digits <= 1:
-            raise ValueError("caption_dropout must be in [0, 1) and digits in [0, 1]")
-        pools, size = [], self.tokenizer.image_size
-        shapes = shape_examples(self.pool_size, self.pool_seed, size)
-        for examples in (shapes, digit_examples("train", size)):
-            images, captions = zip(*examples)
-            latents = torch.cat(
-                [
-                    self.tokenizer.encode_batch(to_batch(list(images[i : i + 256])))
-                    for i in range(0, len(images), 256)
-                ]
-            )  # [N, h*w, C]
-            cells = sequence.to_cells(latents, tuple(self.tokenizer.grid), self.cells)
-            pools.append((cells, list(captions)))
-        self.pools = pools
+        grid = tuple(self.tokenizer.grid)
+        self.pools = [  # latents [N, h*w, C] -> cells [N, P, k*k*C]
+            (sequence.to_cells(latents, grid, self.cells), captions)
+            for latents, captions in captioned_pools(self)
+        ]
 
     @property
     def width(self) -> int:
