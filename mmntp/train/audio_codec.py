@@ -393,7 +393,7 @@ def render_card(tok: Any, recipe: CodecRecipe, result: CodecTrainResult) -> str:
         f"- Losses: {loss.mel:g} x multi-scale log-mel L1 (mean over STFT sizes "
         f"{loss.mel_ffts}, hop n_fft / 4, log floor {loss.mel_eps:g}) + {loss.waveform:g} x waveform L1 + "
         f"{loss.codebook:g} x (codebook + commitment). No adversarial, feature-matching or "
-        "perceptual terms: expect a clean but somewhat dull / phasey sound, not GAN-codec "
+        "perceptual terms. "
         f"quality. Dead codes restarted every {loss.restart_every} steps "
         f"({result.restarted_codes} restarts in all).",
         f"- Wall time: {result.wall_s / 60:.1f} min on {recipe.threads or 'all'} thread(s) of "
