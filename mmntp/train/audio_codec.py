@@ -394,7 +394,7 @@ def render_card(tok: Any, recipe: CodecRecipe, result: CodecTrainResult) -> str:
         f"{loss.mel_ffts}, hop n_fft / 4, log floor {loss.mel_eps:g}) + {loss.waveform:g} x waveform L1 + "
         f"{loss.codebook:g} x (codebook + commitment). No adversarial, feature-matching or "
         "perceptual terms. "
-        f"quality. Dead codes restarted every {loss.restart_every} steps "
+        f"Dead codes restarted every {loss.restart_every} steps "
         f"({result.restarted_codes} restarts in all).",
         f"- Wall time: {result.wall_s / 60:.1f} min on {recipe.threads or 'all'} thread(s) of "
         f"this project's machine (2 shared CPU cores, torch {torch.__version__}); final "
