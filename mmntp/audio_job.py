@@ -43,8 +43,8 @@ class AudioJob(Job):
         frames = _frames(output, tok.frame_rate, pipe.limits)
         for name in ("first_chunk_frames", "chunk_frames"):
             value = getattr(output, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"output.audio.{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"output.audio.{name} must be an integer >= 0, got {value!r}")
         spans = sequence.frame_spans(vocab, tok, "audio")
         head = "audio" if output.frame_head and "audio" in pipe.bundle.model.heads else None
         # A head may emit several codec frames per forward (e.g. 4 cochlear tokens): the
@@ -64,7 +64,8 @@ class AudioJob(Job):
             sampling, AUDIO_SAMPLING, lambda: sequence.audio_prompt(vocab, text, None)
         )
         job = cls(pipe, ids, segment, sampling, uncond_ids=uncond, frame_size=len(spans))
-        job.first, job.every = output.first_chunk_frames, output.chunk_frames
+        job.first = output.first_chunk_frames or group
+        job.every = output.chunk_frames or max(1, round(0.1 * tok.frame_rate))
         job.decoder, job.sample_rate = tok.stream_decoder(), int(tok.sample_rate)
         return job
 

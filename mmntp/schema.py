@@ -85,14 +85,15 @@ class ImageOutput:
 class AudioOutput:
     """`seconds` of audio (rounded up to whole codec frames), streamed as PCM chunks.
 
-    The first chunk holds `first_chunk_frames` frames (small, so it comes at once), later
-    ones `chunk_frames`. `frame_head` False samples the same frames flattened, one token
+    The first chunk holds `first_chunk_frames` codec frames (0: what one forward makes, so it
+    comes at once), later ones `chunk_frames` (0: about 100 ms of audio). `frame_head`
+    False samples the same frames flattened, one token
     per forward through the token head (the baseline the frame head is measured against).
     """
 
     seconds: float = 1.0
-    first_chunk_frames: int = 1
-    chunk_frames: int = 5
+    first_chunk_frames: int = 0
+    chunk_frames: int = 0
     frame_head: bool = True
 
 

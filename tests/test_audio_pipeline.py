@@ -109,7 +109,7 @@ def test_same_seed_same_audio_and_guidance_one_is_unguided(pipe):
         (AudioOutput(seconds=float("nan")), CAPTION, "output.audio.seconds must lie in"),
         (AudioOutput(seconds=100.0), CAPTION, "output.audio.seconds must lie in"),
         (AudioOutput(seconds=20.0), CAPTION, "more than max_output_tokens"),
-        (AudioOutput(chunk_frames=0), CAPTION, "output.audio.chunk_frames"),
+        (AudioOutput(chunk_frames=-1), CAPTION, "output.audio.chunk_frames"),
         (AudioOutput(), "   ", "an audio prompt is one non-empty text part"),
     ],
 )

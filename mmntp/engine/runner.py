@@ -175,13 +175,9 @@ class ModelRunner:
     def _frames(self, head, rows, uncond, requests, hidden):
         """A whole frame per row from a multi-token head: {id: (ids, logprobs, None)}."""
         reqs = [requests[i] for i in rows]
-        vocab = self.sampler.vocab_size
 
         def pick(local: torch.Tensor, step: int):
-            lo, hi = head.config.spans[step]
-            logits = local.new_full((len(reqs), vocab), float("-inf"))
-            logits[:, lo:hi] = local
-            return self.sampler.sample(logits, reqs, offset=step)
+            return self.sampler.sample_span(local, reqs, head.config.spans[step][0], step)
 
         partner_rows = [uncond.get(i, i) for i in rows]
         guided = any(i in uncond for i in rows)

@@ -65,3 +65,21 @@ class Sampler:
         )
         ids = sample_rows(shaped, rows, uniforms)
         return ids, token_logprobs(logits, ids)
+
+    def sample_span(
+        self, local: torch.Tensor, requests: list[Request], lo: int, offset: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample from logits over one id span [lo, lo + width) only (a frame head's step):
+        the same draw as `sample` on full-vocabulary logits that are -inf outside the span,
+        without building them; with a repetition penalty it falls back to `sample`."""
+        rows = RowParams.stack([r.params for r in requests], device=local.device)
+        if bool((rows.repetition_penalty != 1).any()):
+            full = local.new_full((local.shape[0], self.vocab_size), float("-inf"))
+            full[:, lo : lo + local.shape[1]] = local
+            return self.sample(full, requests, offset)
+        local = local.float()
+        uniforms = torch.cat(
+            [torch.rand(1, generator=r.generator, device=local.device) for r in requests]
+        )
+        ids = sample_rows(local, rows, uniforms)
+        return ids + lo, token_logprobs(local, ids)

@@ -105,9 +105,10 @@ class FrameHead(nn.Module):
 
     def _logits(self, x: torch.Tensor, step: int) -> torch.Tensor:
         """x [..., width] (context of step `step`) -> local logits [..., size_step]."""
-        y = self.out(self.norm(self.blocks(x + self.step_emb[step])))
+        y = self.norm(self.blocks(x + self.step_emb[step]))
         lo = int(self.offsets[step])
-        return y[..., lo : lo + self.sizes[step]]
+        hi = lo + self.sizes[step]
+        return F.linear(y, self.out.weight[lo:hi], self.out.bias[lo:hi])  # this step's slice
 
     def _code(self, local: torch.Tensor, step: int) -> torch.Tensor:
         return self.code_emb(local + self.offsets[step])
@@ -147,18 +148,18 @@ class FrameHead(nn.Module):
         `pick(local_logits [R, size_j], j)` draws step j's tokens (global ids, logprobs).
         With `hidden_uncond` and per-row `scales`, logits are guided at every step.
         """
-        x = self.inp(hidden)
-        xu = self.inp(hidden_uncond) if hidden_uncond is not None else None
+        r = hidden.shape[0]
+        guided = hidden_uncond is not None
+        # Conditional and unconditional rows go through the MLP together: [2R, W] when guided.
+        x = self.inp(torch.cat([hidden, hidden_uncond]) if guided else hidden)
         ids, lps = [], []
         for j in range(self.group):
             logits = self._logits(x, j)
-            if xu is not None:
-                logits = guide(logits, self._logits(xu, j), scales)
+            if guided:
+                logits = guide(logits[:r], logits[r:], scales)
             tok, lp = pick(logits, j)
             code = self._code(tok - self.config.spans[j][0], j)
-            x = x + code
-            if xu is not None:
-                xu = xu + code
+            x = x + (torch.cat([code, code]) if guided else code)
             ids.append(tok)
             lps.append(lp)
         return torch.stack(ids, 1), torch.stack(lps, 1)

@@ -198,6 +198,23 @@ class CarrierDecoder(nn.Module):
         cycles = torch.remainder(self.freqs[:, None] * n / self.sample_rate, 1.0)
         return torch.sin(2 * math.pi * cycles + self.phases.double()[:, None]).float()
 
+    def _frame_phases(self, start: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """sin and cos [M, F] of each carrier's phase at the first sample of each frame
+        (float64 on the absolute sample index, so chunking never changes them)."""
+        n0 = start + self.hop * torch.arange(frames, dtype=torch.float64)
+        cycles = torch.remainder(self.freqs[:, None] * n0 / self.sample_rate, 1.0)
+        theta = 2 * math.pi * cycles + self.phases.double()[:, None]
+        return torch.sin(theta).float(), torch.cos(theta).float()
+
+    def _within_frame(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [M, hop] of each carrier's phase advance over one frame's samples."""
+        cached = getattr(self, "_advance", None)
+        if cached is None:
+            k = torch.arange(self.hop, dtype=torch.float64)
+            w = 2 * math.pi * self.freqs[:, None] * k / self.sample_rate
+            cached = self._advance = (torch.cos(w).float(), torch.sin(w).float())
+        return cached
+
     def synthesise(
         self,
         amps: torch.Tensor,
@@ -209,15 +226,25 @@ class CarrierDecoder(nn.Module):
 
         Within frame f the amplitudes ramp linearly from frame f - 1's to frame f's, so
         y[b, f, k] = sum_m (before + (amps - before) * ramp[k]) * carrier[m, f * hop + k].
+        By angle addition, carrier[m, f * hop + k] = sin(theta_mf) cos(w_m k) +
+        cos(theta_mf) sin(w_m k): four [B*F, M] x [M, hop] products instead of building
+        the [M, F * hop] table of sines (`carriers` still takes an explicit table).
         """
         b, m, f = amps.shape
-        if carriers is None:
-            carriers = self.carrier_table(start, f * self.hop)
-        table = carriers.to(amps.dtype).reshape(m, f, self.hop)  # [M, F, hop]
         ramp = torch.arange(1, self.hop + 1, dtype=amps.dtype) / self.hop  # [hop]
         before = torch.cat([prev[:, :, None].to(amps.dtype), amps[:, :, :-1]], dim=-1)
-        y = torch.einsum("bmf,mfk->bfk", before, table)
-        y = y + torch.einsum("bmf,mfk->bfk", amps - before, table * ramp)
+        if carriers is not None:
+            table = carriers.to(amps.dtype).reshape(m, f, self.hop)  # [M, F, hop]
+            y = torch.einsum("bmf,mfk->bfk", before, table)
+            y = y + torch.einsum("bmf,mfk->bfk", amps - before, table * ramp)
+            return y.reshape(b, f * self.hop)
+        sin_t, cos_t = self._frame_phases(start, f)  # [M, F]
+        cos_w, sin_w = self._within_frame()  # [M, hop]
+        cos_w, sin_w = cos_w.to(amps.dtype), sin_w.to(amps.dtype)
+        delta = amps - before
+        rows = lambda x: x.transpose(1, 2).reshape(b * f, m)  # noqa: E731 - [B*F, M]
+        y = rows(before * sin_t) @ cos_w + rows(before * cos_t) @ sin_w
+        y = y + (rows(delta * sin_t) @ cos_w + rows(delta * cos_t) @ sin_w) * ramp
         return y.reshape(b, f * self.hop)
 
     def forward(
