@@ -68,3 +68,15 @@ def test_trained_model_beats_an_untrained_guess_on_held_out_windows(pipe):
     # Relative to the series' scale, errors stay well below what a random bin would give
     # (the bins span ±15·scale): a loose sanity bound, the real benchmark is `mmntp eval`.
     assert float(np.median(errors)) < 0.5
+
+
+def test_cli_generates_a_tone_clip_with_the_bundled_model(tmp_path):
+    import soundfile as sf
+
+    out = tmp_path / "tone.wav"
+    cmd = [sys.executable, "-m", "mmntp.cli", "generate", "--modality", "audio"]
+    cmd += ["--prompt", "a sine tone at 440 Hz", "--seconds", "0.5", "--seed", "0", "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    samples, rate = sf.read(out)
+    assert rate == 16000 and len(samples) == 8000  # 0.5 s of 200 cochlear tokens/s
+    assert 0.01 < np.abs(samples).max() <= 1.0  # audible, not clipped past full scale

@@ -110,8 +110,9 @@ def test_list_models_reports_modalities_and_limits(server, pipe):
     with Client(server.target, timeout=10) as client:
         (info,) = client.list_models()
     assert info.name == "default" and info.parameters == pipe.bundle.model.num_parameters()
-    images = {"image"} if "image" in pipe.bundle.tokenizers else set()
-    assert set(info.output_modalities) == {"text", "timeseries", "tokens"} | images
+    media = {m for m in ("image", "audio") if m in pipe.bundle.tokenizers}
+    assert set(info.output_modalities) == {"text", "timeseries", "tokens"} | media
+    assert "audio" in media  # the bundled model speaks
     assert info.limits["timeseries_max_horizon"] == pipe.limits.timeseries_max_horizon
 
 

@@ -276,14 +276,14 @@ def _sampling(
 ) -> pb.SamplingParams:
     """Proto sampling: fields equal to the proto's documented "unset" meaning stay unset.
 
-    top_k is the exception: unset means the *modality's* default (50 for forecasts) while
-    SamplingParams' 0 means off, so a given SamplingParams always sends it; the request
-    then samples exactly as the local pipeline would with the same SamplingParams.
+    temperature and top_k are the exceptions: unset means the *modality's* default (top-k
+    50 for forecasts, temperature 0.7 for audio), so a given SamplingParams always sends
+    them; the request then samples exactly as the local pipeline would with the same
+    SamplingParams.
     """
     msg = pb.SamplingParams()
     if params is not None:
-        if params.temperature != 1.0:
-            msg.temperature = params.temperature
+        msg.temperature = params.temperature
         msg.top_k = params.top_k
         if params.top_p != 1.0:
             msg.top_p = params.top_p

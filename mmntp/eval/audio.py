@@ -78,9 +78,14 @@ def mel_spectrogram(
 def mel_distance(reference, estimate, sample_rate: int = SAMPLE_RATE) -> float:
     """Mean |log-mel(reference) - log-mel(estimate)| over bands and frames (lower is better)."""
     ref, est = _pair(reference, estimate)
-    return float((mel_spectrogram(ref, sample_rate=sample_rate) - mel_spectrogram(
-        est, sample_rate=sample_rate
-    )).abs().mean())
+    return float(
+        (
+            mel_spectrogram(ref, sample_rate=sample_rate)
+            - mel_spectrogram(est, sample_rate=sample_rate)
+        )
+        .abs()
+        .mean()
+    )
 
 
 def si_snr(reference, estimate, eps: float = 1e-8) -> float:
