@@ -22,8 +22,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,8 @@ from tqdm import tqdm
 from mmntp.data.audio import TRAIN_VOICES, random_crop, speech_clips, tone_clips
 from mmntp.eval.audio import mel_spectrogram
 from mmntp.eval.audio_tokenizers import HELDOUT_TONE_SEED
-from mmntp.train.recipe import OptimSection, _number, _reject_unknown, _string, _table
+from mmntp.train.recipe import OptimSection, _number
+from mmntp.train.tokenizer_recipe import TokenizerRecipe, parse_sections, read_toml
 from mmntp.train.trainer import lr_at
 
 KIND = "codec"
@@ -121,7 +121,7 @@ def mel_bands(n_fft: int) -> int:
 
 
 @dataclass
-class CodecRecipe:
+class CodecRecipe(TokenizerRecipe):
     """One codec training run; `out_dir` is relative to the recipe file's folder."""
 
     name: str
@@ -137,52 +137,19 @@ class CodecRecipe:
     path: Path | None = None
 
     def __post_init__(self) -> None:
-        self.name = _string("name", self.name, empty=False)
-        if self.kind != KIND:
-            raise ValueError(f"kind must be {KIND!r} for a codec recipe, got {self.kind!r}")
-        self.seed = _number("seed", self.seed, integer=True, ge=0)
-        self.out_dir = _string("out_dir", self.out_dir, empty=False)
-        self.batch_size = _number("batch_size", self.batch_size, integer=True, gt=0)
-        self.threads = _number("threads", self.threads, integer=True, ge=0)
-        self.tokenizer = dict(_table("tokenizer", self.tokenizer))
-        if "seed" in self.tokenizer:
-            raise ValueError("tokenizer.seed is the recipe's seed; remove it")
-
-    def output_dir(self) -> Path:
-        base = self.path.parent if self.path is not None else Path.cwd()
-        return (base / self.out_dir).resolve()
+        self.check_common((KIND,))
 
 
 def parse_codec_recipe(table: dict[str, Any], path: Path | None = None) -> CodecRecipe:
     """A parsed TOML table -> recipe; unknown keys are errors that name them."""
-    table = dict(table)
-    known = {f.name for f in fields(CodecRecipe)} - {"path"}
-    _reject_unknown("", table, known)
     sections = {"data": CodecData, "loss": CodecLoss, "optim": OptimSection}
-    for key, cls in sections.items():
-        if key in table:
-            section = _table(key, table[key])
-            _reject_unknown(f"{key}.", section, {f.name for f in fields(cls)})
-            try:
-                table[key] = cls(**section)
-            except TypeError as err:
-                raise ValueError(f"{key}: {err}") from None
-    for required in ("name", "kind"):
-        if required not in table:
-            raise ValueError(f"recipe needs a {required!r} key")
-    return CodecRecipe(**table, path=path)
+    return parse_sections(CodecRecipe, table, sections, path)
 
 
 def load_codec_recipe(path: str | Path) -> CodecRecipe:
     """Reads and validates a codec recipe TOML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {str(path)!r} does not exist")
-    try:
-        table = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path} is not valid TOML: {err}") from err
-    return parse_codec_recipe(table, path.resolve())
+    table, resolved = read_toml(path)
+    return parse_codec_recipe(table, resolved)
 
 
 def build_codec(recipe: CodecRecipe) -> Any:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmntp.train.recipe import OptimSection, _number, _reject_unknown, _string, _table
+from mmntp.train.recipe import OptimSection, _number
+from mmntp.train.tokenizer_recipe import TokenizerRecipe, parse_sections, read_toml
 from mmntp.train.trainer import lr_at
 
 
@@ -92,7 +92,7 @@ class CochlearLoss:
 
 
 @dataclass
-class CochlearRecipe:
+class CochlearRecipe(TokenizerRecipe):
     """One cochlear tokenizer run; `out_dir` is relative to the recipe file's folder."""
 
     name: str
@@ -109,55 +109,24 @@ class CochlearRecipe:
     path: Path | None = None
 
     def __post_init__(self) -> None:
-        self.name = _string("name", self.name, empty=False)
-        if self.kind != "cochlear":
-            raise ValueError(f'kind must be "cochlear", got {self.kind!r}')
-        self.seed = _number("seed", self.seed, integer=True, ge=0)
-        self.out_dir = _string("out_dir", self.out_dir, empty=False)
-        self.batch_size = _number("batch_size", self.batch_size, integer=True, gt=0)
-        self.threads = _number("threads", self.threads, integer=True, ge=0)
-        self.tokenizer = dict(_table("tokenizer", self.tokenizer))
-        if "seed" in self.tokenizer:
-            raise ValueError("tokenizer.seed is the recipe's seed; remove it")
-
-    def output_dir(self) -> Path:
-        base = self.path.parent if self.path is not None else Path.cwd()
-        return (base / self.out_dir).resolve()
+        self.check_common(("cochlear",))
 
 
 def parse_cochlear_recipe(table: dict[str, Any], path: Path | None = None) -> CochlearRecipe:
     """A parsed TOML table -> recipe; unknown keys are errors that name them."""
-    table = dict(table)
-    _reject_unknown("", table, {f.name for f in fields(CochlearRecipe)} - {"path"})
     sections = {
         "data": CochlearData,
         "kmeans": KMeansSection,
         "loss": CochlearLoss,
         "optim": OptimSection,
     }
-    for key, cls in sections.items():
-        if key in table:
-            section = _table(key, table[key])
-            _reject_unknown(f"{key}.", section, {f.name for f in fields(cls)})
-            try:
-                table[key] = cls(**section)
-            except TypeError as err:
-                raise ValueError(f"{key}: {err}") from None
-    if "name" not in table:
-        raise ValueError("recipe needs a 'name' key")
-    return CochlearRecipe(**table, path=path)
+    return parse_sections(CochlearRecipe, table, sections, path)
 
 
 def load_cochlear_recipe(path: str | Path) -> CochlearRecipe:
     """Reads and validates a cochlear tokenizer recipe TOML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {str(path)!r} does not exist")
-    try:
-        table = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path} is not valid TOML: {err}") from err
-    return parse_cochlear_recipe(table, path.resolve())
+    table, resolved = read_toml(path)
+    return parse_cochlear_recipe(table, resolved)
 
 
 def build_tokenizer(recipe: CochlearRecipe) -> Any:

@@ -17,8 +17,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mmntp.data.images import ImageMixture
-from mmntp.train.recipe import OptimSection, _number, _reject_unknown, _string, _table
+from mmntp.train.recipe import OptimSection, _number
+from mmntp.train.tokenizer_recipe import TokenizerRecipe, parse_sections, read_toml
 from mmntp.train.trainer import lr_at
 
 KINDS = ("vq", "kl")
@@ -51,7 +51,7 @@ class LossSection:
 
 
 @dataclass
-class ImageTokenizerRecipe:
+class ImageTokenizerRecipe(TokenizerRecipe):
     """One tokenizer training run; `out_dir` is relative to the recipe file's folder."""
 
     name: str
@@ -67,53 +67,19 @@ class ImageTokenizerRecipe:
     path: Path | None = None  # the TOML file it came from
 
     def __post_init__(self) -> None:
-        self.name = _string("name", self.name, empty=False)
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        self.seed = _number("seed", self.seed, integer=True, ge=0)
-        self.out_dir = _string("out_dir", self.out_dir, empty=False)
-        self.batch_size = _number("batch_size", self.batch_size, integer=True, gt=0)
-        self.threads = _number("threads", self.threads, integer=True, ge=0)
-        self.tokenizer = dict(_table("tokenizer", self.tokenizer))
-        if "seed" in self.tokenizer:
-            raise ValueError("tokenizer.seed is the recipe's seed; remove it")
-
-    def output_dir(self) -> Path:
-        """out_dir resolved against the recipe file's folder (or the working directory)."""
-        base = self.path.parent if self.path is not None else Path.cwd()
-        return (base / self.out_dir).resolve()
+        self.check_common(KINDS)
 
 
 def parse_recipe(table: dict[str, Any], path: Path | None = None) -> ImageTokenizerRecipe:
     """A parsed TOML table -> recipe; unknown keys are errors that name them."""
-    table = dict(table)
-    known = {f.name for f in fields(ImageTokenizerRecipe)} - {"path"}
-    _reject_unknown("", table, known)
     sections = {"data": ImageMixture, "loss": LossSection, "optim": OptimSection}
-    for key, cls in sections.items():
-        if key in table:
-            section = _table(key, table[key])
-            _reject_unknown(f"{key}.", section, {f.name for f in fields(cls)})
-            try:
-                table[key] = cls(**section)
-            except TypeError as err:
-                raise ValueError(f"{key}: {err}") from None
-    for required in ("name", "kind"):
-        if required not in table:
-            raise ValueError(f"recipe needs a {required!r} key")
-    return ImageTokenizerRecipe(**table, path=path)
+    return parse_sections(ImageTokenizerRecipe, table, sections, path)
 
 
 def load_image_recipe(path: str | Path) -> ImageTokenizerRecipe:
     """Reads and validates a tokenizer recipe TOML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {str(path)!r} does not exist")
-    try:
-        table = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path} is not valid TOML: {err}") from err
-    return parse_recipe(table, path.resolve())
+    table, resolved = read_toml(path)
+    return parse_recipe(table, resolved)
 
 
 def build_tokenizer(recipe: ImageTokenizerRecipe) -> Any:
