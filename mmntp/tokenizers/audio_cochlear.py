@@ -38,6 +38,7 @@ from mmntp.tokenizers.base import (
     Encoded,
     StreamDecoder,
     as_codes,
+    check_tensors,
     register_tokenizer,
 )
 
@@ -449,15 +450,7 @@ class CochlearTokenizer(DiscreteTokenizer):
             raise ValueError(f"{cls.__name__}: bad config {config}: {err}") from err
         if not tensors:
             return tok
-        expected = tok.tensors()
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
-        bad = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
-        if missing or extra or bad:
-            raise ValueError(
-                f"{cls.__name__}: weights do not match the config (missing {missing[:5]}, "
-                f"unexpected {extra[:5]}, wrong shape {bad[:5]})"
-            )
+        check_tensors(tok.tensors(), tensors, cls.__name__)
         tok.codebook = tensors["codebook"].float().clone()
         tok.frame_mean = tensors["frame_mean"].float().clone()
         tok.frame_std = tensors["frame_std"].float().clone()

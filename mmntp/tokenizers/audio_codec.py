@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,12 +36,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmntp.tokenizers.base import (
+    AutoencoderCard,
     DiscreteTokenizer,
     Encoded,
     StreamDecoder,
     as_codes,
     register_tokenizer,
 )
+from mmntp.tokenizers.vq import CodeUsage
 
 State = list[torch.Tensor | None]
 
@@ -204,7 +205,7 @@ class RVQOutput:
         return self.codebook_loss + self.commit_loss
 
 
-class QuantizerLevel(nn.Module):
+class QuantizerLevel(CodeUsage, nn.Module):
     """One RVQ level: in-projection to code_dim, cosine nearest code, out-projection."""
 
     def __init__(
@@ -232,30 +233,6 @@ class QuantizerLevel(nn.Module):
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [...] -> latent contributions [..., D]."""
         return self.out_proj(self.codebook()[codes])
-
-    @torch.no_grad()
-    def track(self, codes: torch.Tensor, e: torch.Tensor, keep: int = 4096) -> torch.Tensor:
-        counts = torch.bincount(codes, minlength=self.codebook_size).float()
-        probs = counts / counts.sum()
-        if self.training:
-            self.usage.mul_(self.usage_decay).add_(probs, alpha=1 - self.usage_decay)
-            self.recent = torch.cat([e.detach(), self.recent])[:keep]  # newest first
-        return torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
-
-    @torch.no_grad()
-    def restart_dead_codes(
-        self, min_usage: float | None = None, generator: torch.Generator | None = None
-    ) -> int:
-        """Codes used less than `min_usage` (default 1 / (16 C)) restart from recent inputs."""
-        threshold = min_usage if min_usage is not None else 1.0 / (16 * self.codebook_size)
-        dead = (self.usage < threshold).nonzero().flatten()
-        if dead.numel() == 0 or self.recent.shape[0] == 0:
-            return 0
-        pick = torch.randint(0, self.recent.shape[0], (dead.numel(),), generator=generator)
-        noise = 0.01 * torch.randn(dead.numel(), self.code_dim, generator=generator)
-        self.embedding[dead] = F.normalize(self.recent[pick] + noise, dim=-1)
-        self.usage[dead] = 1.0 / self.codebook_size
-        return int(dead.numel())
 
 
 class ResidualVQ(nn.Module):
@@ -286,7 +263,7 @@ class ResidualVQ(nn.Module):
             z_q = z_q + part
             residual = residual - part
             codes.append(c)
-            ppl.append(level.track(c, e))
+            ppl.append(level.track_usage(c, e))
         z_q = z_q.reshape(b, f, d).transpose(1, 2)
         codes_t = torch.stack(codes, -1).reshape(b, f, len(self.levels))
         return RVQOutput(z_q, codes_t, cb_loss, commit, torch.stack(ppl))
@@ -403,7 +380,7 @@ class CodecStreamDecoder(StreamDecoder):
 
 
 @register_tokenizer
-class CodecTokenizer(DiscreteTokenizer):
+class CodecTokenizer(AutoencoderCard, DiscreteTokenizer):
     """16 kHz mono <-> codes (frames, K); see the module docstring."""
 
     type_name: ClassVar[str] = "audio_codec"
@@ -504,9 +481,6 @@ class CodecTokenizer(DiscreteTokenizer):
     def stream_decoder(self, state: dict[str, Any] | None = None) -> CodecStreamDecoder:
         return CodecStreamDecoder(self)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
-
     def config(self) -> dict[str, Any]:
         return {
             "sample_rate": self.sample_rate,
@@ -521,23 +495,3 @@ class CodecTokenizer(DiscreteTokenizer):
             "beta": self.beta,
             "seed": self.seed,
         }
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.model.state_dict())
-
-    @classmethod
-    def from_config(
-        cls,
-        config: dict[str, Any],
-        tensors: dict[str, torch.Tensor],
-        directory: Path | None = None,
-    ) -> CodecTokenizer:
-        from mmntp.tokenizers.image import load_weights
-
-        try:
-            tok = cls(**config)
-        except TypeError as err:
-            raise ValueError(f"{cls.__name__}: bad config {config}: {err}") from err
-        if tensors:
-            load_weights(tok.model, tensors, cls.__name__)
-        return tok

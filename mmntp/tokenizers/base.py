@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 CONFIG_FILE = "config.json"
 TENSORS_FILE = "tokenizer.safetensors"
@@ -195,3 +196,49 @@ def as_codes(codes: Any, size: int, what: str) -> torch.Tensor:
             f"[{int(codes.min())}, {int(codes.max())}]"
         )
     return codes
+
+
+def check_tensors(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], what: str):
+    """ValueError naming the missing / unexpected / misshapen tensors of a card's weights."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    bad = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    if missing or extra or bad:
+        raise ValueError(
+            f"{what}: weights do not match the config (missing {missing[:5]}, unexpected "
+            f"{extra[:5]}, wrong shape {bad[:5]})"
+        )
+
+
+def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Loads a full state dict, naming missing / unexpected / misshapen tensors on failure."""
+    check_tensors(model.state_dict(), tensors, what)
+    model.load_state_dict(tensors)
+
+
+class AutoencoderCard:
+    """Card plumbing shared by tokenizers whose weights are one `self.model` autoencoder."""
+
+    model: nn.Module
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.state_dict())
+
+    def num_parameters(self) -> int:
+        """Parameters of the autoencoder (a VQ codebook included)."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    @classmethod
+    def from_config(
+        cls,
+        config: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        directory: Path | None = None,
+    ):
+        try:
+            tok = cls(**config)
+        except TypeError as err:
+            raise ValueError(f"{cls.__name__}: bad config {config}: {err}") from err
+        if tensors:
+            load_weights(tok.model, tensors, cls.__name__)
+        return tok

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,12 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmntp.tokenizers.base import (
+    AutoencoderCard,
     DiscreteTokenizer,
     Encoded,
     StreamDecoder,
     as_codes,
     register_tokenizer,
 )
+from mmntp.tokenizers.vq import CodeUsage
 
 # -- input handling -------------------------------------------------------------------
 
@@ -203,7 +204,7 @@ class QuantizerOutput:
         return self.codebook_loss + self.commit_loss
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(CodeUsage, nn.Module):
     """LlamaGen's quantizer: cosine nearest code over l2-normalised low-dim codes."""
 
     def __init__(
@@ -238,37 +239,9 @@ class VectorQuantizer(nn.Module):
         codebook_loss = F.mse_loss(quant, flat.detach())
         commit_loss = self.beta * F.mse_loss(flat, quant.detach())
         straight = flat + (quant - flat).detach()  # value of quant, gradient of flat
-        counts = torch.bincount(codes, minlength=self.codebook_size).float()
-        probs = counts / counts.sum()
-        perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
-        if self.training:
-            self._track(probs, flat.detach())
+        perplexity = self.track_usage(codes, flat)
         z_q = straight.reshape(b, h, w, d).permute(0, 3, 1, 2)  # z_q: [B, D, h, w]
         return QuantizerOutput(z_q, codes.reshape(b, h, w), codebook_loss, commit_loss, perplexity)
-
-    @torch.no_grad()
-    def _track(self, probs: torch.Tensor, flat: torch.Tensor, keep: int = 4096) -> None:
-        self.usage.mul_(self.usage_decay).add_(probs, alpha=1 - self.usage_decay)
-        self.recent = torch.cat([flat, self.recent])[:keep]  # newest first
-
-    @torch.no_grad()
-    def restart_dead_codes(
-        self, min_usage: float | None = None, generator: torch.Generator | None = None
-    ) -> int:
-        """Re-initialises codes used less than `min_usage` from recent encoder outputs.
-
-        `min_usage` is a fraction of assignments (default: 1/(16 K), i.e. 16 times rarer
-        than uniform). Returns how many codes were restarted; they start at the mean usage.
-        """
-        threshold = min_usage if min_usage is not None else 1.0 / (16 * self.codebook_size)
-        dead = (self.usage < threshold).nonzero().flatten()
-        if dead.numel() == 0 or self.recent.shape[0] == 0:
-            return 0
-        pick = torch.randint(0, self.recent.shape[0], (dead.numel(),), generator=generator)
-        noise = 0.01 * torch.randn(dead.numel(), self.code_dim, generator=generator)
-        self.embedding[dead] = F.normalize(self.recent[pick] + noise, dim=-1)
-        self.usage[dead] = 1.0 / self.codebook_size
-        return int(dead.numel())
 
 
 class VQAutoencoder(nn.Module):
@@ -369,34 +342,6 @@ def gray_out_missing(image: torch.Tensor, grid: tuple[int, int], n_known: int) -
 
 
 # -- the tokenizer ------------------------------------------------------------------------
-
-
-class AutoencoderCard:
-    """Card plumbing shared by tokenizers whose weights are one `self.model` autoencoder."""
-
-    model: nn.Module
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.model.state_dict())
-
-    def num_parameters(self) -> int:
-        """Parameters of the autoencoder (a VQ codebook included)."""
-        return sum(p.numel() for p in self.model.parameters())
-
-    @classmethod
-    def from_config(
-        cls,
-        config: dict[str, Any],
-        tensors: dict[str, torch.Tensor],
-        directory: Path | None = None,
-    ):
-        try:
-            tok = cls(**config)
-        except TypeError as err:
-            raise ValueError(f"{cls.__name__}: bad config {config}: {err}") from err
-        if tensors:
-            load_weights(tok.model, tensors, cls.__name__)
-        return tok
 
 
 @register_tokenizer
@@ -505,17 +450,3 @@ class VQImageTokenizer(AutoencoderCard, DiscreteTokenizer):
             "patch": self.patch,
             "seed": self.seed,
         }
-
-
-def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
-    """Loads a full state dict, naming missing / unexpected / misshapen tensors on failure."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    bad = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
-    if missing or extra or bad:
-        raise ValueError(
-            f"{what}: weights do not match the config (missing {missing[:5]}, unexpected "
-            f"{extra[:5]}, wrong shape {bad[:5]})"
-        )
-    model.load_state_dict(tensors)
