@@ -71,9 +71,7 @@ class AudioJob(Job):
 
     def _codes(self, frames: list[list[int]]) -> torch.Tensor:
         """Global ids of whole frames -> local codes (n, levels)."""
-        starts = [self.pipe.vocab.range("audio", k).start for k in range(self.frame_size)]
-        codes = torch.tensor(frames, dtype=torch.long) - torch.tensor(starts)
-        return codes[:, 0] if self.frame_size == 1 else codes  # one codebook: codes (n,)
+        return sequence.frame_codes(self.pipe.vocab, "audio", frames, self.frame_size)
 
     def _decode(self, frames: list[list[int]]) -> AudioChunk:
         samples = self.decoder.push(self._codes(frames)).detach().cpu().numpy()

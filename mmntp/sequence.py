@@ -112,6 +112,14 @@ def frame_ids(vocab: VocabLayout, modality: str, codes: torch.Tensor) -> list[in
     return (codes + starts).flatten().tolist()
 
 
+def frame_codes(vocab: VocabLayout, modality: str, ids, levels: int) -> torch.Tensor:
+    """The inverse of `frame_ids`: global ids of whole frames -> local codes (frames, K),
+    or (frames,) for a one-codebook tokenizer (the shape its decode takes)."""
+    starts = torch.tensor([vocab.range(modality, k).start for k in range(levels)])
+    codes = torch.as_tensor(ids, dtype=torch.long).reshape(-1, levels) - starts
+    return codes[:, 0] if levels == 1 else codes
+
+
 def frame_spans(vocab: VocabLayout, tokenizer: DiscreteTokenizer, modality: str):
     """Global [lo, hi) ids a generator may sample at each step of a frame."""
     lo, hi = tokenizer.sample_range

@@ -84,6 +84,14 @@ def tone(
     return (amplitude * x).astype(np.float32)
 
 
+def random_tone(rng: np.random.Generator) -> tuple[str, int]:
+    """A waveform and an integer frequency, log-uniform over 110-880 Hz (every octave
+    equally often, as pitch is heard)."""
+    waveform = WAVEFORMS[int(rng.integers(len(WAVEFORMS)))]
+    frequency = int(round(MIN_FREQUENCY * 2 ** rng.uniform(0, 3)))
+    return waveform, min(max(frequency, MIN_FREQUENCY), MAX_FREQUENCY)
+
+
 def tone_clips(
     n: int, seed: int, seconds: float = 1.0, sample_rate: int = SAMPLE_RATE
 ) -> list[tuple[np.ndarray, str, int]]:
@@ -91,10 +99,7 @@ def tone_clips(
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        waveform = WAVEFORMS[int(rng.integers(len(WAVEFORMS)))]
-        # log-uniform: every octave equally often, as pitch is heard
-        frequency = int(round(MIN_FREQUENCY * 2 ** rng.uniform(0, 3)))
-        frequency = min(max(frequency, MIN_FREQUENCY), MAX_FREQUENCY)
+        waveform, frequency = random_tone(rng)
         amplitude = float(rng.uniform(0.3, 0.7))
         phase = float(rng.uniform(0, 2 * math.pi))
         clip = tone(waveform, frequency, seconds, sample_rate, amplitude, phase)

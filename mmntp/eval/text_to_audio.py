@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import torch
 
-from mmntp.data.audio import MAX_FREQUENCY, MIN_FREQUENCY, WAVEFORMS, caption
+from mmntp import sequence
+from mmntp.data.audio import caption, random_tone
 from mmntp.eval.audio import estimate_pitch, semitones
 from mmntp.schema import AUDIO_SAMPLING, AudioChunk, AudioOutput, GenerationOutput
 
@@ -49,13 +49,8 @@ class AudioEvalSettings:
 def tone_prompts(n: int, seed: int = HELDOUT_SEED) -> list[tuple[str, int]]:
     """n (caption, frequency): waveforms and log-uniform integer frequencies from `seed`."""
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        waveform = WAVEFORMS[int(rng.integers(len(WAVEFORMS)))]
-        hz = int(round(MIN_FREQUENCY * 2 ** rng.uniform(0, 3)))
-        hz = min(max(hz, MIN_FREQUENCY), MAX_FREQUENCY)
-        out.append((caption(waveform, hz), hz))
-    return out
+    tones = [random_tone(rng) for _ in range(n)]
+    return [(caption(waveform, hz), hz) for waveform, hz in tones]
 
 
 def adherence(
@@ -112,10 +107,7 @@ def speed_local(pipe: Any, prompt: str, seconds: float, frame_head: bool = True)
 def _one_shot_decode_s(pipe: Any, result: GenerationOutput) -> float:
     """Seconds to decode the whole clip at once (the non-streaming path's last step)."""
     tok = pipe.tokenizer("audio")
-    levels = tok.num_codebooks
-    starts = torch.tensor([pipe.vocab.range("audio", k).start for k in range(levels)])
-    codes = torch.tensor(result.token_ids).reshape(-1, levels) - starts
-    codes = codes[:, 0] if levels == 1 else codes
+    codes = sequence.frame_codes(pipe.vocab, "audio", result.token_ids, tok.num_codebooks)
     begin = time.perf_counter()
     tok.decode(codes)
     return time.perf_counter() - begin
