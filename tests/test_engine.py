@@ -283,3 +283,37 @@ def test_priority_runs_first_under_a_tight_budget(model):
     while engine.has_unfinished():
         order += [o.request_id for o in engine.step() if o.finished]
     assert order == ["high", "low"]
+
+
+def test_kv_slots_slice_consecutive_blocks_and_list_fragmented_ones():
+    from mmntp.engine.runner import _slot_ids, _slots
+
+    # blocks 3, 4 (consecutive) with block size 4: positions 2..6 sit in slots 14..18
+    assert _slots([3, 4], 2, 7, 4) == slice(14, 19)
+    # fragmented blocks 5, 2: positions 1..6 are slots 21, 22, 23, 8, 9, 10
+    fragmented = _slots([5, 2], 1, 7, 4)
+    assert fragmented.tolist() == [21, 22, 23, 8, 9, 10]
+    assert _slot_ids(slice(14, 19), "cpu").tolist() == [14, 15, 16, 17, 18]
+
+
+def test_batch_one_decode_reads_keys_in_place_and_equals_reference(model):
+    """A lone request's consecutive blocks are sliced (no gather, no mask); the result
+    still equals the reference loop token for token."""
+    from mmntp.engine import runner
+
+    seen = []
+    original = runner.PagedAttention._decode
+
+    def spy(d, q, kc, vc):
+        seen.append(isinstance(d.key_slots, slice) and d.mask is None)
+        return original(d, q, kc, vc)
+
+    runner.PagedAttention._decode = staticmethod(spy)
+    try:
+        engine = _engine(model)
+        req = Request("solo", list(range(1, 30)), free_plan(12), GREEDY)
+        engine.run_to_completion([req])
+    finally:
+        runner.PagedAttention._decode = staticmethod(original)
+    assert seen and all(seen)
+    assert req.output_ids == generate_reference(model, list(range(1, 30)), 12, GREEDY).token_ids[0]

@@ -58,37 +58,46 @@ class BlockStore:
         self.block_size = block_size
 
 
+Slots = slice | torch.Tensor  # KV slots: a contiguous run (a view, no copy) or slot ids
+
+
 @dataclass
 class _Prefill:
     rows: slice  # this chunk's tokens in the flat batch
-    key_slots: torch.Tensor | None  # [ctx] slots of every key it may see (None: start 0)
+    key_slots: Slots | None  # [ctx] slots of every key it may see (None: start 0)
     mask: torch.Tensor | None  # [1, 1, n, ctx] causal, offset by the chunk's start
 
 
 @dataclass
 class _Decodes:
-    rows: torch.Tensor  # [Bd] flat token indices
-    key_slots: torch.Tensor  # [Bd, Kmax] (padded with slot 0)
-    mask: torch.Tensor  # [Bd, 1, 1, Kmax]
+    rows: torch.Tensor | None  # [Bd] flat token indices; None: the whole step, in order
+    key_slots: Slots  # one row's contiguous run, or [Bd, Kmax] ids padded with slot 0
+    mask: torch.Tensor | None  # [Bd, 1, 1, Kmax]; None when no row is padded
 
 
 class PagedAttention:
-    """AttentionBackend over a BlockStore for one step's flat batch."""
+    """AttentionBackend over a BlockStore for one step's flat batch.
 
-    def __init__(self, store: BlockStore, slots: torch.Tensor, decodes, prefills) -> None:
+    Contiguous slot runs are sliced, not gathered: a lone request's blocks are usually
+    consecutive, so batch-1 decode reads its keys in place (no copy, no mask).
+    """
+
+    def __init__(self, store: BlockStore, slots: Slots, decodes, prefills) -> None:
         self.store, self.slots, self.decodes, self.prefills = store, slots, decodes, prefills
+        # One decode group covering the whole step: its result is the output as it is.
+        self._only = decodes[0] if len(decodes) == 1 and not prefills else None
+        if self._only is not None and self._only.rows is not None:
+            self._only = None
 
     def attend(self, layer, q, k, v):
         kc, vc = self.store.k[layer], self.store.v[layer]
-        kc[self.slots] = k[0].to(kc.dtype)  # write this step's keys/values into their slots
-        vc[self.slots] = v[0].to(vc.dtype)
+        _write(kc, self.slots, k[0])  # this step's keys/values into their slots
+        _write(vc, self.slots, v[0])
+        if self._only is not None:
+            return self._decode(self._only, q[0], kc, vc)[None]
         out = torch.empty_like(q[0])  # [N, H, Dh]
         for d in self.decodes:
-            qd = q[0, d.rows][:, :, None]  # [Bd, H, 1, Dh]
-            keys = kc[d.key_slots].transpose(1, 2)  # [Bd, Hkv, Kmax, Dh]
-            vals = vc[d.key_slots].transpose(1, 2)
-            res = F.scaled_dot_product_attention(qd, keys, vals, attn_mask=d.mask, enable_gqa=True)
-            out[d.rows] = res[:, :, 0]
+            out[d.rows] = self._decode(d, q[0].index_select(0, d.rows), kc, vc)
         for p in self.prefills:
             qp = q[0, p.rows].transpose(0, 1)[None]  # [1, H, n, Dh]
             if p.key_slots is None:
@@ -100,13 +109,40 @@ class PagedAttention:
                     qp, keys, vals, is_causal=True, enable_gqa=True
                 )
             else:
-                keys = kc[p.key_slots].transpose(0, 1)[None]  # [1, Hkv, ctx, Dh]
-                vals = vc[p.key_slots].transpose(0, 1)[None]
+                keys = _read(kc, p.key_slots).transpose(0, 1)[None]  # [1, Hkv, ctx, Dh]
+                vals = _read(vc, p.key_slots).transpose(0, 1)[None]
                 res = F.scaled_dot_product_attention(
                     qp, keys, vals, attn_mask=p.mask, enable_gqa=True
                 )
             out[p.rows] = res[0].transpose(0, 1)
         return out[None]
+
+    @staticmethod
+    def _decode(d: _Decodes, q: torch.Tensor, kc, vc) -> torch.Tensor:
+        """q [Bd, H, Dh] of one decode group -> attention output [Bd, H, Dh]."""
+        if isinstance(d.key_slots, slice):
+            keys = kc[d.key_slots].transpose(0, 1)[None]  # [1, Hkv, ctx, Dh], a view
+            vals = vc[d.key_slots].transpose(0, 1)[None]
+        else:
+            shape = (*d.key_slots.shape, *kc.shape[1:])  # [Bd, Kmax, Hkv, Dh]
+            flat = d.key_slots.flatten()
+            keys = kc.index_select(0, flat).view(shape).transpose(1, 2)
+            vals = vc.index_select(0, flat).view(shape).transpose(1, 2)
+        res = F.scaled_dot_product_attention(
+            q[:, :, None], keys, vals, attn_mask=d.mask, enable_gqa=True
+        )
+        return res[:, :, 0]
+
+
+def _write(cache: torch.Tensor, slots: Slots, values: torch.Tensor) -> None:
+    if isinstance(slots, slice):
+        cache[slots] = values.to(cache.dtype)
+    else:
+        cache.index_copy_(0, slots, values.to(cache.dtype))
+
+
+def _read(cache: torch.Tensor, slots: Slots) -> torch.Tensor:
+    return cache[slots] if isinstance(slots, slice) else cache.index_select(0, slots)
 
 
 class ModelRunner:
@@ -229,7 +265,7 @@ class ModelRunner:
             offset = len(ids)
             ids.extend(req.all_token_ids[start:end])
             positions.extend(range(start, end))
-            slots.append(_slot_range(s.block_table, start, end, bs, self.device))
+            slots.append(_slots(s.block_table, start, end, bs))
             for pos, modality, value in _vectors_in(req, start, end):
                 idx, vals = vectors.setdefault(modality, ([], []))
                 idx.append(offset + pos - start)
@@ -243,21 +279,28 @@ class ModelRunner:
             values = torch.stack([vals[i] for i in order]).to(self.device)
             continuous.append(ContinuousInput(modality, mask, values))
         as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=self.device)  # noqa: E731
-        return as_long(ids), as_long(positions), torch.cat(slots), continuous
+        if len(slots) == 1 and isinstance(slots[0], slice):
+            step_slots: Slots = slots[0]
+        else:
+            step_slots = torch.cat([_slot_ids(x, self.device) for x in slots])
+        return as_long(ids), as_long(positions), step_slots, continuous
 
     def _attention_plan(self, scheduled):
         bs, dev = self.store.block_size, self.device
-        dec_rows, dec_slots, prefills, cursor = [], [], [], 0
+        dec_rows, dec_slots, dec_lens, prefills, cursor = [], [], [], [], 0
         for s in scheduled:
             ctx = s.start + s.num_tokens  # keys visible to the chunk's last token
             n = s.num_tokens
             if n == 1:
                 dec_rows.append(cursor)
-                dec_slots.append(_slot_range(s.block_table, 0, ctx, bs, dev))
+                dec_slots.append(_slots(s.block_table, 0, ctx, bs))
+                dec_lens.append(ctx)
             elif s.start == 0:
                 prefills.append(_Prefill(slice(cursor, cursor + n), None, None))
             else:
-                key_slots = _slot_range(s.block_table, 0, ctx, bs, dev)
+                key_slots = _slots(s.block_table, 0, ctx, bs)
+                if not isinstance(key_slots, slice):
+                    key_slots = key_slots.to(dev)
                 q_pos = torch.arange(s.start, ctx, device=dev)[:, None]
                 mask = (torch.arange(ctx, device=dev)[None] <= q_pos)[None, None]
                 prefills.append(_Prefill(slice(cursor, cursor + n), key_slots, mask))
@@ -265,32 +308,55 @@ class ModelRunner:
         # Decodes are grouped by context length (powers of two), so a short request is
         # not padded to the longest one's keys: gathers and SDPA shrink under mixed loads.
         buckets: dict[int, list[int]] = {}
-        for i, k in enumerate(dec_slots):
-            buckets.setdefault(max(DECODE_BUCKET, 1 << (len(k) - 1).bit_length()), []).append(i)
+        for i, k in enumerate(dec_lens):
+            buckets.setdefault(max(DECODE_BUCKET, 1 << (k - 1).bit_length()), []).append(i)
+        whole_step = not prefills and len(buckets) == 1
         decodes = [
-            _decodes([dec_rows[i] for i in group], [dec_slots[i] for i in group], dev)
+            _decodes(
+                None if whole_step else [dec_rows[i] for i in group],
+                [dec_slots[i] for i in group],
+                [dec_lens[i] for i in group],
+                dev,
+            )
             for group in buckets.values()
         ]
         return decodes, prefills
 
 
-def _decodes(rows: list[int], slots: list[torch.Tensor], device) -> _Decodes:
-    """One SDPA batch of decode rows: key slots padded to the longest, masked beyond."""
-    kmax = max(len(k) for k in slots)
-    padded = torch.zeros(len(rows), kmax, dtype=torch.long, device=device)  # [Bd, Kmax]
+def _decodes(rows: list[int] | None, slots: list[Slots], lens: list[int], device) -> _Decodes:
+    """One SDPA batch of decode rows: a lone contiguous row is sliced; otherwise key slots
+    are padded to the longest row and masked beyond each row's length."""
+    rows_t = None if rows is None else torch.tensor(rows, device=device)
+    if len(slots) == 1 and isinstance(slots[0], slice):
+        return _Decodes(rows_t, slots[0], None)
+    kmax = max(lens)
+    padded = torch.zeros(len(slots), kmax, dtype=torch.long, device=device)  # [Bd, Kmax]
     for i, k in enumerate(slots):
-        padded[i, : len(k)] = k
-    lens = torch.tensor([len(k) for k in slots], device=device)
-    mask = (torch.arange(kmax, device=device)[None] < lens[:, None])[:, None, None]
-    return _Decodes(torch.tensor(rows, device=device), padded, mask)
+        padded[i, : lens[i]] = _slot_ids(k, device)
+    mask = None
+    if min(lens) < kmax:
+        lens_t = torch.tensor(lens, device=device)
+        mask = (torch.arange(kmax, device=device)[None] < lens_t[:, None])[:, None, None]
+    return _Decodes(rows_t, padded, mask)
 
 
-def _slot_range(table: list[int], start: int, end: int, bs: int, device) -> torch.Tensor:
-    """KV slots [end - start] of positions start..end-1 through a block table."""
+def _slots(table: list[int], start: int, end: int, bs: int) -> Slots:
+    """KV slots of positions start..end-1 through a block table: a slice where the blocks
+    are consecutive (the common case), else a tensor of slot ids [end - start]."""
     first, last = start // bs, (end - 1) // bs + 1
-    blocks = torch.tensor(table[first:last], dtype=torch.long, device=device)
-    slots = (blocks[:, None] * bs + torch.arange(bs, device=device)).flatten()
-    return slots[start - first * bs : end - first * bs]
+    blocks = table[first:last]
+    lo, hi = start - first * bs, end - first * bs  # within the run of blocks
+    if all(b == a + 1 for a, b in zip(blocks, blocks[1:])):
+        base = blocks[0] * bs
+        return slice(base + lo, base + hi)
+    ids = (torch.tensor(blocks, dtype=torch.long)[:, None] * bs + torch.arange(bs)).flatten()
+    return ids[lo:hi]
+
+
+def _slot_ids(slots: Slots, device) -> torch.Tensor:
+    if isinstance(slots, slice):
+        return torch.arange(slots.start, slots.stop, device=device)
+    return slots.to(device)
 
 
 def _vectors_in(req: Request, start: int, end: int):

@@ -47,23 +47,23 @@ class Sampler:
         """`offset`: how many tokens past its output so far each row samples (frame heads
         draw a frame's tokens in one step), for the plan's per-step constraint."""
         logits = logits.float()
-        rows = RowParams.stack([r.params for r in requests], device=logits.device)
-        seen = None
-        if bool((rows.repetition_penalty != 1).any()):
+        params = [r.params for r in requests]
+        seen = penalty = None
+        if any(p.repetition_penalty != 1 for p in params):
             seen = torch.zeros_like(logits, dtype=torch.bool)
             for i, r in enumerate(requests):
                 seen[i, r.all_token_ids] = True
+            penalty = torch.tensor([p.repetition_penalty for p in params], device=logits.device)
         plans = [r.plan.allowed(len(r.output_ids) + offset) for r in requests]
         allowed = None
         if any(p is not None for p in plans):
             allowed = torch.stack([self.mask(p) for p in plans])
-        shaped = apply_allowed(
-            apply_repetition_penalty(logits, seen, rows.repetition_penalty), allowed
-        )
-        uniforms = torch.cat(
-            [torch.rand(1, generator=r.generator, device=logits.device) for r in requests]
-        )
-        ids = sample_rows(shaped, rows, uniforms)
+        shaped = apply_allowed(apply_repetition_penalty(logits, seen, penalty), allowed)
+        uniforms = _uniforms(requests, logits.device)
+        if all(p.greedy for p in params):  # argmax; the uniforms are drawn all the same
+            ids = shaped.argmax(-1)
+        else:
+            ids = sample_rows(shaped, RowParams.stack(params, device=logits.device), uniforms)
         return ids, token_logprobs(logits, ids)
 
     def sample_span(
@@ -78,8 +78,11 @@ class Sampler:
             full[:, lo : lo + local.shape[1]] = local
             return self.sample(full, requests, offset)
         local = local.float()
-        uniforms = torch.cat(
-            [torch.rand(1, generator=r.generator, device=local.device) for r in requests]
-        )
-        ids = sample_rows(local, rows, uniforms)
+        ids = sample_rows(local, rows, _uniforms(requests, local.device))
         return ids + lo, token_logprobs(local, ids)
+
+
+def _uniforms(requests: list[Request], device) -> torch.Tensor:
+    """One uniform per row from the row's own generator (every step, greedy rows too, so a
+    request's later draws never depend on how it was sampled before)."""
+    return torch.cat([torch.rand(1, generator=r.generator, device=device) for r in requests])

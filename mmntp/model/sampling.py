@@ -106,7 +106,7 @@ def apply_allowed(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.T
 
 
 def apply_repetition_penalty(
-    logits: torch.Tensor, seen: torch.Tensor | None, penalty: torch.Tensor
+    logits: torch.Tensor, seen: torch.Tensor | None, penalty: torch.Tensor | None
 ) -> torch.Tensor:
     """CTRL-style: seen ids' positive logits are divided by the penalty, negative multiplied.
 

@@ -43,11 +43,25 @@ def rope_cos_sin(
     return emb.cos(), emb.sin()
 
 
-class RopeTable:
-    """cos/sin of every position up to max_len, computed once; lookups replace per-step trig.
+def rope_factors(
+    positions: torch.Tensor, head_dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `apply_rope` multiplies by: cos and a signed sin, both [B, T, 1, head_dim].
 
-    Entries are exactly `rope_cos_sin` of each position (the same float32 ops), so a
-    lookup equals computing them afresh.
+    Rotating the half-split pair (x1, x2) is x * cos + (-x2, x1) * sin; with the sign
+    folded into the table's first half that is x * cos + roll(x) * signed_sin, one op
+    fewer per call than negating and concatenating halves, and bitwise the same.
+    """
+    cos, sin = rope_cos_sin(positions, head_dim, theta)
+    half = head_dim // 2
+    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return cos[:, :, None], signed[:, :, None]
+
+
+class RopeTable:
+    """`rope_factors` of every position up to max_len, computed once; lookups replace
+    per-step trig. Entries are exactly the factors of each position (the same float32
+    ops), so a lookup equals computing them afresh.
     """
 
     def __init__(self, max_len: int, head_dim: int, theta: float) -> None:
@@ -55,22 +69,22 @@ class RopeTable:
         self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [B, T] -> cos, sin [B, T, head_dim]."""
+        """positions [B, T] -> cos, signed sin [B, T, 1, head_dim] (float32)."""
+        if positions.numel() and int(positions.max()) >= self.max_len:  # past max_seq_len
+            return rope_factors(positions, self.head_dim, self.theta)
         table = self._tables.get(positions.device)
         if table is None:
-            every = torch.arange(self.max_len, device=positions.device)  # every: [S]
-            table = rope_cos_sin(every, self.head_dim, self.theta)  # two [S, head_dim]
-            self._tables[positions.device] = table
-        if positions.numel() and int(positions.max()) >= self.max_len:
-            return rope_cos_sin(positions, self.head_dim, self.theta)  # past max_seq_len
+            every = torch.arange(self.max_len, device=positions.device)[None]  # [1, S]
+            cos, sin = rope_factors(every, self.head_dim, self.theta)  # [1, S, 1, Dh]
+            table = self._tables[positions.device] = (cos[0], sin[0])
         return table[0][positions], table[1][positions]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, H, Dh] by cos/sin [B, T, Dh]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return x * cos[:, :, None].to(x.dtype) + rotated * sin[:, :, None].to(x.dtype)
+    """Rotate x [B, T, H, Dh] by the `rope_factors` cos / signed sin [B, T, 1, Dh]."""
+    if cos.dtype != x.dtype:  # bf16 activations under autocast rotate in bf16
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 class AttentionBackend(Protocol):
