@@ -23,6 +23,7 @@ SCENARIOS = {
     "load_ttft_p99",
     "load_itl_p50",
     "load_itl_p99",
+    "saturated_throughput",
     "idle_ttft",
     "prefix_ttft",
 }
@@ -55,6 +56,9 @@ def test_quick_json_lines_have_the_row_shape(quick_run):
     by_name = {r["scenario"]: r for r in rows}
     assert isinstance(by_name["decode_tiny"]["tokens_agree"], bool)
     assert isinstance(by_name["load_ttft_p99"]["p99_over_idle"], float)
+    assert by_name["load_ttft_p99"]["slowdown_p99"] >= by_name["load_ttft_p99"]["slowdown_p50"]
+    floor = by_name["decode_tiny"]["weight_floor_ms_per_token"]
+    assert 0 < floor < by_name["decode_tiny"]["baseline_ms_per_token"]
     assert by_name["load_throughput"]["mmntp_preemptions"] == 0
     assert by_name["prefix_ttft"]["baseline_is"] == "mmntp, prefix caching off"
 
