@@ -421,7 +421,8 @@ def test_deadline_ends_the_call_and_frees_the_engine(server, pipe):
     usage = pipe.engine.kv.usage
     seen: list = []
     with Client(server.target, retries=0) as client:
-        stream = client.generate(TokenIdsPart([1, 3]), TokensOutput(max_tokens=500), timeout=0.5)
+        # 500 tokens take the engine about 0.5 s on a quiet machine: 0.2 s always expires.
+        stream = client.generate(TokenIdsPart([1, 3]), TokensOutput(max_tokens=500), timeout=0.2)
         with pytest.raises(ClientError) as err:
             for _ in stream:
                 seen = seen or in_flight(pipe)
