@@ -435,6 +435,11 @@ def add_serve_parser(sub) -> None:
     srv.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     srv.add_argument("--grace", type=float, help="seconds in-flight calls get after SIGTERM")
     srv.add_argument("--no-warmup", action="store_true", help="report SERVING without warm-up")
+    srv.add_argument(
+        "--torch-threads",
+        type=int,
+        help="torch intra-op threads (service.json server.torch_threads, default 1; 0 = torch's)",
+    )
     srv.set_defaults(func=cmd_serve)
 
 
@@ -455,7 +460,12 @@ def cmd_serve(args) -> int:
         port=args.port,
         grace_seconds=args.grace,
         warmup=False if args.no_warmup else None,
+        torch_threads=args.torch_threads,
     )
+    if config.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
     keys = load_api_keys(args.api_keys_file)
     if not keys:
         logging.getLogger("mmntp.serve").warning("no API keys configured: the server is open")

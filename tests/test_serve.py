@@ -554,3 +554,9 @@ def test_metrics_endpoint_has_latency_histograms_and_status_counts(server):
         "mmntp_kv_cache_usage",
     ):
         assert name in body, name
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_server_config_rejects_bad_torch_threads(bad):
+    with pytest.raises(ValueError, match="server.torch_threads"):
+        ServerConfig(torch_threads=bad)

@@ -115,14 +115,30 @@ def _one_shot_decode_s(pipe: Any, result: GenerationOutput) -> float:
 
 def speed_grpc(pipe: Any, prompt: str, seconds: float) -> dict:
     """The same request over a loopback gRPC server: first chunk, total, real-time factor;
-    and whether the joined chunks equal the local pipeline's clip for the same seed."""
+    and whether the joined chunks equal the local pipeline's clip for the same seed.
+
+    The server runs with the torch threads `mmntp serve` sets (server.torch_threads)."""
+    import torch
+
+    from mmntp.serve.server import ServerConfig
+
+    output = AudioOutput(seconds=seconds)
+    sampling = replace(AUDIO_SAMPLING, seed=0)
+    threads, serve_threads = torch.get_num_threads(), ServerConfig().torch_threads
+    try:
+        if serve_threads:
+            torch.set_num_threads(serve_threads)
+        return _grpc_run(pipe, prompt, output, sampling) | {"torch_threads": serve_threads}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _grpc_run(pipe: Any, prompt: str, output: AudioOutput, sampling) -> dict:
     from mmntp.client import AudioChunk as WireChunk
     from mmntp.client import Client
     from mmntp.data.audio import pcm16
     from mmntp.serve.thread import ServerThread
 
-    output = AudioOutput(seconds=seconds)
-    sampling = replace(AUDIO_SAMPLING, seed=0)
     with ServerThread(pipe) as server, Client(server.target) as client:
         list(client.generate(prompt, output, sampling))  # warm-up: channel, server caches
         start, first, pieces = time.perf_counter(), None, []
