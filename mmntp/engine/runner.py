@@ -312,22 +312,17 @@ class ModelRunner:
                 mask = (torch.arange(ctx, device=dev)[None] <= q_pos)[None, None]
                 prefills.append(_Prefill(slice(cursor, cursor + n), key_slots, mask))
             cursor += n
-        whole_step = not prefills and len(dec_rows) == 1
+        if not prefills and len(dec_rows) == 1:  # the whole step is one decode row
+            return [_Decodes(None, _on(dec_slots[0], dev), None)], prefills
         decodes = [
-            _Decodes(None if whole_step else row, _on(slots, dev), None)
+            _Decodes(row, _on(slots, dev), None)
             for row, slots, n in zip(dec_rows, dec_slots, dec_lens)
-            if n >= PER_ROW_MIN_KEYS or whole_step
+            if n >= PER_ROW_MIN_KEYS
         ]
-        short = [i for i, n in enumerate(dec_lens) if n < PER_ROW_MIN_KEYS and not whole_step]
+        short = [i for i, n in enumerate(dec_lens) if n < PER_ROW_MIN_KEYS]
         if short:
-            decodes.append(
-                _padded(
-                    [dec_rows[i] for i in short],
-                    [dec_slots[i] for i in short],
-                    [dec_lens[i] for i in short],
-                    dev,
-                )
-            )
+            pick = lambda xs: [xs[i] for i in short]  # noqa: E731
+            decodes.append(_padded(pick(dec_rows), pick(dec_slots), pick(dec_lens), dev))
         return decodes, prefills
 
 
