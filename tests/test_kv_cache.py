@@ -213,3 +213,45 @@ def test_prefix_caching_disabled():
     assert kv.get_computed_blocks(b) == 0
     assert kv.num_blocks_of("b") == 0 and kv.prefix_cache_hit_rate == 0.0
     assert kv._cached == {} and all(blk.block_hash is None for blk in kv._blocks)
+
+
+def _consecutive(table):
+    return all(b == a + 1 for a, b in zip(table, table[1:]))
+
+
+def test_requests_growing_side_by_side_keep_consecutive_blocks():
+    kv = KVCacheManager(64, 4)
+    reqs = [make(f"r{i}", range(10 * i, 10 * i + 6), max_tokens=20) for i in range(3)]
+    for r in reqs:
+        assert kv.allocate_slots(r, r.num_tokens)
+    for total in range(7, 27):  # one token each per step, interleaved
+        for r in reqs:
+            assert kv.allocate_slots(r, total)
+    tables = [kv.block_table(r.request_id) for r in reqs]
+    assert all(len(t) == 7 and _consecutive(t) for t in tables)
+    assert len({b for t in tables for b in t}) == 21  # no block shared
+
+
+def test_reserved_blocks_still_go_to_whoever_needs_them():
+    kv = KVCacheManager(8, 4)
+    a = make("a", range(4), max_tokens=28)  # may grow to 8 blocks: keeps the whole cache
+    assert kv.allocate_slots(a, 4)
+    b = make("b", range(50, 62))
+    assert kv.allocate_slots(b, 12)  # 3 blocks, all kept for a: taken anyway
+    assert kv.num_free_blocks == 4
+    assert kv.allocate_slots(a, 20)  # a grows into what is left
+    assert kv.num_free_blocks == 0 and not kv.allocate_slots(a, 21)
+    assert sorted(kv.block_table("a") + kv.block_table("b")) == list(range(8))
+
+
+def test_free_releases_reservation():
+    kv = KVCacheManager(8, 4)
+    a = make("a", range(4), max_tokens=28)
+    assert kv.allocate_slots(a, 4)
+    assert set(kv._reserved.values()) == {"a"}
+    kv.free("a")
+    assert not kv._reserved and not kv._extents
+    b = make("b", range(50, 58), max_tokens=24)  # needs the whole cache in the end
+    for total in range(8, 33):
+        assert kv.allocate_slots(b, total)
+    assert kv.block_table("b") == list(range(8))

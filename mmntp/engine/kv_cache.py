@@ -4,6 +4,13 @@ Plain Python over integer block ids: the runner owns the actual K/V storage and 
 a request's block table. Block records are made once; a block moves between owners
 (refcounted) and the free queue, and keeps its hash while free so a later request with
 the same prefix can pick it up again until the block is reused for something else.
+
+Allocation keeps each request's blocks consecutive where it can (extents, as file
+systems do): a request's first fresh blocks come from a run of free uncached blocks long
+enough for its whole possible length, and the rest of that run stays softly reserved
+for its growth. A request whose blocks are consecutive is read by the runner as one
+slice of the block store, with no gather. Reservations never cost capacity: when
+nothing else is free, a reserved block goes to whoever needs it.
 """
 
 from __future__ import annotations
@@ -77,6 +84,9 @@ class KVCacheManager:
         self._tables: dict[str, list[int]] = {}  # request id -> block ids in order
         self._hashes: dict[str, list[bytes]] = {}  # request id -> hashes of its full blocks
         self._num_cached: dict[str, int] = {}  # request id -> leading blocks already registered
+        self._reserved: dict[int, str] = {}  # free block id -> request it is kept for
+        self._extents: dict[str, range] = {}  # request id -> the blocks reserved for it
+        self._cursor = 0  # next-fit: where the search for a free run starts
         self._query_tokens = 0
         self._hit_tokens = 0
 
@@ -142,23 +152,102 @@ class KVCacheManager:
 
     def allocate_slots(self, request, num_tokens_total: int) -> bool:
         """Own enough blocks for `num_tokens_total` tokens; all or nothing."""
-        table = self._tables.get(request.request_id, [])
+        rid = request.request_id
+        table = self._tables.get(rid, [])
         need = -(-num_tokens_total // self.block_size) - len(table)
         if need <= 0:
             return True
         if need > len(self._free):
             return False
-        table = self._tables.setdefault(request.request_id, table)
+        table = self._tables.setdefault(rid, table)
+        if not self._in_extent(rid, table, need):
+            final = getattr(request, "max_total_tokens", num_tokens_total)
+            want = max(need, -(-final // self.block_size) - len(table))
+            self._reserve(rid, need, want)
         for _ in range(need):
-            block_id, _ = self._free.popitem(last=False)
-            block = self._blocks[block_id]
-            if block.block_hash is not None:  # evict: its content is about to be overwritten
-                if self._cached.get(block.block_hash) == block_id:
-                    del self._cached[block.block_hash]
-                block.block_hash = None
-            block.ref_cnt = 1
-            table.append(block_id)
+            table.append(self._pop_free(rid, self._next_in_extent(rid, table)))
         return True
+
+    def _next_in_extent(self, rid: str, table: list[int]) -> int | None:
+        """Where rid's next block goes in its extent: after its last block, or the extent's
+        start when its blocks so far lie elsewhere (cached prefix blocks)."""
+        extent = self._extents.get(rid)
+        if extent is None:
+            return None
+        return table[-1] + 1 if table and table[-1] in extent else extent.start
+
+    def _in_extent(self, rid: str, table: list[int], need: int) -> bool:
+        """Whether the next `need` blocks rid takes are all still kept for it."""
+        nxt = self._next_in_extent(rid, table)
+        if nxt is None:
+            return False
+        return all(self._reserved.get(b) == rid for b in range(nxt, nxt + need))
+
+    def _reserve(self, rid: str, need: int, want: int) -> None:
+        """Keep a run of `want` free uncached blocks (or the longest run of at least `need`)
+        for rid; without one, its blocks come from the free queue as they are."""
+        self._release(rid)
+        run = self._find_run(need, want)
+        if run is not None:
+            self._extents[rid] = run
+            for b in run:
+                self._reserved[b] = rid
+
+    def _find_run(self, need: int, want: int) -> range | None:
+        """Next fit from the cursor over block ids: the first run of `want` free, uncached,
+        unreserved blocks, else the longest one found of at least `need`."""
+        best: range | None = None
+        n, start, length = self.num_blocks, None, 0
+        for i in range(n + want):  # past the end once so a run reaching the end closes
+            b = (self._cursor + i) % n
+            usable = i < n and self._usable(b) and (start is None or b > start)
+            if usable:
+                start = b if start is None else start
+                length += 1
+                if length == want:
+                    self._cursor = (start + want) % n
+                    return range(start, start + want)
+                continue
+            if start is not None and length >= need and (best is None or length > len(best)):
+                best = range(start, start + length)
+            start, length = None, 0
+            if i >= n:
+                break
+        return best
+
+    def _usable(self, block_id: int) -> bool:
+        return (
+            block_id in self._free
+            and block_id not in self._reserved
+            and self._blocks[block_id].block_hash is None
+        )
+
+    def _pop_free(self, rid: str, nxt: int | None) -> int:
+        """A free block for rid: the next one of its extent, else in eviction order the first
+        uncached block nobody keeps, then one kept for another request (it falls back to
+        the queue), and only then a cached block (evicted, least recently used first)."""
+        if nxt is not None and self._reserved.get(nxt) == rid:
+            block_id = nxt
+        else:
+            uncached = (b for b in self._free if self._blocks[b].block_hash is None)
+            block_id = next((b for b in uncached if b not in self._reserved), None)
+            if block_id is None:  # every reserved block is free and uncached
+                block_id = next(iter(self._reserved)) if self._reserved else next(iter(self._free))
+        del self._free[block_id]
+        self._reserved.pop(block_id, None)  # taken by its owner, or from one who kept it
+        block = self._blocks[block_id]
+        if block.block_hash is not None:  # evict: its content is about to be overwritten
+            if self._cached.get(block.block_hash) == block_id:
+                del self._cached[block.block_hash]
+            block.block_hash = None
+        block.ref_cnt = 1
+        return block_id
+
+    def _release(self, rid: str) -> None:
+        """Drop what is still kept for rid (blocks it took are no longer reserved)."""
+        for b in self._extents.pop(rid, ()):
+            if self._reserved.get(b) == rid:
+                del self._reserved[b]
 
     def _take(self, block_id: int) -> None:
         block = self._blocks[block_id]
@@ -169,6 +258,7 @@ class KVCacheManager:
     def free(self, request_id) -> None:
         """Release the request's blocks; cached ones stay findable until reused."""
         table = self._tables.pop(request_id, [])
+        self._release(request_id)
         self._hashes.pop(request_id, None)
         self._num_cached.pop(request_id, None)
         # Reversed, so a request's later blocks (least likely shared) are evicted first.

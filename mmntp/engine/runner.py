@@ -4,7 +4,9 @@ One forward per step over the flat concatenation of every scheduled token (prefi
 chunks and decode tokens of different requests, at different positions). Linear layers
 see one [1, N, D] batch; attention goes through `PagedAttention`, which writes new keys
 and values into a preallocated block store and attends over each request's blocks:
-decode tokens as one batched SDPA call, each prefill chunk as its own causal call.
+long decode rows one SDPA call each over their own slots (a view of the store where the
+blocks are consecutive, as the cache manager's extents keep them), short ones in one
+padded batch, each prefill chunk as its own causal call.
 On GPU this backend is the place for FlexAttention / paged kernels and CUDA graphs.
 """
 
@@ -52,12 +54,17 @@ PER_ROW_MIN_KEYS = 64
 
 
 class BlockStore:
-    """Preallocated K/V slots for every layer: [layers, num_blocks * block_size, Hkv, Dh]."""
+    """Preallocated K/V slots for every layer: [layers, Hkv, num_blocks * block_size, Dh].
+
+    Head-major, so a run of consecutive slots is one contiguous stretch per head: SDPA
+    streams it as it would a dense cache. Measured on 300-key decode rows read cold from
+    a 64 MB store: 60 us per call head-major, 90 us slot-major, 250 us gathered.
+    """
 
     def __init__(self, model: Transformer, num_blocks: int, block_size: int) -> None:
         cfg = model.config
         param = model.tok_embeddings.weight
-        shape = (cfg.n_layers, num_blocks * block_size, cfg.n_kv_heads, cfg.head_dim)
+        shape = (cfg.n_layers, cfg.n_kv_heads, num_blocks * block_size, cfg.head_dim)
         self.k = torch.zeros(shape, dtype=param.dtype, device=param.device)
         self.v = torch.zeros(shape, dtype=param.dtype, device=param.device)
         self.block_size = block_size
@@ -118,8 +125,8 @@ class PagedAttention:
                     qp, keys, vals, is_causal=True, enable_gqa=True
                 )
             else:
-                keys = _read(kc, p.key_slots).transpose(0, 1)[None]  # [1, Hkv, ctx, Dh]
-                vals = _read(vc, p.key_slots).transpose(0, 1)[None]
+                keys = _read(kc, p.key_slots)[None]  # [1, Hkv, ctx, Dh]
+                vals = _read(vc, p.key_slots)[None]
                 res = F.scaled_dot_product_attention(
                     qp, keys, vals, attn_mask=p.mask, enable_gqa=True
                 )
@@ -130,13 +137,13 @@ class PagedAttention:
     def _decode(d: _Decodes, q: torch.Tensor, kc, vc) -> torch.Tensor:
         """q [Bd, H, Dh] of one decode group -> attention output [Bd, H, Dh]."""
         if not isinstance(d.rows, torch.Tensor):  # one row over its own slots
-            keys = _read(kc, d.key_slots).transpose(0, 1)[None]  # [1, Hkv, ctx, Dh]
-            vals = _read(vc, d.key_slots).transpose(0, 1)[None]
+            keys = _read(kc, d.key_slots)[None]  # [1, Hkv, ctx, Dh]
+            vals = _read(vc, d.key_slots)[None]
         else:
-            shape = (*d.key_slots.shape, *kc.shape[1:])  # [Bd, Kmax, Hkv, Dh]
+            shape = (kc.shape[0], *d.key_slots.shape, kc.shape[2])  # [Hkv, Bd, Kmax, Dh]
             flat = d.key_slots.flatten()
-            keys = kc.index_select(0, flat).view(shape).transpose(1, 2)
-            vals = vc.index_select(0, flat).view(shape).transpose(1, 2)
+            keys = kc.index_select(1, flat).view(shape).transpose(0, 1)
+            vals = vc.index_select(1, flat).view(shape).transpose(0, 1)
         res = F.scaled_dot_product_attention(
             q[:, :, None], keys, vals, attn_mask=d.mask, enable_gqa=True
         )
@@ -144,14 +151,17 @@ class PagedAttention:
 
 
 def _write(cache: torch.Tensor, slots: Slots, values: torch.Tensor) -> None:
+    """values [n, Hkv, Dh] into one layer's cache [Hkv, S, Dh] at `slots`."""
+    values = values.transpose(0, 1).to(cache.dtype)
     if isinstance(slots, slice):
-        cache[slots] = values.to(cache.dtype)
+        cache[:, slots] = values
     else:
-        cache.index_copy_(0, slots, values.to(cache.dtype))
+        cache.index_copy_(1, slots, values)
 
 
 def _read(cache: torch.Tensor, slots: Slots) -> torch.Tensor:
-    return cache[slots] if isinstance(slots, slice) else cache.index_select(0, slots)
+    """One layer's keys or values at `slots` -> [Hkv, n, Dh] (a view for a slice)."""
+    return cache[:, slots] if isinstance(slots, slice) else cache.index_select(1, slots)
 
 
 class ModelRunner:
