@@ -144,3 +144,35 @@ def test_tied_embeddings_share_storage():
     assert model.heads["token"].proj.weight is model.tok_embeddings.weight
     untied = _model(tie_embeddings=False)
     assert untied.heads["token"].proj.weight is not untied.tok_embeddings.weight
+
+
+def test_decode_layout_keeps_values_and_logits(tmp_path):
+    """use_decode_layout re-lays the untied head column-major: same values and shape, logits
+    equal to within float rounding, idempotent, and a saved checkpoint loads back equal."""
+    from mmntp.model.checkpoint import load_model, save_model
+    from mmntp.model.vocab import VocabLayout
+
+    model = _model(tie_embeddings=False).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 9))
+    before = model(ids)
+    w = model.heads["token"].proj.weight
+    values = w.detach().clone()
+    model.use_decode_layout()
+    model.use_decode_layout()
+    assert w is model.heads["token"].proj.weight and w.stride(0) == 1 and w.shape == values.shape
+    assert torch.equal(w, values)
+    torch.testing.assert_close(model(ids), before, rtol=1e-5, atol=1e-5)
+    layer = model.layers[0].mlp.gate_proj.weight  # the trunk keeps row-major storage
+    assert layer.is_contiguous()
+
+    tied = _model().eval()
+    tied.use_decode_layout()
+    assert tied.heads["token"].proj.weight.is_contiguous()  # the embedding's rows
+
+    vocab = VocabLayout.build(text_size=256)
+    model = Transformer(preset("test", vocab_size=vocab.size, tie_embeddings=False)).eval()
+    values = model.heads["token"].proj.weight.detach().clone()
+    model.use_decode_layout()
+    save_model(tmp_path / "m", model, vocab)
+    again = load_model(tmp_path / "m").model
+    assert torch.equal(again.heads["token"].proj.weight, values)

@@ -129,6 +129,7 @@ class Engine:
 
     def __init__(self, model: Transformer, config: EngineConfig | None = None) -> None:
         self.model = model.eval()
+        model.use_decode_layout()  # one-row decode matmuls over column-major wide weights
         self.config = config = config or EngineConfig()
         cfg = model.config
         dtype_bytes = model.tok_embeddings.weight.element_size()

@@ -312,6 +312,21 @@ class Transformer(nn.Module):
         """Logits [B, T, V] from the token head; kwargs as for `hidden_states`."""
         return self.heads["token"](self.hidden_states(ids, **kwargs))
 
+    def use_decode_layout(self) -> None:
+        """Store the token head's weight column-major (same values and shape).
+
+        A one-row decode then runs x @ W^T over a contiguous [dim, vocab] matrix. Measured
+        on this CPU for one row (fp32): the tiny bench model's [4096, 256] head 538 -> 174
+        us, a ~50M model's [16384, 512] head 3.6 -> 1.7 ms; 32 or 512 rows run as fast
+        either way. Only the head: widening trunk and head layers (gate/up: 337 -> 158 us
+        at [1376, 512]) would gain too, but a guided pair's continuous vectors then stop
+        matching the unguided request's bit for bit. A head tied to the embedding stays
+        row-major (embedding lookups read rows). Idempotent; checkpoints save contiguous.
+        """
+        w = self.heads["token"].proj.weight
+        if w is not self.tok_embeddings.weight and w.stride(0) != 1:
+            w.data = w.data.t().contiguous().t()
+
     def new_cache(
         self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None
     ) -> KVCache:
