@@ -166,8 +166,17 @@ def test_decode_layout_keeps_values_and_logits(tmp_path):
     assert layer.is_contiguous()
 
     tied = _model().eval()
+    before = tied(ids)
     tied.use_decode_layout()
     assert tied.heads["token"].proj.weight.is_contiguous()  # the embedding's rows
+    with torch.no_grad():
+        torch.testing.assert_close(tied(ids), before, rtol=1e-5, atol=1e-5)
+        tied.tok_embeddings.weight.mul_(2.0)  # as an optimiser step would: the copy follows
+        live = torch.nn.functional.linear(tied.hidden_states(ids), tied.tok_embeddings.weight)
+        torch.testing.assert_close(tied(ids), live, rtol=1e-5, atol=1e-5)
+    with torch.enable_grad():  # training uses the live, tied weight
+        tied(ids).sum().backward()
+    assert tied.tok_embeddings.weight.grad is not None
 
     vocab = VocabLayout.build(text_size=256)
     model = Transformer(preset("test", vocab_size=vocab.size, tie_embeddings=False)).eval()
