@@ -162,8 +162,10 @@ def test_decode_layout_keeps_values_and_logits(tmp_path):
     assert w is model.heads["token"].proj.weight and w.stride(0) == 1 and w.shape == values.shape
     assert torch.equal(w, values)
     torch.testing.assert_close(model(ids), before, rtol=1e-5, atol=1e-5)
-    layer = model.layers[0].mlp.gate_proj.weight  # the trunk keeps row-major storage
-    assert layer.is_contiguous()
+    mlp = model.layers[0].mlp  # widening trunk layers go column-major, narrowing ones not
+    assert mlp.gate_proj.weight.stride(0) == 1 and mlp.up_proj.weight.stride(0) == 1
+    assert mlp.down_proj.weight.is_contiguous()
+    assert model.layers[0].attn.q_proj.weight.is_contiguous()
 
     tied = _model().eval()
     before = tied(ids)

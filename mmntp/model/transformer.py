@@ -326,18 +326,24 @@ class Transformer(nn.Module):
         return self.heads["token"](self.hidden_states(ids, **kwargs))
 
     def use_decode_layout(self) -> None:
-        """Store the token head's weight column-major (same values and shape).
+        """Store the widening projections (gate/up, the token head) column-major.
 
-        A one-row decode then runs x @ W^T over a contiguous [dim, vocab] matrix. Measured
-        on this CPU for one row (fp32): the tiny bench model's [4096, 256] head 538 -> 174
-        us, a ~50M model's [16384, 512] head 3.6 -> 1.7 ms; 32 or 512 rows run as fast
-        either way. Only the head: widening trunk and head layers (gate/up: 337 -> 158 us
-        at [1376, 512]) would gain too, but a guided pair's continuous vectors then stop
-        matching the unguided request's bit for bit. A head tied to the embedding keeps
-        its row-major weight (embedding lookups read rows) and computes logits without
-        autograd from a column-major copy (the bundled model: 5 MB, 697 -> 253 us a
-        row). Idempotent; checkpoints save contiguous.
+        Values and shapes stay as they are; only the storage order changes, so a one-row
+        decode runs x @ W^T over a contiguous [in, out] matrix. Measured on this CPU for
+        one row (fp32): the tiny bench model's [4096, 256] head 538 -> 174 us, a ~50M
+        model's [1376, 512] gate/up 337 -> 158 us and [16384, 512] head 3.6 -> 1.7 ms;
+        32 or 512 rows run as fast either way, and narrowing layers (down, q/k/v/o) are
+        slower column-major, so they keep row-major storage. The continuous heads' layers
+        are left alone: re-laid, a guided pair's vectors stopped matching the unguided
+        request's bit for bit. A head tied to the embedding keeps its row-major weight
+        (embedding lookups read rows) and computes logits without autograd from a
+        column-major copy (the bundled model: 5 MB, 697 -> 253 us a row). Idempotent;
+        checkpoints save contiguous.
         """
+        for block in self.layers:  # the trunk's widening projections
+            for layer in (block.mlp.gate_proj, block.mlp.up_proj):
+                if layer.weight.stride(0) != 1:
+                    layer.weight.data = layer.weight.data.t().contiguous().t()
         head = self.heads["token"]
         w = head.proj.weight
         if w is self.tok_embeddings.weight:  # tied: a copy, used only without autograd
