@@ -255,3 +255,15 @@ def test_free_releases_reservation():
     for total in range(8, 33):
         assert kv.allocate_slots(b, total)
     assert kv.block_table("b") == list(range(8))
+
+
+def test_extent_search_wraps_and_is_bounded(monkeypatch):
+    from mmntp.engine import kv_cache
+
+    kv = KVCacheManager(8, 1)
+    kv._cursor = 6  # blocks 6, 7 then 0, 1, 2: ids wrap, so the run starts again at 0
+    assert kv._find_run(1, 3) == range(0, 3)
+    monkeypatch.setattr(kv_cache, "MAX_RUN_SCAN", 4)
+    kv._cursor = 0
+    kv._reserved.update({1: "x"})  # runs 0 and 2..3 within the 4 ids scanned
+    assert kv._find_run(1, 5) == range(2, 4)  # the longest run seen, not 4..7 beyond

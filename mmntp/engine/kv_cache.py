@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 _ROOT_HASH = bytes(16)  # parent of a request's first block
+MAX_RUN_SCAN = 4096  # block ids an extent search looks at before settling
 
 
 def num_blocks_for_budget(
@@ -194,25 +195,24 @@ class KVCacheManager:
                 self._reserved[b] = rid
 
     def _find_run(self, need: int, want: int) -> range | None:
-        """Next fit from the cursor over block ids: the first run of `want` free, uncached,
-        unreserved blocks, else the longest one found of at least `need`."""
+        """Next fit from the cursor over at most MAX_RUN_SCAN block ids: the first run of
+        `want` free, uncached, unreserved blocks, else the longest one seen of at least
+        `need` (the cap bounds an admission's cost on a large, fragmented cache)."""
         best: range | None = None
         n, start, length = self.num_blocks, None, 0
-        for i in range(n + want):  # past the end once so a run reaching the end closes
+        span = min(n, MAX_RUN_SCAN)
+        for i in range(span + 1):  # one past the span, so a run reaching it closes
             b = (self._cursor + i) % n
-            usable = i < n and self._usable(b) and (start is None or b > start)
-            if usable:
-                start = b if start is None else start
+            usable = i < span and self._usable(b)
+            if usable and start is not None and b == start + length:
                 length += 1
-                if length == want:
-                    self._cursor = (start + want) % n
-                    return range(start, start + want)
-                continue
-            if start is not None and length >= need and (best is None or length > len(best)):
-                best = range(start, start + length)
-            start, length = None, 0
-            if i >= n:
-                break
+            else:  # the run so far (if any) ends here
+                if start is not None and length >= need and (best is None or length > len(best)):
+                    best = range(start, start + length)
+                start, length = (b, 1) if usable else (None, 0)  # ids wrap: a new run
+            if start is not None and length == want:
+                self._cursor = (start + want) % n
+                return range(start, start + want)
         return best
 
     def _usable(self, block_id: int) -> bool:
