@@ -282,7 +282,7 @@ def bench_decode(pair: Pair, s: Settings) -> Row:
 def weight_matvecs(model: Transformer, tokens: int):
     """A callable doing only the model's matrix-vector products for `tokens` steps (every
     Linear of the trunk and the token head, in order, on a [1, in] input, each weight in
-    the storage order the engine runs it: the head column-major once an Engine holds the
+    the storage order the engine runs it: `use_decode_layout`'s once an Engine holds the
     model): what a batch-1 decode of that many tokens cannot avoid."""
     weights = [m.weight for m in model.layers.modules() if isinstance(m, torch.nn.Linear)]
     weights.append(model.heads["token"].proj.weight)

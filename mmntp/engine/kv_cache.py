@@ -162,8 +162,8 @@ class KVCacheManager:
             return False
         table = self._tables.setdefault(rid, table)
         if not self._in_extent(rid, table, need):
-            final = getattr(request, "max_total_tokens", num_tokens_total)
-            want = max(need, -(-final // self.block_size) - len(table))
+            final = -(-request.max_total_tokens // self.block_size)
+            want = max(need, final - len(table))
             self._reserve(rid, need, want)
         for _ in range(need):
             table.append(self._pop_free(rid, self._next_in_extent(rid, table)))
@@ -209,7 +209,7 @@ class KVCacheManager:
             else:  # the run so far (if any) ends here
                 if start is not None and length >= need and (best is None or length > len(best)):
                     best = range(start, start + length)
-                start, length = (b, 1) if usable else (None, 0)  # ids wrap: a new run
+                start, length = (b, 1) if usable else (None, 0)  # b may begin the next run
             if start is not None and length == want:
                 self._cursor = (start + want) % n
                 return range(start, start + want)

@@ -209,6 +209,11 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def column_major(w: torch.Tensor) -> torch.Tensor:
+    """The same values and shape as w [out, in], stored transposed (stride (1, out))."""
+    return w.t().contiguous().t()
+
+
 class TokenHead(nn.Module):
     """Hidden state -> logits over the whole vocabulary (the discrete output head)."""
 
@@ -229,7 +234,7 @@ class TokenHead(nn.Module):
         w = self.proj.weight
         key = (w._version, w.data_ptr(), w.dtype, w.device)
         if self._copy is None or self._copy[0] != key:
-            self._copy = (key, w.detach().t().contiguous().t())
+            self._copy = (key, column_major(w.detach()))
         return self._copy[1]
 
 
@@ -340,16 +345,17 @@ class Transformer(nn.Module):
         column-major copy (the bundled model: 5 MB, 697 -> 253 us a row). Idempotent;
         checkpoints save contiguous.
         """
-        for block in self.layers:  # the trunk's widening projections
-            for layer in (block.mlp.gate_proj, block.mlp.up_proj):
-                if layer.weight.stride(0) != 1:
-                    layer.weight.data = layer.weight.data.t().contiguous().t()
         head = self.heads["token"]
-        w = head.proj.weight
-        if w is self.tok_embeddings.weight:  # tied: a copy, used only without autograd
+        widening = [
+            lin for block in self.layers for lin in (block.mlp.gate_proj, block.mlp.up_proj)
+        ]
+        if head.proj.weight is self.tok_embeddings.weight:  # tied: a copy, without autograd
             head.column_major_copy = True
-        elif w.stride(0) != 1:
-            w.data = w.data.t().contiguous().t()
+        else:
+            widening.append(head.proj)
+        for lin in widening:
+            if lin.weight.stride(0) != 1:  # idempotent
+                lin.weight.data = column_major(lin.weight.data)
 
     def new_cache(
         self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None
