@@ -106,3 +106,23 @@ def test_mixed_sequence_from_a_continuous_tokenizer():
     with torch.no_grad():
         other = model(ids_t, continuous=[ContinuousInput("audio", mask, latents.flip(0))])
     assert not torch.allclose(other[0, -1], full[0, -1])
+
+
+def test_continuous_inputs_under_bf16_autocast_train_and_match_fp32():
+    """Under autocast the input projection's output is bf16 while the token embedding stays
+    fp32: the two still merge (this broke every autocast run with images or audio latents),
+    gradients reach the projection, and the logits stay near the fp32 ones."""
+    vocab = VocabLayout.build(text_size=256)
+    torch.manual_seed(0)
+    model = Transformer(preset("test", vocab.size, continuous_inputs={"audio": 8}))
+    ids = torch.randint(0, 256, (2, 12))
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, 3:7] = True
+    cont = [ContinuousInput("audio", mask, torch.randn(8, 8))]
+    with torch.no_grad():
+        fp32 = model(ids, continuous=cont)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids, continuous=cont)
+    logits.float().sum().backward()
+    assert model.input_proj["audio"].weight.grad is not None
+    torch.testing.assert_close(logits.float(), fp32, atol=0.05, rtol=0.05)

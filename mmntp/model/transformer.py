@@ -299,7 +299,8 @@ class Transformer(nn.Module):
             if item.modality not in self.input_proj:
                 raise ValueError(f"model has no continuous input for modality {item.modality!r}")
             proj = self.input_proj[item.modality](item.values.to(x.dtype))  # [N, D]
-            x = x.masked_scatter(item.mask[..., None], proj)
+            # Under autocast the projection comes out bf16 while the embedding stays fp32.
+            x = x.masked_scatter(item.mask[..., None], proj.to(x.dtype))
         return x
 
     def hidden_states(
