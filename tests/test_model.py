@@ -146,6 +146,54 @@ def test_tied_embeddings_share_storage():
     assert untied.heads["token"].proj.weight is not untied.tok_embeddings.weight
 
 
+def test_fused_projections_match_the_separate_layers_and_follow_their_weights():
+    """use_decode_layout stores q/k/v and gate/up as views of one matrix each: inference
+    through the fused matmuls gives the same logits bit for bit (with and without a cache),
+    an in-place update of one layer is seen, autograd still reaches every layer, and a
+    dtype change falls back to the separate layers."""
+    for overrides in ({}, {"attention_bias": True}, {"n_kv_heads": 1}):
+        model = _model(**overrides)
+        ids = torch.randint(0, model.config.vocab_size, (2, 9))
+        with torch.no_grad():
+            before = model(ids)
+            model.use_decode_layout()
+            attn, mlp = model.layers[0].attn, model.layers[0].mlp
+            assert attn.qkv.current() is attn.qkv and mlp.gate_up.current() is mlp.gate_up
+            assert torch.equal(model(ids), before)
+            assert torch.equal(
+                _incremental(model, ids, [4, 1, 1, 3]), _incremental_separate(model, ids)
+            )
+            attn.k_proj.weight.mul_(1.5)  # as an optimiser step would: the fused matmul follows
+            mlp.up_proj.weight.add_(0.01)
+            fused = model(ids)
+            for block in model.layers:
+                block.attn.qkv = block.mlp.gate_up = None
+            assert torch.equal(fused, model(ids))
+            assert not torch.equal(fused, before)
+    model = _model()
+    model.use_decode_layout()
+    model(torch.randint(0, 97, (1, 5))).sum().backward()  # grad enabled: the separate layers
+    attn = model.layers[0].attn
+    assert attn.q_proj.weight.grad is not None and attn.v_proj.weight.grad is not None
+    assert model.layers[0].mlp.gate_proj.weight.grad is not None
+    model = model.to(torch.float64)  # new storage for every layer: the fused copy is stale
+    assert model.layers[0].attn.qkv.current() is None
+    with torch.no_grad():
+        model(torch.randint(0, 97, (1, 5)))
+
+
+def _incremental_separate(model, ids):
+    """`_incremental` with the fused copies switched off for the call."""
+    saved = [(b.attn.qkv, b.mlp.gate_up) for b in model.layers]
+    for block in model.layers:
+        block.attn.qkv = block.mlp.gate_up = None
+    try:
+        return _incremental(model, ids, [4, 1, 1, 3])
+    finally:
+        for block, (qkv, gate_up) in zip(model.layers, saved):
+            block.attn.qkv, block.mlp.gate_up = qkv, gate_up
+
+
 def test_decode_layout_keeps_values_and_logits(tmp_path):
     """use_decode_layout re-lays the untied head column-major: same values and shape, logits
     equal to within float rounding, idempotent, and a saved checkpoint loads back equal."""

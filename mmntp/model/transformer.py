@@ -25,6 +25,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype == torch.float32 and not torch.is_grad_enabled():
+            # Inference in fp32: the weight inside the same fused op (bitwise equal to the
+            # product below on this CPU; two dispatches fewer per norm on the decode path).
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         # Normalise in fp32 whatever the activation dtype (stability under autocast);
         # F.rms_norm is one fused op where pow/mean/rsqrt/mul were four.
         x32 = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
@@ -156,6 +160,54 @@ class KVCache:
         return out.transpose(1, 2)
 
 
+class FusedLinears:
+    """Linear layers that read the same input, stored as row blocks of one matrix.
+
+    Each layer's weight (and bias) becomes a view of the fused one, so parameters,
+    state dicts, optimisers and checkpoints see the layers as before, and an in-place
+    update of a layer is an update of the fused matrix. At inference one matmul then
+    replaces several (on this CPU the fused product's columns are bitwise those of the
+    separate products). `current()` answers None once any layer's storage was replaced
+    (`.to(dtype)`, a new Parameter), and callers fall back to the separate layers.
+    """
+
+    def __init__(self, linears: list[nn.Linear], column_major_storage: bool = False) -> None:
+        weight = torch.cat([lin.weight.detach() for lin in linears])  # [sum(out), in]
+        if column_major_storage:
+            weight = column_major(weight)
+        sizes = [lin.out_features for lin in linears]
+        for lin, view in zip(linears, weight.split(sizes)):
+            lin.weight.data = view
+        bias = None
+        if linears[0].bias is not None:
+            bias = torch.cat([lin.bias.detach() for lin in linears])
+            for lin, view in zip(linears, bias.split(sizes)):
+                lin.bias.data = view
+        self.linears, self.weight, self.bias, self.sizes = linears, weight, bias, sizes
+        self._pointers = self._current_pointers()
+
+    def _current_pointers(self) -> tuple[int, ...]:
+        ptrs = tuple(lin.weight.data_ptr() for lin in self.linears)
+        if self.bias is not None:
+            ptrs += tuple(lin.bias.data_ptr() for lin in self.linears)
+        return ptrs
+
+    def is_live(self) -> bool:
+        """Whether every layer still lives in the fused storage."""
+        return self._current_pointers() == self._pointers
+
+    def current(self) -> FusedLinears | None:
+        """self while live and no gradient is wanted (the fused weight is not a
+        Parameter: autograd must see the layers)."""
+        if torch.is_grad_enabled() or not self.is_live():
+            return None
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> [..., sum(out)], the layers' outputs side by side."""
+        return F.linear(x, self.weight, self.bias)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
@@ -172,17 +224,34 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=bias)
         self.q_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
+        self.qkv: FusedLinears | None = None  # see Transformer.use_decode_layout
 
     def forward(self, x, cos, sin, backend: AttentionBackend) -> torch.Tensor:
+        b, t, _ = x.shape
+        fused = self.qkv.current() if self.qkv is not None else None
+        if fused is not None and self.q_norm is None:
+            q, k, v = self._fused_qkv(fused, x, cos, sin)
+        else:
+            q, k, v = self._separate_qkv(x, cos, sin)
+        out = backend.attend(self.layer, q, k, v)  # [B, T, H, Dh]
+        return self.o_proj(out.reshape(b, t, self.n_heads * self.head_dim))
+
+    def _fused_qkv(self, fused: FusedLinears, x, cos, sin):
+        """One matmul for q, k and v, one rotation for q and k together (the heads sit
+        side by side): the same values as `_separate_qkv`, five dispatches fewer."""
+        b, t, _ = x.shape
+        qkv = fused(x).view(b, t, -1, self.head_dim)  # [B, T, H + 2 Hkv, Dh]
+        qk = apply_rope(qkv[:, :, : self.n_heads + self.n_kv_heads], cos, sin)
+        return qk[:, :, : self.n_heads], qk[:, :, self.n_heads :], qkv[:, :, -self.n_kv_heads :]
+
+    def _separate_qkv(self, x, cos, sin):
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = backend.attend(self.layer, q, k, v)  # [B, T, H, Dh]
-        return self.o_proj(out.reshape(b, t, self.n_heads * self.head_dim))
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
 class SwiGLU(nn.Module):
@@ -191,8 +260,13 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.gate_up: FusedLinears | None = None  # see Transformer.use_decode_layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.gate_up.current() if self.gate_up is not None else None
+        if fused is not None:
+            gate, up = fused(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -332,31 +406,35 @@ class Transformer(nn.Module):
         return self.heads["token"](self.hidden_states(ids, **kwargs))
 
     def use_decode_layout(self) -> None:
-        """Store the widening projections (gate/up, the token head) column-major.
+        """Lay the trunk's weights out for decode: fused and widening-column-major.
 
-        Values and shapes stay as they are; only the storage order changes, so a one-row
-        decode runs x @ W^T over a contiguous [in, out] matrix. Measured on this CPU for
-        one row (fp32): the tiny bench model's [4096, 256] head 538 -> 174 us, a ~50M
-        model's [1376, 512] gate/up 337 -> 158 us and [16384, 512] head 3.6 -> 1.7 ms;
-        32 or 512 rows run as fast either way, and narrowing layers (down, q/k/v/o) are
-        slower column-major, so they keep row-major storage. The continuous heads' layers
-        are left alone: re-laid, a guided pair's vectors stopped matching the unguided
-        request's bit for bit. A head tied to the embedding keeps its row-major weight
-        (embedding lookups read rows) and computes logits without autograd from a
-        column-major copy (the bundled model: 5 MB, 697 -> 253 us a row). Idempotent;
-        checkpoints save contiguous.
+        Values and shapes stay as they are; only storage changes (`FusedLinears`):
+        - q/k/v become row blocks of one matrix (one matmul and one rotation instead of
+          three and two) and gate/up blocks of one column-major matrix;
+        - the widening projections (gate/up, the token head) are column-major, so a
+          one-row decode runs x @ W^T over a contiguous [in, out] matrix. Measured on
+          this CPU for one row (fp32): the tiny bench model's [4096, 256] head
+          538 -> 174 us, a ~50M model's [1376, 512] gate/up 337 -> 158 us and
+          [16384, 512] head 3.6 -> 1.7 ms; 32 or 512 rows run as fast either way, and
+          narrowing layers (down, q/k/v/o) are slower column-major, so they stay
+          row-major.
+        The continuous heads' layers are left alone: re-laid, a guided pair's vectors
+        stopped matching the unguided request's bit for bit. A head tied to the
+        embedding keeps its row-major weight (embedding lookups read rows) and computes
+        logits without autograd from a column-major copy (the bundled model: 5 MB,
+        697 -> 253 us a row). Idempotent; checkpoints save contiguous.
         """
+        for block in self.layers:
+            attn, mlp = block.attn, block.mlp
+            if attn.qkv is None or not attn.qkv.is_live():
+                attn.qkv = FusedLinears([attn.q_proj, attn.k_proj, attn.v_proj])
+            if mlp.gate_up is None or not mlp.gate_up.is_live():
+                mlp.gate_up = FusedLinears([mlp.gate_proj, mlp.up_proj], True)
         head = self.heads["token"]
-        widening = [
-            lin for block in self.layers for lin in (block.mlp.gate_proj, block.mlp.up_proj)
-        ]
         if head.proj.weight is self.tok_embeddings.weight:  # tied: a copy, without autograd
             head.column_major_copy = True
-        else:
-            widening.append(head.proj)
-        for lin in widening:
-            if lin.weight.stride(0) != 1:  # idempotent
-                lin.weight.data = column_major(lin.weight.data)
+        elif head.proj.weight.stride(0) != 1:  # idempotent
+            head.proj.weight.data = column_major(head.proj.weight.data)
 
     def new_cache(
         self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None
