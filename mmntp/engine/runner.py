@@ -68,6 +68,8 @@ class BlockStore:
         self.k = torch.zeros(shape, dtype=param.dtype, device=param.device)
         self.v = torch.zeros(shape, dtype=param.dtype, device=param.device)
         self.block_size = block_size
+        # Per-layer views made once: indexing the store afresh costs two dispatches a layer.
+        self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
 
 
 Slots = slice | torch.Tensor  # KV slots: a contiguous run (a view, no copy) or slot ids
@@ -103,7 +105,7 @@ class PagedAttention:
         self._only = decodes[0] if len(decodes) == 1 and decodes[0].rows is None else None
 
     def attend(self, layer, q, k, v):
-        kc, vc = self.store.k[layer], self.store.v[layer]
+        kc, vc = self.store.layers[layer]
         _write(kc, self.slots, k[0])  # this step's keys/values into their slots
         _write(vc, self.slots, v[0])
         if self._only is not None:
@@ -136,8 +138,10 @@ class PagedAttention:
     @staticmethod
     def _decode(d: _Decodes, q: torch.Tensor, kc, vc) -> torch.Tensor:
         """q [Bd, H, Dh] of one decode group -> attention output [Bd, H, Dh]."""
-        if not isinstance(d.rows, torch.Tensor):  # one row over its own slots
-            keys = _read(kc, d.key_slots)[None]  # [1, Hkv, ctx, Dh]
+        if isinstance(d.key_slots, slice):  # one row over a consecutive run: views
+            keys, vals = kc[None, :, d.key_slots], vc[None, :, d.key_slots]  # [1, Hkv, ctx, Dh]
+        elif not isinstance(d.rows, torch.Tensor):  # one row over fragmented slots
+            keys = _read(kc, d.key_slots)[None]
             vals = _read(vc, d.key_slots)[None]
         else:
             shape = (kc.shape[0], *d.key_slots.shape, kc.shape[2])  # [Hkv, Bd, Kmax, Dh]
@@ -152,7 +156,9 @@ class PagedAttention:
 
 def _write(cache: torch.Tensor, slots: Slots, values: torch.Tensor) -> None:
     """values [n, Hkv, Dh] into one layer's cache [Hkv, S, Dh] at `slots`."""
-    values = values.transpose(0, 1).to(cache.dtype)
+    values = values.transpose(0, 1)
+    if values.dtype != cache.dtype:
+        values = values.to(cache.dtype)
     if isinstance(slots, slice):
         cache[:, slots] = values
     else:
@@ -190,6 +196,8 @@ class ModelRunner:
         if not ends:
             return {}
         requests = [r for r, _ in ends]
+        if len(ends) == hidden.shape[0]:  # every token samples (decode only): all rows
+            return self._produce(requests, hidden)
         last = hidden[torch.tensor([i for _, i in ends], device=self.device)]  # [R, D]
         return self._produce(requests, last)
 
@@ -250,7 +258,7 @@ class ModelRunner:
 
     def _guided_rows(self, rows, uncond, requests, hidden) -> torch.Tensor:
         """Token logits of `rows`, mixed with their shadows' logits where guided."""
-        logits = self.model.heads["token"](hidden[rows])  # [R, V]
+        logits = self.model.heads["token"](_take(hidden, rows))  # [R, V]
         guided = [k for k, i in enumerate(rows) if i in uncond]
         if guided:
             shadows = self.model.heads["token"](hidden[[uncond[rows[k]] for k in guided]])
@@ -348,6 +356,13 @@ def _padded(rows: list[int], slots: list[Slots], lens: list[int], device) -> _De
         lens_t = torch.tensor(lens, device=device)
         mask = (torch.arange(kmax, device=device)[None] < lens_t[:, None])[:, None, None]
     return _Decodes(torch.tensor(rows, device=device), padded, mask)
+
+
+def _take(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """x[rows] along dim 0, without a copy when rows are all of x in order."""
+    if len(rows) == x.shape[0] and rows[0] == 0 and rows[-1] == len(rows) - 1:
+        return x  # rows are distinct and ascending (primary rows in step order)
+    return x[rows]
 
 
 def _slots(table: list[int], start: int, end: int, bs: int) -> Slots:

@@ -74,13 +74,20 @@ class RopeTable:
 
     def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [B, T] -> cos, signed sin [B, T, 1, head_dim] (float32)."""
-        if positions.numel() and int(positions.max()) >= self.max_len:  # past max_seq_len
-            return rope_factors(positions, self.head_dim, self.theta)
         table = self._tables.get(positions.device)
         if table is None:
             every = torch.arange(self.max_len, device=positions.device)[None]  # [1, S]
             cos, sin = rope_factors(every, self.head_dim, self.theta)  # [1, S, 1, Dh]
             table = self._tables[positions.device] = (cos[0], sin[0])
+        if positions.device.type == "cpu":
+            # The lookup's own bounds check finds positions past max_seq_len, where a
+            # max() first would cost a reduction and a sync on every decode step.
+            try:
+                return table[0][positions], table[1][positions]
+            except IndexError:
+                return rope_factors(positions, self.head_dim, self.theta)
+        if positions.numel() and int(positions.max()) >= self.max_len:  # past max_seq_len
+            return rope_factors(positions, self.head_dim, self.theta)
         return table[0][positions], table[1][positions]
 
 
