@@ -178,6 +178,12 @@ def test_fused_projections_match_the_separate_layers_and_follow_their_weights():
     assert model.layers[0].mlp.gate_proj.weight.grad is not None
     model = model.to(torch.float64)  # new storage for every layer: the fused copy is stale
     assert model.layers[0].attn.qkv.current() is None
+    model.use_decode_layout()  # fuses again
+    mlp = model.layers[1].mlp
+    with torch.no_grad():
+        assert mlp.gate_up.current() is mlp.gate_up
+        mlp.up_proj.weight = torch.nn.Parameter(mlp.up_proj.weight.detach().clone())
+        assert mlp.gate_up.current() is None  # a new Parameter: the separate layers again
     with torch.no_grad():
         model(torch.randint(0, 97, (1, 5)))
 

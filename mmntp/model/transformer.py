@@ -191,17 +191,21 @@ class FusedLinears:
             for lin, view in zip(linears, bias.split(sizes)):
                 lin.bias.data = view
         self.linears, self.weight, self.bias, self.sizes = linears, weight, bias, sizes
-        self._pointers = self._current_pointers()
-
-    def _current_pointers(self) -> tuple[int, ...]:
-        ptrs = tuple(lin.weight.data_ptr() for lin in self.linears)
-        if self.bias is not None:
-            ptrs += tuple(lin.bias.data_ptr() for lin in self.linears)
-        return ptrs
+        # (module's parameter dict, the Parameter, the address of its fused view): checked
+        # on every call, so kept to a dict lookup and a pointer per tensor.
+        self._views = [
+            (lin._parameters, name, param, param.data_ptr())
+            for lin in linears
+            for name, param in lin._parameters.items()
+            if param is not None
+        ]
 
     def is_live(self) -> bool:
-        """Whether every layer still lives in the fused storage."""
-        return self._current_pointers() == self._pointers
+        """Whether every layer still holds the same Parameters, living in the fused storage."""
+        for params, name, param, ptr in self._views:  # a loop: cheaper than all(genexpr)
+            if params[name] is not param or param.data_ptr() != ptr:
+                return False
+        return True
 
     def current(self) -> FusedLinears | None:
         """self while live and no gradient is wanted (the fused weight is not a
