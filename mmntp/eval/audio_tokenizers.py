@@ -7,6 +7,9 @@
 * tones (`tone_clips(n, seed=HELDOUT_TONE_SEED)`): the fraction whose estimated pitch
   after the round trip is within one semitone of the prompt frequency (and of the pitch
   estimated on the original clip), plus the median error in semitones;
+* a tone sweep (`tone_sweep`): per waveform, tones every quarter semitone from 110 to
+  880 Hz, the fraction within a semitone after the round trip and how many distinct
+  pitches come back: far fewer pitches than tones means the codes hold pitch in steps;
 * codebook usage per level over all those codes (fraction of codes used, perplexity);
 * speed: encode and decode real-time factors (seconds of compute per second of audio)
   on this machine, measured on the held-out speech, and the latency of decoding one frame.
@@ -29,10 +32,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmntp.data.audio import SAMPLE_RATE, heldout_speech, tone_clips
+from mmntp.data.audio import (
+    MAX_FREQUENCY,
+    MIN_FREQUENCY,
+    SAMPLE_RATE,
+    WAVEFORMS,
+    heldout_speech,
+    tone,
+    tone_clips,
+)
 from mmntp.eval.audio import estimate_pitch, mel_distance, semitones, si_snr
 
 HELDOUT_TONE_SEED = 20_251_201  # training recipes draw their tones from other seeds
+SWEEP_STEP = 0.25  # semitones between the sweep's tones
 
 
 def _samples(x: Any) -> np.ndarray:
@@ -78,6 +90,7 @@ def evaluate_audio_tokenizer(
     n_speech: int = 24,
     n_tones: int = 200,
     tone_seed: int = HELDOUT_TONE_SEED,
+    sweep_step: float = SWEEP_STEP,
 ) -> dict[str, Any]:
     """Round-trip figures on held-out speech and tones; see the module docstring."""
     rate = int(getattr(tok, "sample_rate", SAMPLE_RATE))
@@ -138,6 +151,7 @@ def evaluate_audio_tokenizer(
             "within_semitone_of_original_pitch": hits_orig / len(tones),
             "median_semitone_error": float(statistics.median(errors)),
         },
+        "sweep": tone_sweep(tok, sweep_step),
         "codebooks": codebook_usage(tok, all_codes),
         "bitrate_bps": bitrate(tok),
         "frame_rate": getattr(tok, "frame_rate", None),
@@ -148,6 +162,27 @@ def evaluate_audio_tokenizer(
             "first_frame_decode_ms": 1000 * float(np.median(lat)),
         },
     }
+
+
+def tone_sweep(tok: Any, step: float = SWEEP_STEP, seconds: float = 0.5) -> dict[str, Any]:
+    """Per waveform, tones every `step` semitones over the prompt range through the round
+    trip: {"step", "tones", per waveform {"within_semitone", "pitch_levels"}}, where
+    pitch_levels counts the distinct decoded pitches (1/8-semitone bins). A codebook that
+    holds few tone spectra sends a whole run of neighbouring tones to one pitch."""
+    rate = int(getattr(tok, "sample_rate", SAMPLE_RATE))
+    span = 12 * math.log2(MAX_FREQUENCY / MIN_FREQUENCY)
+    freqs = [MIN_FREQUENCY * 2 ** (k * step / 12) for k in range(int(span / step + 1e-9) + 1)]
+    out: dict[str, Any] = {"step": step, "tones": len(freqs)}
+    for waveform in WAVEFORMS:
+        hits, levels = 0, set()
+        for hz in freqs:
+            clip = tone(waveform, hz, seconds, rate)
+            pitch = estimate_pitch(_samples(tok.decode(tok.encode(clip).codes))[: len(clip)], rate)
+            hits += semitones(pitch, hz) <= 1.0
+            if pitch > 0 and math.isfinite(pitch):
+                levels.add(round(96 * math.log2(pitch / MIN_FREQUENCY)))
+        out[waveform] = {"within_semitone": hits / len(freqs), "pitch_levels": len(levels)}
+    return out
 
 
 def format_figures(report: dict[str, Any]) -> str:
@@ -166,6 +201,14 @@ def format_figures(report: dict[str, Any]) -> str:
         f"| {t['within_semitone_of_original_pitch']:.1%} |",
         f"| tone median pitch error | {t['median_semitone_error']:.3f} semitones |",
     ]
+    sweep = report.get("sweep")
+    for waveform in WAVEFORMS if sweep else ():
+        w = sweep[waveform]
+        rows.append(
+            f"| {waveform} sweep: {sweep['tones']} tones {sweep['step']:g} semitone apart, "
+            f"{MIN_FREQUENCY}-{MAX_FREQUENCY} Hz: within 1 semitone, distinct pitches back "
+            f"| {w['within_semitone']:.1%}, {w['pitch_levels']} |"
+        )
     if report.get("bitrate_bps"):
         rows.append(f"| bitrate | {report['bitrate_bps']:.0f} bit/s |")
     rows += [

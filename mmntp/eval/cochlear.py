@@ -4,7 +4,8 @@
   of the round trip, the cochleagram quantisation error (relative L2 of frames minus their
   codes' centroids) and the round-trip cochleagram error, codebook use;
 * tones: `tone_clips(200, HELDOUT_TONE_SEED)` (a seed training never uses): the fraction
-  whose decoded pitch (`estimate_pitch`) is within a semitone of the prompt frequency;
+  whose decoded pitch (`estimate_pitch`) is within a semitone of the prompt frequency,
+  and a quarter-semitone sweep per waveform (how finely the codes hold pitch);
 * decode real-time factor on one thread.
 
 The speech, tone and speed figures are `mmntp.eval.audio_tokenizers`' (the same for every
@@ -34,13 +35,16 @@ def evaluate_cochlear(tok: Any, limit: int | None = None) -> dict[str, Any]:
     figures on the same held-out speech. `limit` uses that many clips and tones (tests).
     """
     from mmntp.data.audio import heldout_speech
-    from mmntp.eval.audio_tokenizers import evaluate_audio_tokenizer
+    from mmntp.eval.audio_tokenizers import SWEEP_STEP, evaluate_audio_tokenizer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         generic = evaluate_audio_tokenizer(
-            tok, n_speech=limit or 24, n_tones=limit or HELDOUT_TONES
+            tok,
+            n_speech=limit or 24,
+            n_tones=limit or HELDOUT_TONES,
+            sweep_step=SWEEP_STEP if limit is None else 12.0,  # tests: an octave apart
         )
         qerr, rt_err, used = [], [], []
         for clip in heldout_speech(limit or 24):
