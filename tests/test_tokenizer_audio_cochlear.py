@@ -136,3 +136,69 @@ def test_card_mel_distance_on_held_out_speech(card):
 
 
 MEL_BOUND = 1.0  # the card: 0.728 mean over 24 held-out clips
+
+
+def test_tone_codes_give_close_tones_codes_of_their_own():
+    """A joint k-means spends its codes on the spread of speech frames and merges steady
+    tones that differ a little; `kmeans.tone_codes` fits the tones apart, one code each."""
+    from types import SimpleNamespace
+
+    from mmntp.tokenizers.audio_cochlear import nearest_code
+    from mmntp.train.cochlear import KMeansSection, fit_cochlear_codebook
+
+    gen = torch.Generator().manual_seed(0)
+    speech = [SimpleNamespace(frames=3.0 * torch.randn(8, 400, generator=gen)) for _ in range(5)]
+    base = torch.randn(8, 1, generator=gen)
+    tones = [  # 12 steady "tones" 0.02 apart along one direction, 100 frames each
+        SimpleNamespace(frames=(base + 0.02 * k * torch.ones(8, 1)).expand(8, 100))
+        for k in range(12)
+    ]
+    frames = torch.cat([c.frames.T for c in speech + tones])
+    tone_frames = torch.stack([c.frames[:, 0] for c in tones])  # [12, 8]
+    distinct = {}
+    for tone_codes in (0, 12):
+        recipe = SimpleNamespace(kmeans=KMeansSection(10, 100_000, tone_codes), seed=0)
+        codebook, mse = fit_cochlear_codebook(frames, speech, tones, 64, recipe, False)
+        assert codebook.shape == (64, 8) and mse > 0
+        distinct[tone_codes] = len(set(nearest_code(tone_frames, codebook).tolist()))
+    assert distinct[12] == 12 and distinct[0] < 8
+    with pytest.raises(ValueError, match="kmeans.tone_codes must be below codebook_size"):
+        recipe = SimpleNamespace(kmeans=KMeansSection(10, 100_000, 64), seed=0)
+        fit_cochlear_codebook(frames, speech, tones, 64, recipe, False)
+
+
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng speaks the training speech")
+def test_a_tiny_recipe_with_tone_codes_trains_and_writes_its_card(tmp_path):
+    from mmntp.train.cochlear import parse_cochlear_recipe, train_cochlear
+
+    table = {
+        "name": "tiny-cochlear",
+        "kind": "cochlear",
+        "batch_size": 2,
+        "tokenizer": {
+            "channels": 16,
+            "fir_length": 512,
+            "codebook_size": 64,
+            "width": 16,
+            "dilations": [1],
+            "carriers": 24,
+        },
+        "data": {
+            "speech_clips": 4,
+            "tone_clips": 8,
+            "tone_fraction": 0.5,
+            "crop_frames": 20,
+            "context_frames": 4,
+        },
+        "kmeans": {"iterations": 3, "max_frames": 5000, "tone_codes": 16},
+        "loss": {"mel": 1.0, "cochleagram": 0.0, "scales": [[256, 64, 40]]},
+        "optim": {"max_steps": 3, "warmup_steps": 1},
+    }
+    recipe = parse_cochlear_recipe(table, tmp_path / "recipe.toml")
+    tok, result = train_cochlear(recipe, out_dir=tmp_path, progress=False, eval_limit=2)
+    assert tok.codebook.shape == (64, 16) and len(result.losses) == 3
+    card = (tmp_path / "CARD.md").read_text()
+    assert "`kmeans.tone_codes = 16`): 16 codes are k-means on the tone frames" in card
+    assert "sine sweep: 4 tones 12 semitone apart" in card  # the tests' coarse sweep
+    again = load_tokenizer(tmp_path)
+    assert torch.equal(again.codebook, tok.codebook)
