@@ -202,3 +202,27 @@ def test_a_tiny_recipe_with_tone_codes_trains_and_writes_its_card(tmp_path):
     assert "sine sweep: 4 tones 12 semitone apart" in card  # the tests' coarse sweep
     again = load_tokenizer(tmp_path)
     assert torch.equal(again.codebook, tok.codebook)
+
+
+def test_analytic_envelopes_of_a_steady_low_tone_are_steady():
+    """A rectified channel ripples at a low input frequency (its frames, 5 ms apart, cycle
+    through several codes); the complex gammatone's magnitude does not."""
+    clip = torch.from_numpy(tone("sine", 110.0, 0.5))
+    ripple = {}
+    for envelope in ("rectified", "analytic"):
+        tok = CochlearTokenizer(envelope=envelope)
+        frames = tok.cochleagram(clip)[:, 30:90]  # steady part: [C, F]
+        ripple[envelope] = float((frames.std(1) / frames.mean(1)).max())
+        assert abs(float(tok.centres[int(frames.mean(1).argmax())]) - 110.0) < 15
+    assert ripple["analytic"] < 0.01 < 0.1 < ripple["rectified"]
+
+
+def test_envelope_is_part_of_the_card(tmp_path):
+    tok = CochlearTokenizer(channels=16, codebook_size=8, width=8, carriers=8, envelope="analytic")
+    tok.save(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert again.envelope == "analytic" and again.config() == tok.config()
+    clip = tone("square", 220.0, 0.2)
+    assert torch.equal(again.cochleagram(clip), tok.cochleagram(clip))
+    with pytest.raises(ValueError, match="envelope must be one of"):
+        CochlearTokenizer(envelope="hilbert")

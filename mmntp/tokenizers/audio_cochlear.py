@@ -66,13 +66,16 @@ def erb_space(f_min: float, f_max: float, n: int) -> torch.Tensor:
 
 
 def gammatone_bank(
-    centres: torch.Tensor, sample_rate: int, length: int, order: int = 4
+    centres: torch.Tensor, sample_rate: int, length: int, order: int = 4, analytic: bool = False
 ) -> torch.Tensor:
-    """FIR impulse responses [channels, length] (float64), unit magnitude at each centre."""
+    """FIR impulse responses [channels, length] (float64), unit magnitude at each centre;
+    `analytic`: complex (a complex exponential carrier instead of a cosine), whose output
+    magnitude is the channel's envelope."""
     t = torch.arange(length, dtype=torch.float64) / sample_rate  # t: [L]
     fc = centres.double()[:, None]  # fc: [C, 1]
     b = 2 * math.pi * 1.019 * erb(fc)
-    h = t ** (order - 1) * torch.exp(-b * t) * torch.cos(2 * math.pi * fc * t)  # h: [C, L]
+    carrier = torch.exp(2j * math.pi * fc * t) if analytic else torch.cos(2 * math.pi * fc * t)
+    h = t ** (order - 1) * torch.exp(-b * t) * carrier  # h: [C, L]
     response = (h * torch.exp(-2j * math.pi * fc * t)).sum(-1).abs()  # |H(fc)|: [C]
     return h / response[:, None]
 
@@ -85,8 +88,18 @@ def fft_convolve_causal(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft(spec, n_fft)[..., : x.shape[-1]]
 
 
+ENVELOPES = ("rectified", "analytic")
+
+
 class Cochleagram(nn.Module):
-    """Waveforms [B, T] (T a multiple of hop) -> compressed envelopes [B, channels, T / hop]."""
+    """Waveforms [B, T] (T a multiple of hop) -> compressed envelopes [B, channels, T / hop].
+
+    `envelope`: "rectified" (half-wave rectification of each channel, then the low-pass) or
+    "analytic" (the magnitude of a complex gammatone's output, then the low-pass). A
+    rectified channel ripples at its input's frequency, which a 10 ms low-pass sampled
+    every 5 ms cannot remove below ~200 Hz: a steady low sine gives frames that cycle
+    through several codes. The analytic magnitude of a steady tone is flat.
+    """
 
     def __init__(
         self,
@@ -98,13 +111,19 @@ class Cochleagram(nn.Module):
         fir_length: int,
         compression: float,
         eps: float = 1e-5,
+        envelope: str = "rectified",
     ) -> None:
         super().__init__()
+        if envelope not in ENVELOPES:
+            raise ValueError(f"envelope must be one of {ENVELOPES}, got {envelope!r}")
         self.hop, self.compression, self.eps = hop, compression, eps
+        self.analytic = envelope == "analytic"
         centres = erb_space(f_min, f_max, channels)
         self.register_buffer("centres", centres.float(), persistent=False)
-        bank = gammatone_bank(centres, sample_rate, fir_length).float()
-        self.register_buffer("bank", bank, persistent=False)  # [C, L]
+        bank = gammatone_bank(centres, sample_rate, fir_length, analytic=self.analytic)
+        if self.analytic:  # real and imaginary parts as 2C real filters
+            bank = torch.cat([bank.real, bank.imag])
+        self.register_buffer("bank", bank.float(), persistent=False)  # [C or 2C, L]
         window = torch.hann_window(2 * hop + 2, periodic=False, dtype=torch.float64)[1:-1]
         self.register_buffer("lowpass", (window / window.sum()).float(), persistent=False)
 
@@ -114,7 +133,12 @@ class Cochleagram(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t = x.shape
-        rect = self.filter(x).clamp(min=0)  # half-wave rectification: [B, C, T]
+        out = self.filter(x)
+        if self.analytic:
+            re, im = out.chunk(2, dim=1)
+            rect = torch.sqrt(re * re + im * im)  # the channel's envelope: [B, C, T]
+        else:
+            rect = out.clamp(min=0)  # half-wave rectification: [B, C, T]
         c = rect.shape[1]
         win = self.lowpass.numel()
         # Causal low-pass + decimation: frame i averages samples [i*hop - hop, i*hop + hop).
@@ -303,6 +327,7 @@ class CochlearTokenizer(DiscreteTokenizer):
         carriers: int = 256,
         carrier_range: list[float] | tuple[float, float] = (40.0, 7800.0),
         seed: int = 0,
+        envelope: str = "rectified",
     ) -> None:
         if sample_rate <= 0 or hop <= 0:
             raise ValueError(f"bad sample_rate {sample_rate} / hop {hop}")
@@ -320,11 +345,13 @@ class CochlearTokenizer(DiscreteTokenizer):
         self.compression, self.codebook_size = float(compression), int(codebook_size)
         self.width, self.dilations = int(width), [int(d) for d in dilations]
         self.carriers, self.carrier_range = int(carriers), [float(f) for f in carrier_range]
-        self.seed = int(seed)
+        self.seed, self.envelope = int(seed), str(envelope)
         self.frame_rate = self.sample_rate / self.hop
         self.codebook_sizes = [self.codebook_size]
         self.sample_range = (0, self.codebook_size)
-        self.front = Cochleagram(channels, f_min, f_max, sample_rate, hop, fir_length, compression)
+        self.front = Cochleagram(
+            channels, f_min, f_max, sample_rate, hop, fir_length, compression, envelope=envelope
+        )
         with torch.random.fork_rng():  # a fresh tokenizer depends on `seed` only
             torch.manual_seed(self.seed)
             self.codebook = torch.rand(self.codebook_size, channels) * 0.5  # [K, C]
@@ -429,6 +456,7 @@ class CochlearTokenizer(DiscreteTokenizer):
             "carriers": self.carriers,
             "carrier_range": self.carrier_range,
             "seed": self.seed,
+            "envelope": self.envelope,
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
