@@ -182,6 +182,7 @@ def test_a_tiny_recipe_with_tone_codes_trains_and_writes_its_card(tmp_path):
             "width": 16,
             "dilations": [1],
             "carriers": 24,
+            "envelope": "analytic",
         },
         "data": {
             "speech_clips": 4,
@@ -199,6 +200,7 @@ def test_a_tiny_recipe_with_tone_codes_trains_and_writes_its_card(tmp_path):
     assert tok.codebook.shape == (64, 16) and len(result.losses) == 3
     card = (tmp_path / "CARD.md").read_text()
     assert "`kmeans.tone_codes = 16`): 16 codes are k-means on the tone frames" in card
+    assert "- Envelope: the magnitude of each channel's complex (analytic) gammatone" in card
     assert "sine sweep: 4 tones 12 semitone apart" in card  # the tests' coarse sweep
     again = load_tokenizer(tmp_path)
     assert torch.equal(again.codebook, tok.codebook)

@@ -448,6 +448,14 @@ def _tone_codes_line(recipe: CochlearRecipe, size: int) -> list[str]:
     ]
 
 
+ENVELOPE_TEXT = {
+    "rectified": "half-wave rectification",
+    "analytic": "the magnitude of each channel's complex (analytic) gammatone output, flat "
+    "for a steady tone (half-wave rectification ripples at the input frequency, which the "
+    "low-pass below cannot remove under ~200 Hz)",
+}
+
+
 RUN_NOTES = [
     "- An earlier run (1400 steps, tone fraction 0.25, no 4096-point mel scale) measured "
     "log-mel distance 0.751 and 50% of 48 held-out tones within a semitone; this recipe's "
@@ -491,8 +499,9 @@ def render_card(tok: Any, recipe: CochlearRecipe, result: CochlearTrainResult) -
         f"{float(centres[-1] - centres[-2]):.0f} Hz at the top); FIR impulse responses of "
         f"{tok.fir_length} samples ({1000 * tok.fir_length / tok.sample_rate:g} ms), unit gain at "
         "the centre, applied causally by FFT convolution.",
-        f"- Envelope: half-wave rectification, then a causal Hann low-pass of {2 * tok.hop} "
-        f"samples sampled every {tok.hop} samples (frame i sees samples up to (i + 1) x hop).",
+        f"- Envelope: {ENVELOPE_TEXT[tok.envelope]}, then a causal Hann low-pass of "
+        f"{2 * tok.hop} samples sampled every {tok.hop} samples (frame i sees samples up to "
+        "(i + 1) x hop).",
         f"- Compression: (envelope + 1e-5)^{tok.compression:g}.",
         "",
         "## Codebook",
