@@ -190,7 +190,7 @@ class FusedLinears:
             bias = torch.cat([lin.bias.detach() for lin in linears])
             for lin, view in zip(linears, bias.split(sizes)):
                 lin.bias.data = view
-        self.linears, self.weight, self.bias, self.sizes = linears, weight, bias, sizes
+        self.weight, self.bias = weight, bias
         # (module's parameter dict, the Parameter, the address of its fused view): checked
         # on every call, so kept to a dict lookup and a pointer per tensor.
         self._views = [
@@ -240,7 +240,7 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, backend: AttentionBackend) -> torch.Tensor:
         b, t, _ = x.shape
         fused = self.qkv.current() if self.qkv is not None else None
-        if fused is not None and self.q_norm is None:
+        if fused is not None:
             q, k, v = self._fused_qkv(fused, x, cos, sin)
         else:
             q, k, v = self._separate_qkv(x, cos, sin)
@@ -251,7 +251,7 @@ class Attention(nn.Module):
         """One matmul for q, k and v, one rotation for q and k together (the heads sit
         side by side): the same values as `_separate_qkv`, five dispatches fewer."""
         b, t, _ = x.shape
-        qkv = fused(x).view(b, t, -1, self.head_dim)  # [B, T, H + 2 Hkv, Dh]
+        qkv = fused(x).view(b, t, -1, self.head_dim)  # [B, T, H + 2 Hkv, Dh]; no QK-norm
         qk = apply_rope(qkv[:, :, : self.n_heads + self.n_kv_heads], cos, sin)
         return qk[:, :, : self.n_heads], qk[:, :, self.n_heads :], qkv[:, :, -self.n_kv_heads :]
 
@@ -437,7 +437,8 @@ class Transformer(nn.Module):
         """
         for block in self.layers:
             attn, mlp = block.attn, block.mlp
-            if attn.qkv is None or not attn.qkv.is_live():
+            # QK-norm normalises q and k apart before rotating them: those keep three matmuls.
+            if attn.q_norm is None and (attn.qkv is None or not attn.qkv.is_live()):
                 attn.qkv = FusedLinears([attn.q_proj, attn.k_proj, attn.v_proj])
             if mlp.gate_up is None or not mlp.gate_up.is_live():
                 mlp.gate_up = FusedLinears([mlp.gate_proj, mlp.up_proj], True)

@@ -199,10 +199,9 @@ def fit_cochlear_codebook(
             f"got {km.tone_codes}"
         )
     gen = torch.Generator().manual_seed(seed)
-    parts = []
+    parts, total = [], sum(c.frames.shape[1] for c in speech + tones)
     for clips, codes in ((speech, size - km.tone_codes), (tones, km.tone_codes)):
         own = torch.cat([c.frames.T for c in clips])  # [n, C]
-        total = sum(c.frames.shape[1] for c in speech + tones)
         keep = max(codes, km.max_frames * own.shape[0] // total)
         if own.shape[0] > keep:
             own = own[torch.randperm(own.shape[0], generator=gen)[:keep]]
