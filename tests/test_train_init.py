@@ -60,3 +60,46 @@ def test_recipe_resolves_init_from_against_its_folder(tmp_path):
     assert recipe.to_dict()["model"]["init_from"] == recipe.model.init_from
     with pytest.raises(ValueError, match="model.init_from must be a folder path"):
         Recipe.from_dict({"model": {"init_from": 3}})
+
+
+def _with_series_head(model: Transformer, vocab: VocabLayout) -> Transformer:
+    from mmntp.model.frame_head import FrameHead, FrameHeadConfig
+    from mmntp.model.heads import register_head
+
+    span = vocab.range("timeseries")
+    config = FrameHeadConfig(model.config.dim, [[span.start, span.stop]], modality="timeseries")
+    register_head(model, FrameHead(config), "timeseries")
+    return model
+
+
+def test_a_modality_whose_card_changed_starts_fresh(tiny_model_dir, tmp_path):
+    """Codes of another card mean other things: its rows and its head are not copied."""
+    from mmntp.model.checkpoint import save_model
+    from mmntp.tokenizers import MeanScaleUniformBins
+
+    source = load_model(tiny_model_dir)
+    vocab, cards = source.vocab, dict(source.tokenizers)
+    _with_series_head(source.model, vocab)
+    save_model(tmp_path / "src", source.model, vocab, cards)
+    torch.manual_seed(3)
+    model = _with_series_head(Transformer(preset("test", vocab.size)), vocab)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    old = source.model.state_dict()
+
+    assert init_from_model(model, vocab, tmp_path / "src", cards)["fresh"] == []
+    head = [k for k in old if k.startswith("heads.timeseries.")]
+    assert head and all(torch.equal(model.state_dict()[k], old[k].float()) for k in head)
+
+    model.load_state_dict(before)
+    other = cards | {"timeseries": MeanScaleUniformBins(low=-10.0, high=10.0)}
+    assert init_from_model(model, vocab, tmp_path / "src", other)["fresh"] == ["timeseries"]
+    state, emb = model.state_dict(), model.tok_embeddings.weight
+    series, text = vocab.range("timeseries"), vocab.range("text")
+    assert torch.equal(
+        emb[series.start : series.stop], before["tok_embeddings.weight"][series.start : series.stop]
+    )
+    assert torch.equal(
+        emb[text.start : text.stop], old["tok_embeddings.weight"][text.start : text.stop].float()
+    )
+    assert all(torch.equal(state[k], before[k]) for k in head)
+    assert torch.equal(state["norm.weight"], old["norm.weight"].float())

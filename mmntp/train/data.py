@@ -6,6 +6,7 @@ at step k needs no data-loader state and reproduces the uninterrupted run exactl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,12 @@ class AudioSource:
     `seconds` ("a sine tone at 440 Hz", `mmntp.data.audio.tone_clips`) and, drawn with
     probability `speech`, `speech_pool` short espeak-ng phrases captioned "say: {text}".
     A caption is dropped with probability `caption_dropout` (the unconditional prompt).
+
+    With `min_seconds`, a tone document keeps only the clip's first s seconds, s drawn
+    log-uniformly from [min_seconds, seconds]. A held tone's pitch is decided by its first
+    frame and then repeated, so short documents put many more of those decisions in a
+    row's tokens (the rest of a 1 s clip teaches little once the tone is chosen); the
+    long ones still teach holding it.
     """
 
     vocab: VocabLayout
@@ -156,6 +163,7 @@ class AudioSource:
     seconds: float = 1.0
     speech: float = 0.0
     speech_pool: int = 400
+    min_seconds: float | None = None  # None: whole tone clips
     card: str = ""  # the tokenizer card folder (read by build_data)
     text_tokenizer: Any = None
 
@@ -164,6 +172,10 @@ class AudioSource:
 
         if not 0 <= self.caption_dropout < 1 or not 0 <= self.speech <= 1:
             raise ValueError("caption_dropout must be in [0, 1) and speech in [0, 1]")
+        if self.min_seconds is not None and not 0 < self.min_seconds <= self.seconds:
+            raise ValueError(
+                f"min_seconds must be in (0, seconds={self.seconds}], got {self.min_seconds}"
+            )
         tones = tone_clips(self.pool_size, self.pool_seed, self.seconds)
         self.pools = [self._encode([(clip, text) for clip, text, _ in tones])]
         if self.speech > 0:
@@ -177,13 +189,21 @@ class AudioSource:
     def document(self, rng: np.random.Generator, max_tokens: int) -> list[int]:
         ids: list[int] = []
         while True:
-            pool = self.pools[1 if len(self.pools) > 1 and rng.random() < self.speech else 0]
+            speech = len(self.pools) > 1 and rng.random() < self.speech
+            pool = self.pools[1 if speech else 0]
             codes, caption = pool[int(rng.integers(len(pool)))]
             caption = None if rng.random() < self.caption_dropout else caption
+            if self.min_seconds is not None and not speech:
+                codes = codes[: self._prefix_frames(len(codes), rng)]
             doc = sequence.audio_document(self.vocab, self.text_tokenizer, caption, codes)
             if ids and len(ids) + len(doc) > max_tokens:
                 return ids
             ids.extend(doc[: max_tokens - len(ids)])
+
+    def _prefix_frames(self, frames: int, rng: np.random.Generator) -> int:
+        low, high = math.log(self.min_seconds), math.log(self.seconds)
+        seconds = math.exp(rng.uniform(low, high)) if high > low else self.seconds
+        return max(1, round(frames * seconds / self.seconds))
 
 
 @dataclass

@@ -20,16 +20,20 @@ VOCAB_ROWS = ("tok_embeddings.weight", "heads.token.proj.weight")
 
 
 @torch.no_grad()
-def init_from_model(model: Transformer, vocab: VocabLayout, folder: str | Path) -> dict[str, int]:
-    """Copy weights from `folder` into `model`; returns counts of what was carried over."""
+def init_from_model(
+    model: Transformer, vocab: VocabLayout, folder: str | Path, tokenizers: dict | None = None
+) -> dict:
+    """Copy weights from `folder` into `model`; returns counts of what was carried over and
+    the modalities that start fresh because `tokenizers` (this run's) differ from its cards."""
     source = load_model(folder)
+    changed = changed_tokenizers(source.tokenizers, tokenizers or {})
     old_state = source.model.state_dict()
     new_state = model.state_dict()
-    mapping = row_mapping(source.vocab, vocab)  # (old ids [N], new ids [N])
+    mapping = row_mapping(source.vocab, vocab, skip=changed)  # (old ids [N], new ids [N])
     copied = rows = 0
     for name, tensor in new_state.items():
         old = old_state.get(name)
-        if old is None:
+        if old is None or any(name.startswith(f"heads.{m}.") for m in changed):
             continue
         if name in VOCAB_ROWS and old.shape[1:] == tensor.shape[1:]:
             tensor[mapping[1]] = old[mapping[0]].to(tensor.dtype)
@@ -42,13 +46,30 @@ def init_from_model(model: Transformer, vocab: VocabLayout, folder: str | Path) 
                 f"model.init_from {folder}: {name} is {tuple(old.shape)} there but "
                 f"{tuple(tensor.shape)} here (use the same model preset)"
             )
-    return {"tensors": copied, "vocab_rows": rows}
+    return {"tensors": copied, "vocab_rows": rows, "fresh": sorted(changed)}
 
 
-def row_mapping(old: VocabLayout, new: VocabLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids of the entries both vocabularies share: (ids in old, the same entries in new)."""
+def changed_tokenizers(old: dict, new: dict) -> set[str]:
+    """Names in both dicts whose tokenizers differ in type, config or any tensor."""
+    return {name for name in old.keys() & new.keys() if not same_tokenizer(old[name], new[name])}
+
+
+def same_tokenizer(a, b) -> bool:
+    if type(a) is not type(b) or a.config() != b.config():
+        return False
+    ta, tb = a.tensors(), b.tensors()
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def row_mapping(
+    old: VocabLayout, new: VocabLayout, skip: set[str] = frozenset()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids of the entries both vocabularies share: (ids in old, the same entries in new);
+    the ranges of the modalities in `skip` are left out."""
     pairs = [(i, new.specials[name]) for name, i in old.specials.items() if name in new.specials]
     for r in old.ranges:
+        if r.modality in skip:
+            continue
         match = [n for n in new.ranges if (n.modality, n.codebook) == (r.modality, r.codebook)]
         if not match:
             continue
