@@ -121,3 +121,15 @@ def test_save_rejects_reserved_config_keys(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="must not contain"):
         Bad().save(tmp_path)
+
+
+def test_a_loaded_card_saves_with_its_own_text_a_new_tokenizer_with_the_generic_one(tmp_path):
+    """A model export re-saves its tokenizers: the real card travels, not a stub."""
+    loaded = load_tokenizer(CARDS / "audio-cochlear-16k-v2")
+    loaded.save(tmp_path / "copy")
+    source = (CARDS / "audio-cochlear-16k-v2" / "CARD.md").read_text()
+    assert (tmp_path / "copy" / "CARD.md").read_text() == source
+    loaded.save(tmp_path / "told", card="# mine\n")
+    assert (tmp_path / "told" / "CARD.md").read_text() == "# mine\n"
+    ByteTokenizer().save(tmp_path / "new")
+    assert (tmp_path / "new" / "CARD.md").read_text().startswith("# text_bytes")

@@ -98,7 +98,10 @@ class Tokenizer(ABC):
         (directory / CONFIG_FILE).write_text(json.dumps(full, indent=2) + "\n")
         tensors = {name: t.detach().cpu().contiguous() for name, t in self.tensors().items()}
         save_file(tensors, str(directory / TENSORS_FILE))
-        text = card if card is not None else self._auto_card(full)
+        # A tokenizer loaded from a card folder keeps that card's text (a model export
+        # copies its tokenizers' real cards, not a stub); a new one gets the generic card.
+        text = card if card is not None else getattr(self, "card_text", None)
+        text = text if text is not None else self._auto_card(full)
         (directory / CARD_FILE).write_text(text if text.endswith("\n") else text + "\n")
 
     def _auto_card(self, full_config: dict[str, Any]) -> str:
@@ -179,7 +182,10 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     tensors_path = directory / TENSORS_FILE
     if not tensors_path.is_file():
         raise FileNotFoundError(f"tokenizer folder {str(directory)!r} has no {TENSORS_FILE}")
-    return cls.from_config(config, load_file(str(tensors_path)), directory)
+    tok = cls.from_config(config, load_file(str(tensors_path)), directory)
+    card = directory / CARD_FILE
+    tok.card_text = card.read_text() if card.is_file() else None
+    return tok
 
 
 def as_codes(codes: Any, size: int, what: str) -> torch.Tensor:
