@@ -342,7 +342,9 @@ def add_eval_parser(sub) -> None:
     au.add_argument("--model", help="model or service folder (default: the bundled service)")
     au.add_argument("--num-prompts", type=int, default=48, help="tone captions (default 48)")
     au.add_argument("--seconds", type=float, default=1.0, help="clip length (default 1)")
-    au.add_argument("--guidance", default="1,3", help="comma-separated guidance scales")
+    au.add_argument(
+        "--guidance", default="1,2,3", help="comma-separated guidance scales (default 1,2,3)"
+    )
     au.add_argument("--seed", type=int, default=0)
     au.add_argument("--no-grpc", action="store_true", help="skip the over-gRPC figures")
     au.add_argument("--json", action="store_true", help="print one JSON object")

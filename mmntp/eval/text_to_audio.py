@@ -40,7 +40,7 @@ HELDOUT_SEED = 77_001  # prompts are drawn from a stream training never uses
 class AudioEvalSettings:
     num_prompts: int = 48
     seconds: float = 1.0
-    guidance: tuple[float, ...] = (1.0, 3.0)
+    guidance: tuple[float, ...] = (1.0, AUDIO_SAMPLING.guidance_scale, 3.0)
     seed: int = 0
     grpc: bool = True
 
@@ -184,7 +184,10 @@ def evaluate(pipe: Any, settings: AudioEvalSettings, progress: Progress = lambda
     pipe(prompts[0][0], AudioOutput(seconds=settings.seconds))  # warm-up
     rows = []
     for frame_head in (True, False):
-        scales = settings.guidance if frame_head else settings.guidance[-1:]
+        # the flattened layout at the default scale only (or the last one asked for)
+        default = AUDIO_SAMPLING.guidance_scale
+        flat = [default] if default in settings.guidance else settings.guidance[-1:]
+        scales = settings.guidance if frame_head else flat
         for scale in scales:
             layout = "frame head" if frame_head else "flattened"
             progress(f"{layout}, guidance {scale:g}: {len(prompts)} clips")
