@@ -192,7 +192,12 @@ def test_a_tiny_recipe_with_tone_codes_trains_and_writes_its_card(tmp_path):
             "context_frames": 4,
         },
         "kmeans": {"iterations": 3, "max_frames": 5000, "tone_codes": 16},
-        "loss": {"mel": 1.0, "cochleagram": 0.0, "scales": [[256, 64, 40]]},
+        "loss": {
+            "mel": 1.0,
+            "cochleagram": 0.0,
+            "spectral_convergence": 0.5,
+            "scales": [[256, 64, 40]],
+        },
         "optim": {"max_steps": 3, "warmup_steps": 1},
     }
     recipe = parse_cochlear_recipe(table, tmp_path / "recipe.toml")
@@ -202,6 +207,7 @@ def test_a_tiny_recipe_with_tone_codes_trains_and_writes_its_card(tmp_path):
     assert "`kmeans.tone_codes = 16`): 16 codes are k-means on the tone frames" in card
     assert "- Envelope: the magnitude of each channel's complex (analytic) gammatone" in card
     assert "sine sweep: 4 tones 12 semitone apart" in card  # the tests' coarse sweep
+    assert "+ 0.5 x spectral convergence (linear STFT magnitudes" in card
     again = load_tokenizer(tmp_path)
     assert torch.equal(again.codebook, tok.codebook)
 
@@ -228,3 +234,16 @@ def test_envelope_is_part_of_the_card(tmp_path):
     assert torch.equal(again.cochleagram(clip), tok.cochleagram(clip))
     with pytest.raises(ValueError, match="envelope must be one of"):
         CochlearTokenizer(envelope="hilbert")
+
+
+def test_spectral_convergence_is_zero_on_a_match_and_relative_on_a_scaled_copy():
+    from mmntp.train.cochlear import multiscale_spectral_convergence, parse_cochlear_recipe
+
+    x = torch.from_numpy(tone("sawtooth", 180.0, 0.3))[None]
+    scales = [[256, 64, 40], [1024, 256, 80]]
+    assert float(multiscale_spectral_convergence(x, x, scales)) == 0.0
+    half = multiscale_spectral_convergence(0.5 * x, x, scales)
+    torch.testing.assert_close(half, torch.tensor(0.5), rtol=1e-4, atol=1e-4)
+    table = {"name": "x", "kind": "cochlear", "loss": {"spectral_convergence": -1}}
+    with pytest.raises(ValueError, match="loss.spectral_convergence must be >= 0"):
+        parse_cochlear_recipe(table)

@@ -78,10 +78,19 @@ class KMeansSection:
 
 @dataclass
 class CochlearLoss:
-    """Weights: multi-scale log-mel L1 (each scale n_fft, hop, n_mels) and cochleagram L1."""
+    """Weights: multi-scale log-mel L1 (each scale n_fft, hop, n_mels), cochleagram L1 and
+    multi-scale spectral convergence (linear STFT magnitudes, at the same scales' n_fft and
+    hop: ||S(out)| - |S(ref)|| / ||S(ref)||, as in Parallel WaveGAN's STFT loss).
+
+    Why spectral convergence: log-mel L1 between two pure sines is nearly flat away from
+    the right pitch (target 125 Hz: 120 Hz costs 0.95, 167 Hz 1.20, 125 Hz 0.11), so a
+    decoder that renders a low sine at the wrong pitch gets no pull toward the right one.
+    Optimising a decoded 125 Hz sine's carrier amplitudes directly: log-mel L1 left it at
+    167 Hz after 300 steps, spectral convergence moved it to 124 Hz within 100."""
 
     mel: float = 1.0
     cochleagram: float = 1.0
+    spectral_convergence: float = 0.0
     scales: list[list[int]] = field(
         default_factory=lambda: [[256, 64, 40], [512, 128, 64], [1024, 256, 80], [2048, 512, 128]]
     )
@@ -89,6 +98,9 @@ class CochlearLoss:
     def __post_init__(self) -> None:
         self.mel = _number("loss.mel", self.mel, ge=0)
         self.cochleagram = _number("loss.cochleagram", self.cochleagram, ge=0)
+        self.spectral_convergence = _number(
+            "loss.spectral_convergence", self.spectral_convergence, ge=0
+        )
         if not isinstance(self.scales, list) or not self.scales:
             raise ValueError(
                 f"loss.scales must be a list of [n_fft, hop, n_mels], got {self.scales!r}"
@@ -251,6 +263,21 @@ def multiscale_mel_l1(
     return total / len(scales)
 
 
+def multiscale_spectral_convergence(
+    out: torch.Tensor, target: torch.Tensor, scales: list[list[int]]
+) -> torch.Tensor:
+    """Mean over scales of ||S(out)| - |S(target)||_F / ||S(target)||_F (linear magnitudes)."""
+    total = out.new_zeros(())
+    for n_fft, hop, _ in scales:
+        window = torch.hann_window(n_fft, dtype=out.dtype, device=out.device)
+        a, b = (
+            torch.stft(x, n_fft, hop, window=window, return_complex=True).abs()
+            for x in (out, target)
+        )
+        total = total + torch.linalg.norm(a - b) / torch.linalg.norm(b).clamp(min=1e-8)
+    return total / len(scales)
+
+
 class CropSampler:
     """Random training crops (input frames with lead-in, scored target samples) from a seed."""
 
@@ -334,6 +361,10 @@ def fit_decoder(
         mel = multiscale_mel_l1(out, ref, recipe.loss.scales, tok.sample_rate)
         loss = recipe.loss.mel * mel
         logs = {"mel": mel.item()}
+        if recipe.loss.spectral_convergence:
+            sc = multiscale_spectral_convergence(out, ref, recipe.loss.scales)
+            loss = loss + recipe.loss.spectral_convergence * sc
+            logs["sc"] = sc.item()
         if recipe.loss.cochleagram:
             coch = (tok.front(out) - tok.front(ref)).abs().mean()
             loss = loss + recipe.loss.cochleagram * coch
@@ -547,7 +578,13 @@ def render_card(tok: Any, recipe: CochlearRecipe, result: CochlearTrainResult) -
         f"{recipe.optim.warmup_steps}, cosine to {recipe.optim.min_lr_ratio:g}x), seed "
         f"{recipe.seed}. Loss: {recipe.loss.mel:g} x multi-scale log-mel L1 (n_fft, hop, mels "
         f"{[tuple(s) for s in recipe.loss.scales]}) + {recipe.loss.cochleagram:g} x cochleagram "
-        "L1 between decoded and original crop.",
+        "L1 between decoded and original crop"
+        + (
+            f" + {recipe.loss.spectral_convergence:g} x spectral convergence (linear STFT "
+            "magnitudes at the same n_fft and hop)."
+            if recipe.loss.spectral_convergence
+            else "."
+        ),
         f"- Wall time: {result.wall_s / 60:.1f} min ({result.kmeans_s:.0f} s of it the codebook) "
         f"on {recipe.threads or torch.get_num_threads()} CPU thread(s) of this project's shared "
         f"machine, torch {torch.__version__}; final training loss {result.losses[-1]:.4f}.",
