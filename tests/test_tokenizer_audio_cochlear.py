@@ -237,13 +237,20 @@ def test_envelope_is_part_of_the_card(tmp_path):
 
 
 def test_spectral_convergence_is_zero_on_a_match_and_relative_on_a_scaled_copy():
-    from mmntp.train.cochlear import multiscale_spectral_convergence, parse_cochlear_recipe
+    from mmntp.eval.audio import mel_spectrogram
+    from mmntp.train.cochlear import parse_cochlear_recipe, spectral_losses
 
     x = torch.from_numpy(tone("sawtooth", 180.0, 0.3))[None]
     scales = [[256, 64, 40], [1024, 256, 80]]
-    assert float(multiscale_spectral_convergence(x, x, scales)) == 0.0
-    half = multiscale_spectral_convergence(0.5 * x, x, scales)
+    assert [float(v) for v in spectral_losses(x, x, scales, 16_000)] == [0.0, 0.0]
+    mel, half = spectral_losses(0.5 * x, x, scales, 16_000)
     torch.testing.assert_close(half, torch.tensor(0.5), rtol=1e-4, atol=1e-4)
+    # the log-mel term: a halved signal is log(2) below wherever the clamp does not bite
+    expected = sum(
+        (mel_spectrogram(0.5 * x, n, h, m) - mel_spectrogram(x, n, h, m)).abs().mean()
+        for n, h, m in scales
+    ) / len(scales)
+    torch.testing.assert_close(mel, expected)
     table = {"name": "x", "kind": "cochlear", "loss": {"spectral_convergence": -1}}
     with pytest.raises(ValueError, match="loss.spectral_convergence must be >= 0"):
         parse_cochlear_recipe(table)

@@ -59,7 +59,11 @@ def mel_spectrogram(
     eps: float = 1e-5,
 ) -> torch.Tensor:
     """Log-mel [..., n_mels, frames] of waveforms [..., T] (natural log of magnitude)."""
-    shape = x.shape[:-1]
+    return log_mel(stft_magnitude(x, n_fft, hop), n_mels, sample_rate, eps)
+
+
+def stft_magnitude(x: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """|STFT| [..., n_fft // 2 + 1, frames] of waveforms [..., T] (Hann, centred)."""
     window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
     spec = torch.stft(
         x.reshape(-1, x.shape[-1]),
@@ -70,9 +74,16 @@ def mel_spectrogram(
         pad_mode="reflect" if x.shape[-1] > n_fft // 2 else "constant",
         return_complex=True,
     ).abs()
-    bank = mel_filterbank(n_fft, n_mels, sample_rate).to(x.device, x.dtype)
-    mel = torch.log(torch.clamp(bank @ spec, min=eps))
-    return mel.reshape(*shape, n_mels, mel.shape[-1])
+    return spec.reshape(*x.shape[:-1], *spec.shape[-2:])
+
+
+def log_mel(
+    magnitude: torch.Tensor, n_mels: int, sample_rate: int = SAMPLE_RATE, eps: float = 1e-5
+) -> torch.Tensor:
+    """|STFT| [..., bins, frames] -> log-mel [..., n_mels, frames]."""
+    n_fft = 2 * (magnitude.shape[-2] - 1)
+    bank = mel_filterbank(n_fft, n_mels, sample_rate).to(magnitude.device, magnitude.dtype)
+    return torch.log(torch.clamp(bank @ magnitude, min=eps))
 
 
 def mel_distance(reference, estimate, sample_rate: int = SAMPLE_RATE) -> float:

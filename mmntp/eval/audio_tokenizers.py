@@ -53,6 +53,13 @@ def _samples(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float32).reshape(-1)
 
 
+def round_trip_pitch(tok: Any, clip: np.ndarray, rate: int) -> float:
+    """The estimated pitch (Hz) of `clip` after the card's encode and decode."""
+    with torch.no_grad():
+        out = tok.decode(tok.encode(clip).codes)
+    return estimate_pitch(_samples(out)[: len(clip)], rate)
+
+
 def _codes_2d(codes: torch.Tensor) -> torch.Tensor:
     codes = torch.as_tensor(codes)
     return codes[:, None] if codes.dim() == 1 else codes.reshape(codes.shape[0], -1)
@@ -177,7 +184,7 @@ def tone_sweep(tok: Any, step: float = SWEEP_STEP, seconds: float = 0.5) -> dict
         hits, levels = 0, set()
         for hz in freqs:
             clip = tone(waveform, hz, seconds, rate)
-            pitch = estimate_pitch(_samples(tok.decode(tok.encode(clip).codes))[: len(clip)], rate)
+            pitch = round_trip_pitch(tok, clip, rate)
             hits += semitones(pitch, hz) <= 1.0
             if pitch > 0 and math.isfinite(pitch):
                 levels.add(round(96 * math.log2(pitch / MIN_FREQUENCY)))

@@ -30,6 +30,7 @@ import numpy as np
 from mmntp import sequence
 from mmntp.data.audio import caption, random_tone, tone
 from mmntp.eval.audio import estimate_pitch, semitones
+from mmntp.eval.audio_tokenizers import round_trip_pitch
 from mmntp.schema import AUDIO_SAMPLING, AudioChunk, AudioOutput, GenerationOutput
 
 Progress = Callable[[str], None]
@@ -83,15 +84,11 @@ def adherence(
 
 def card_ceiling(tok: Any, prompts: Sequence[tuple[str, int]], seconds: float) -> dict:
     """Pitch accuracy of the prompts' own tones through the card's round trip."""
-    import torch
-
     rate = int(getattr(tok, "sample_rate", 16_000))
-    errors = []
-    for text, hz in prompts:
-        clip = tone(text.split()[1], hz, seconds, rate)
-        with torch.no_grad():
-            audio = np.asarray(tok.decode(tok.encode(clip).codes), dtype=np.float32).reshape(-1)
-        errors.append(semitones(estimate_pitch(audio, rate), hz))
+    errors = [
+        semitones(round_trip_pitch(tok, tone(text.split()[1], hz, seconds, rate), rate), hz)
+        for text, hz in prompts
+    ]
     return _accuracy(errors)
 
 

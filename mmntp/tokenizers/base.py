@@ -55,6 +55,7 @@ class Tokenizer(ABC):
     modality: ClassVar[str]  # "text" | "image" | "audio" | "timeseries" | "motion"
     kind: ClassVar[str]  # "discrete" | "continuous"
     frame_rate: float | None = None  # tokens per second of signal, where that means anything
+    card_text: str | None = None  # the CARD.md it was loaded with; save() writes it back
 
     @abstractmethod
     def encode(self, x: Any, state: dict[str, Any] | None = None) -> Encoded:
@@ -100,7 +101,7 @@ class Tokenizer(ABC):
         save_file(tensors, str(directory / TENSORS_FILE))
         # A tokenizer loaded from a card folder keeps that card's text (a model export
         # copies its tokenizers' real cards, not a stub); a new one gets the generic card.
-        text = card if card is not None else getattr(self, "card_text", None)
+        text = card if card is not None else self.card_text
         text = text if text is not None else self._auto_card(full)
         (directory / CARD_FILE).write_text(text if text.endswith("\n") else text + "\n")
 

@@ -250,32 +250,21 @@ def fit_codebook(
     return centres, mse
 
 
-def multiscale_mel_l1(
+def spectral_losses(
     out: torch.Tensor, target: torch.Tensor, scales: list[list[int]], sample_rate: int
-) -> torch.Tensor:
-    from mmntp.eval.audio import mel_spectrogram
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(multi-scale log-mel L1, multi-scale spectral convergence), each the mean over
+    `scales`, from one STFT of each signal per scale. Spectral convergence is
+    ||S(out)| - |S(target)||_F / ||S(target)||_F on linear magnitudes."""
+    from mmntp.eval.audio import log_mel, stft_magnitude
 
-    total = out.new_zeros(())
+    mel = out.new_zeros(())
+    sc = out.new_zeros(())
     for n_fft, hop, n_mels in scales:
-        a = mel_spectrogram(out, n_fft, hop, n_mels, sample_rate)
-        b = mel_spectrogram(target, n_fft, hop, n_mels, sample_rate)
-        total = total + (a - b).abs().mean()
-    return total / len(scales)
-
-
-def multiscale_spectral_convergence(
-    out: torch.Tensor, target: torch.Tensor, scales: list[list[int]]
-) -> torch.Tensor:
-    """Mean over scales of ||S(out)| - |S(target)||_F / ||S(target)||_F (linear magnitudes)."""
-    total = out.new_zeros(())
-    for n_fft, hop, _ in scales:
-        window = torch.hann_window(n_fft, dtype=out.dtype, device=out.device)
-        a, b = (
-            torch.stft(x, n_fft, hop, window=window, return_complex=True).abs()
-            for x in (out, target)
-        )
-        total = total + torch.linalg.norm(a - b) / torch.linalg.norm(b).clamp(min=1e-8)
-    return total / len(scales)
+        a, b = stft_magnitude(out, n_fft, hop), stft_magnitude(target, n_fft, hop)
+        mel = mel + (log_mel(a, n_mels, sample_rate) - log_mel(b, n_mels, sample_rate)).abs().mean()
+        sc = sc + torch.linalg.norm(a - b) / torch.linalg.norm(b).clamp(min=1e-8)
+    return mel / len(scales), sc / len(scales)
 
 
 class CropSampler:
@@ -358,11 +347,10 @@ def fit_decoder(
         amps, _ = model.amplitudes(z, state)
         wave = model.synthesise(amps, state["amps"], 0, carriers)  # [B, span * hop]
         out, ref = wave[:, ctx * hop :], target[:, ctx * hop :]
-        mel = multiscale_mel_l1(out, ref, recipe.loss.scales, tok.sample_rate)
+        mel, sc = spectral_losses(out, ref, recipe.loss.scales, tok.sample_rate)
         loss = recipe.loss.mel * mel
         logs = {"mel": mel.item()}
         if recipe.loss.spectral_convergence:
-            sc = multiscale_spectral_convergence(out, ref, recipe.loss.scales)
             loss = loss + recipe.loss.spectral_convergence * sc
             logs["sc"] = sc.item()
         if recipe.loss.cochleagram:

@@ -201,8 +201,7 @@ class AudioSource:
             ids.extend(doc[: max_tokens - len(ids)])
 
     def _prefix_frames(self, frames: int, rng: np.random.Generator) -> int:
-        low, high = math.log(self.min_seconds), math.log(self.seconds)
-        seconds = math.exp(rng.uniform(low, high)) if high > low else self.seconds
+        seconds = math.exp(rng.uniform(math.log(self.min_seconds), math.log(self.seconds)))
         return max(1, round(frames * seconds / self.seconds))
 
 
