@@ -167,11 +167,8 @@ def test_tone_codes_give_close_tones_codes_of_their_own():
         fit_cochlear_codebook(frames, speech, tones, 64, recipe, False)
 
 
-@pytest.mark.skipif(not espeak_available(), reason="espeak-ng speaks the training speech")
-def test_a_tiny_recipe_with_tone_codes_trains_and_writes_its_card(tmp_path):
-    from mmntp.train.cochlear import parse_cochlear_recipe, train_cochlear
-
-    table = {
+def _tiny_table() -> dict:
+    return {
         "name": "tiny-cochlear",
         "kind": "cochlear",
         "batch_size": 2,
@@ -200,6 +197,13 @@ def test_a_tiny_recipe_with_tone_codes_trains_and_writes_its_card(tmp_path):
         },
         "optim": {"max_steps": 3, "warmup_steps": 1},
     }
+
+
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng speaks the training speech")
+def test_a_tiny_recipe_with_tone_codes_trains_and_writes_its_card(tmp_path):
+    from mmntp.train.cochlear import parse_cochlear_recipe, train_cochlear
+
+    table = _tiny_table()
     recipe = parse_cochlear_recipe(table, tmp_path / "recipe.toml")
     tok, result = train_cochlear(recipe, out_dir=tmp_path, progress=False, eval_limit=2)
     assert tok.codebook.shape == (64, 16) and len(result.losses) == 3
@@ -210,6 +214,46 @@ def test_a_tiny_recipe_with_tone_codes_trains_and_writes_its_card(tmp_path):
     assert "+ 0.5 x spectral convergence (linear STFT magnitudes" in card
     again = load_tokenizer(tmp_path)
     assert torch.equal(again.codebook, tok.codebook)
+
+
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng speaks the training speech")
+def test_init_from_retrains_the_decoder_and_keeps_the_codes(tmp_path):
+    """A recipe with init_from keeps the card's codebook and frame statistics (no k-means),
+    trains its decoder on (here with low tones added), and refuses another tokenizer."""
+    from mmntp.train.cochlear import parse_cochlear_recipe, train_cochlear
+    from mmntp.train.init import changed_tokenizers
+
+    for name in ("recipe.toml", "recipe-tune.toml"):  # run() copies its recipe file
+        (tmp_path / name).write_text("# the test's tables\n")
+    base, _ = train_cochlear(
+        parse_cochlear_recipe(_tiny_table(), tmp_path / "recipe.toml"),
+        out_dir=tmp_path / "base",
+        progress=False,
+        eval_limit=1,
+    )
+    table = _tiny_table() | {"init_from": "base", "out_dir": "tuned"}
+    table["data"] = table["data"] | {"low_tone_clips": 3}
+    recipe = parse_cochlear_recipe(table, tmp_path / "recipe-tune.toml")
+    tok, result = train_cochlear(recipe, progress=False, eval_limit=1)
+    assert result.out_dir == tmp_path / "tuned" and len(result.losses) == 3
+    for name in ("codebook", "frame_mean", "frame_std"):
+        assert torch.equal(getattr(tok, name), getattr(base, name))
+    assert not torch.equal(tok.decoder.out.weight, base.decoder.out.weight)
+    assert (
+        changed_tokenizers({"audio": base}, {"audio": load_tokenizer(tmp_path / "tuned")}) == set()
+    )
+    card = (tmp_path / "tuned" / "CARD.md").read_text()
+    assert "codebook and frame statistics are those of `base`" in card
+    assert "3 more from the lowest octave, 110-220 Hz" in card
+    table["tokenizer"] = table["tokenizer"] | {"width": 8}
+    with pytest.raises(ValueError, match=r"config differs .* in \['width'\]"):
+        train_cochlear(parse_cochlear_recipe(table, tmp_path / "recipe-tune.toml"), progress=False)
+
+
+def test_low_tones_come_from_the_lowest_octave():
+    from mmntp.data.audio import tone_clips
+
+    assert all(110 <= hz <= 220 for _, _, hz in tone_clips(40, seed=3, seconds=0.1, octaves=1.0))
 
 
 def test_analytic_envelopes_of_a_steady_low_tone_are_steady():

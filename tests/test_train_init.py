@@ -103,3 +103,30 @@ def test_a_modality_whose_card_changed_starts_fresh(tiny_model_dir, tmp_path):
     )
     assert all(torch.equal(state[k], before[k]) for k in head)
     assert torch.equal(state["norm.weight"], old["norm.weight"].float())
+
+
+def test_a_retrained_cochlear_decoder_keeps_the_codes_but_a_new_codebook_does_not():
+    """The cochlear card's decoder does not decide codes: retraining it (or its shape, or the
+    carrier phases) keeps a model's audio rows; another codebook or front end does not."""
+    from mmntp.tokenizers.audio_cochlear import CochlearTokenizer
+    from mmntp.train.init import changed_tokenizers
+
+    def card(**kw):
+        return CochlearTokenizer(channels=16, fir_length=128, codebook_size=32, **kw)
+
+    base = card(width=16, carriers=24)
+    retrained = card(width=16, carriers=24)
+    with torch.no_grad():
+        for p in retrained.decoder.parameters():
+            p.add_(0.5)
+    reshaped = card(width=8, carriers=12, seed=5)  # a fresh card's codebook follows the seed
+    reshaped.codebook = base.codebook
+    recoded = card(width=16, carriers=24)
+    recoded.codebook = base.codebook + 0.1
+    front = CochlearTokenizer(channels=16, fir_length=128, codebook_size=32, f_min=60.0)
+    assert not torch.equal(base.decoder.out.weight, retrained.decoder.out.weight)
+    old = {"audio": base}
+    assert changed_tokenizers(old, {"audio": retrained}) == set()
+    assert changed_tokenizers(old, {"audio": reshaped}) == set()
+    assert changed_tokenizers(old, {"audio": recoded}) == {"audio"}
+    assert changed_tokenizers(old, {"audio": front}) == {"audio"}

@@ -84,22 +84,23 @@ def tone(
     return (amplitude * x).astype(np.float32)
 
 
-def random_tone(rng: np.random.Generator) -> tuple[str, int]:
+def random_tone(rng: np.random.Generator, octaves: float = 3.0) -> tuple[str, int]:
     """A waveform and an integer frequency, log-uniform over 110-880 Hz (every octave
-    equally often, as pitch is heard)."""
+    equally often, as pitch is heard); `octaves` < 3 keeps the lowest ones only."""
     waveform = WAVEFORMS[int(rng.integers(len(WAVEFORMS)))]
-    frequency = int(round(MIN_FREQUENCY * 2 ** rng.uniform(0, 3)))
+    frequency = int(round(MIN_FREQUENCY * 2 ** rng.uniform(0, octaves)))
     return waveform, min(max(frequency, MIN_FREQUENCY), MAX_FREQUENCY)
 
 
 def tone_clips(
-    n: int, seed: int, seconds: float = 1.0, sample_rate: int = SAMPLE_RATE
+    n: int, seed: int, seconds: float = 1.0, sample_rate: int = SAMPLE_RATE, octaves: float = 3.0
 ) -> list[tuple[np.ndarray, str, int]]:
-    """`n` random (clip, caption, frequency): waveform, integer frequency, amplitude, phase."""
+    """`n` random (clip, caption, frequency): waveform, integer frequency (`random_tone`),
+    amplitude, phase."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        waveform, frequency = random_tone(rng)
+        waveform, frequency = random_tone(rng, octaves)
         amplitude = float(rng.uniform(0.3, 0.7))
         phase = float(rng.uniform(0, 2 * math.pi))
         clip = tone(waveform, frequency, seconds, sample_rate, amplitude, phase)

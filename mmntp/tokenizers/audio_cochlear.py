@@ -465,6 +465,13 @@ class CochlearTokenizer(DiscreteTokenizer):
         out["frame_mean"], out["frame_std"] = self.frame_mean, self.frame_std
         return out
 
+    def code_identity(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The front end, the codebook and the frame statistics decide the codes; the
+        decoder (its weights, its shape and the carrier phases that `seed` draws) does not."""
+        config = {k: v for k, v in self.config().items() if k not in DECODER_CONFIG}
+        tensors = {k: v for k, v in self.tensors().items() if not k.startswith("decoder.")}
+        return config, tensors
+
     @classmethod
     def from_config(
         cls,
@@ -487,6 +494,10 @@ class CochlearTokenizer(DiscreteTokenizer):
             {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         )
         return tok
+
+
+# Constructor arguments that shape only the decoder (code_identity leaves them out).
+DECODER_CONFIG = ("width", "dilations", "carriers", "carrier_range", "seed")
 
 
 def nearest_code(frames: torch.Tensor, codebook: torch.Tensor, chunk: int = 8192) -> torch.Tensor:

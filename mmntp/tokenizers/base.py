@@ -77,6 +77,13 @@ class Tokenizer(ABC):
         """Weights and buffers to save alongside the config."""
         return {}
 
+    def code_identity(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(config, tensors) that decide which code an input gets. Two tokenizers that agree
+        on these give the same codes, so a model's rows for those codes stay valid
+        (`model.init_from`). All of both unless a tokenizer's decoder is separate: then a
+        retrained decoder keeps the codes."""
+        return self.config(), self.tensors()
+
     @classmethod
     @abstractmethod
     def from_config(

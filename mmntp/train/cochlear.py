@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmntp.train.recipe import OptimSection, _number
+from mmntp.train.recipe import OptimSection, _number, _string
 from mmntp.train.tokenizer_recipe import TokenizerRecipe, parse_sections, read_toml
 from mmntp.train.trainer import lr_at
 
@@ -45,11 +45,19 @@ class CochlearData:
     tone_fraction: float = 0.25  # probability that a training crop is a tone
     crop_frames: int = 100  # scored frames per crop (0.5 s)
     context_frames: int = 16  # lead-in frames decoded but not scored
+    low_tone_clips: int = 0  # more tones, from the lowest octave (110-220 Hz) only
+    low_tone_seed: int = 3
 
     def __post_init__(self) -> None:
         for name in ("speech_clips", "tone_clips", "crop_frames"):
             setattr(self, name, _number(f"data.{name}", getattr(self, name), integer=True, gt=0))
-        for name in ("speech_seed", "tone_seed", "context_frames"):
+        for name in (
+            "speech_seed",
+            "tone_seed",
+            "context_frames",
+            "low_tone_clips",
+            "low_tone_seed",
+        ):
             setattr(self, name, _number(f"data.{name}", getattr(self, name), integer=True, ge=0))
         self.tone_seconds = _number("data.tone_seconds", self.tone_seconds, gt=0)
         self.tone_fraction = _number("data.tone_fraction", self.tone_fraction, ge=0, le=1)
@@ -114,12 +122,18 @@ class CochlearLoss:
 
 @dataclass
 class CochlearRecipe(TokenizerRecipe):
-    """One cochlear tokenizer run; `out_dir` is relative to the recipe file's folder."""
+    """One cochlear tokenizer run; `out_dir` and `init_from` are relative to the recipe
+    file's folder.
+
+    `init_from` names a card to start from: its codebook and frame statistics are kept (no
+    k-means), so its codes, and any model trained on them, stay valid, and only its decoder
+    trains on. The card's config must equal this recipe's `[tokenizer]` and seed."""
 
     name: str
     kind: str = "cochlear"
     seed: int = 0
     out_dir: str = "."
+    init_from: str = ""
     batch_size: int = 16
     threads: int = 1  # 0 = leave torch's default
     tokenizer: dict[str, Any] = field(default_factory=dict)
@@ -131,6 +145,13 @@ class CochlearRecipe(TokenizerRecipe):
 
     def __post_init__(self) -> None:
         self.check_common(("cochlear",))
+        self.init_from = _string("init_from", self.init_from, empty=True)
+
+    def init_dir(self) -> Path | None:
+        if not self.init_from:
+            return None
+        base = self.path.parent if self.path is not None else Path.cwd()
+        return (base / self.init_from).resolve()
 
 
 def parse_cochlear_recipe(table: dict[str, Any], path: Path | None = None) -> CochlearRecipe:
@@ -168,7 +189,8 @@ def training_pool(data: CochlearData) -> tuple[list[np.ndarray], list[np.ndarray
 
     speech = [c for c, _, _ in speech_clips(data.speech_clips, data.speech_seed, TRAIN_VOICES)]
     tones = [c for c, _, _ in tone_clips(data.tone_clips, data.tone_seed, data.tone_seconds)]
-    return speech, tones
+    low = tone_clips(data.low_tone_clips, data.low_tone_seed, data.tone_seconds, octaves=1.0)
+    return speech, tones + [c for c, _, _ in low]
 
 
 @dataclass
@@ -298,6 +320,50 @@ class CropSampler:
 # -- the run -----------------------------------------------------------------------------
 
 
+def start_from_card(tok: Any, folder: Path) -> Any:
+    """The card in `folder`, checked to be the tokenizer the recipe describes (`tok`)."""
+    from mmntp.tokenizers import load_tokenizer
+
+    card = load_tokenizer(folder)
+    if type(card) is not type(tok):
+        raise ValueError(f"init_from {folder}: a {type(card).__name__}, not a cochlear card")
+    mine, theirs = tok.config(), card.config()
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(
+            f"init_from {folder}: its config differs from this recipe's [tokenizer] and seed "
+            f"in {differ}"
+        )
+    return card
+
+
+@torch.no_grad()
+def codebook_stage(
+    tok: Any,
+    speech: list[EncodedClip],
+    tones: list[EncodedClip],
+    recipe: CochlearRecipe,
+    progress: bool,
+) -> tuple[float, int]:
+    """Sets tok's frame statistics and codebook by k-means over a sample of the pool's
+    frames, or keeps the card's with `init_from`; -> (quantisation MSE, frames sampled)."""
+    from mmntp.tokenizers.audio_cochlear import nearest_code
+
+    frames = torch.cat([c.frames.T for c in speech + tones])  # [N, C]
+    gen = torch.Generator().manual_seed(recipe.seed)
+    if frames.shape[0] > recipe.kmeans.max_frames:
+        frames = frames[torch.randperm(frames.shape[0], generator=gen)[: recipe.kmeans.max_frames]]
+    if recipe.init_from:
+        error = frames - tok.codebook[nearest_code(frames, tok.codebook)]
+        return float((error**2).sum(-1).mean()), frames.shape[0]
+    tok.frame_mean = frames.mean(0)
+    tok.frame_std = frames.std(0).clamp(min=1e-4)
+    tok.codebook, mse = fit_cochlear_codebook(
+        frames, speech, tones, tok.codebook_size, recipe, progress
+    )
+    return mse, frames.shape[0]
+
+
 @dataclass
 class CochlearTrainResult:
     """What a run did: decoder steps, wall time (both stages), losses and the report."""
@@ -399,20 +465,12 @@ def train_cochlear(
         torch.set_num_threads(recipe.threads)
     try:
         tok = build_tokenizer(recipe)
+        if recipe.init_from:
+            tok = start_from_card(tok, recipe.init_dir())
         speech_clips, tone_clips = training_pool(recipe.data)
         began = time.perf_counter()
         speech, tones = cochleagrams(tok, speech_clips), cochleagrams(tok, tone_clips)
-        frames = torch.cat([c.frames.T for c in speech + tones])  # [N, C]
-        gen = torch.Generator().manual_seed(recipe.seed)
-        if frames.shape[0] > recipe.kmeans.max_frames:
-            frames = frames[
-                torch.randperm(frames.shape[0], generator=gen)[: recipe.kmeans.max_frames]
-            ]
-        tok.frame_mean = frames.mean(0)
-        tok.frame_std = frames.std(0).clamp(min=1e-4)
-        tok.codebook, mse = fit_cochlear_codebook(
-            frames, speech, tones, tok.codebook_size, recipe, progress
-        )
+        mse, n_frames = codebook_stage(tok, speech, tones, recipe, progress)
         kmeans_s = time.perf_counter() - began
         for clip in speech + tones:
             clip.codes = tok.quantize(clip.frames.T)
@@ -426,7 +484,7 @@ def train_cochlear(
         torch.set_num_threads(threads)
     directory = Path(out_dir).resolve() if out_dir is not None else recipe.output_dir()
     result = CochlearTrainResult(
-        recipe.optim.max_steps, wall_s, kmeans_s, mse, frames.shape[0], losses, report, None
+        recipe.optim.max_steps, wall_s, kmeans_s, mse, n_frames, losses, report, None
     )
     if write:
         tok.save(directory, card=render_card(tok, recipe, result))
@@ -463,6 +521,16 @@ def _tone_codes_line(recipe: CochlearRecipe, size: int) -> list[str]:
         "joint fit the speech frames' spread draws the centroids and steady tones a few "
         "semitones apart share a code (audio-cochlear-16k returns 145 quarter-semitone sine "
         "tones on 22 pitches)."
+    ]
+
+
+def _init_from_line(recipe: CochlearRecipe) -> list[str]:
+    if not recipe.init_from:
+        return []
+    return [
+        f"- This card's codebook and frame statistics are those of `{recipe.init_from}` "
+        "(recipe `init_from`; its k-means as above, not run again): only the decoder trained "
+        "on, so the codes, and any model trained on them, are unchanged."
     ]
 
 
@@ -528,6 +596,7 @@ def render_card(tok: Any, recipe: CochlearRecipe, result: CochlearTrainResult) -
         f"of the training pool, {recipe.kmeans.iterations} Lloyd iterations; {tok.codebook_size}"
         " codes (10 bits, 2.0 kbit/s at 200 tokens/s).",
         *_tone_codes_line(recipe, tok.codebook_size),
+        *_init_from_line(recipe),
         *CODEBOOK_CHOICE,
         "",
         "## Decoder",
@@ -558,9 +627,18 @@ def render_card(tok: Any, recipe: CochlearRecipe, result: CochlearTrainResult) -
         f"- Data: {data.speech_clips} espeak-ng sentences (seed {data.speech_seed}) in the "
         f"{_voices()} training voices (random speed 130-200, pitch 30-70; cached on disk) and "
         f"{data.tone_clips} tones of {data.tone_seconds:g} s (sine / square / sawtooth, "
-        f"110-880 Hz, seed {data.tone_seed}); a crop is a tone with probability "
-        f"{data.tone_fraction:g}. Held-out voices and tones are never trained on.",
-        f"- Decoder: {result.steps} steps of batch {recipe.batch_size} crops of "
+        f"110-880 Hz, seed {data.tone_seed})"
+        + (
+            f" and {data.low_tone_clips} more from the lowest octave, 110-220 Hz (seed "
+            f"{data.low_tone_seed})"
+            if data.low_tone_clips
+            else ""
+        )
+        + f"; a crop is a tone with probability {data.tone_fraction:g}. Held-out voices and "
+        "tones are never trained on.",
+        f"- Decoder: {result.steps} steps"
+        + (f", continuing from `{recipe.init_from}`'s decoder," if recipe.init_from else "")
+        + f" of batch {recipe.batch_size} crops of "
         f"{data.crop_frames} frames ({data.crop_frames * tok.hop / tok.sample_rate:g} s scored, "
         f"after {data.context_frames} lead-in frames); AdamW lr {recipe.optim.lr:g} (warm-up "
         f"{recipe.optim.warmup_steps}, cosine to {recipe.optim.min_lr_ratio:g}x), seed "

@@ -50,15 +50,16 @@ def init_from_model(
 
 
 def changed_tokenizers(old: dict, new: dict) -> set[str]:
-    """Names in both dicts whose tokenizers differ in type, config or any tensor."""
-    return {name for name in old.keys() & new.keys() if not same_tokenizer(old[name], new[name])}
+    """Names in both dicts whose tokenizers would give other codes: another type, or another
+    `code_identity()` (config or tensors). A retrained decoder alone changes nothing."""
+    return {name for name in old.keys() & new.keys() if not same_codes(old[name], new[name])}
 
 
-def same_tokenizer(a, b) -> bool:
-    if type(a) is not type(b) or a.config() != b.config():
+def same_codes(a, b) -> bool:
+    if type(a) is not type(b):
         return False
-    ta, tb = a.tensors(), b.tensors()
-    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    (ca, ta), (cb, tb) = a.code_identity(), b.code_identity()
+    return ca == cb and ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
 def row_mapping(
