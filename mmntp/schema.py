@@ -16,8 +16,9 @@ FORECAST_SAMPLING = SamplingParams(temperature=1.0, top_k=50)
 # Text-to-image defaults: plain sampling with classifier-free guidance (LlamaGen-style).
 IMAGE_SAMPLING = SamplingParams(temperature=1.0, top_k=0, guidance_scale=3.0)
 # Text-to-audio defaults: cooled top-k sampling with guidance, chosen on validation tone
-# prompts that `mmntp eval audio` does not use (stage 5, 144 prompts of seed 5150: guidance
-# 1 / 1.5 / 2 / 3 kept 77 / 84 / 85 / 76 % within a semitone; docs/benchmarks.md).
+# prompts that `mmntp eval audio` does not use (144 prompts of seed 5150; guidance 1 / 1.5 /
+# 2 / 3 kept 77 / 84 / 85 / 76 % within a semitone at stage 5, 88 / 96 / 94 / 88 % at
+# stage 6; docs/benchmarks.md).
 AUDIO_SAMPLING = SamplingParams(temperature=0.7, top_k=20, guidance_scale=2.0)
 
 
