@@ -14,10 +14,10 @@ from mmntp.tokenizers import CodecTokenizer, load_tokenizer
 from mmntp.train.audio_codec import load_codec_recipe, parse_codec_recipe, train_codec
 
 CARD = Path(__file__).resolve().parents[1] / "tokenizers" / "audio-codec-16k"
-# The committed card (CARD.md) does not yet reproduce waveforms: held-out SI-SNR about -41 dB,
-# tone pitch 0 % within a semitone (its decoder's output is dominated by a hop-periodic
-# 50 Hz buzz). The quality test below is a strict xfail until a retrained card passes it.
-CARD_TONE_SI_SNR_MIN = 0.0
+# The committed card (CARD.md) keeps every held-out tone's pitch; a 220 Hz sine comes back
+# at 9.8 dB SI-SNR (measured 2026-12-03), so 5 dB leaves room for float differences only
+# while still failing a card that loses phase (the earlier cards measured -30 dB and less).
+CARD_TONE_SI_SNR_MIN = 5.0
 
 
 def small_codec(seed: int = 0, **kw) -> CodecTokenizer:
@@ -147,9 +147,6 @@ def test_bad_config_raises():
         CodecTokenizer(num_levels=0)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the committed card does not keep tone pitch yet (see CARD.md)"
-)
 def test_committed_card_round_trip_keeps_tone_pitch(card):
     assert card.config()["num_levels"] == 4 and card.hop == 320
     for waveform, frequency in [("sine", 220), ("square", 330), ("sawtooth", 523)]:
@@ -163,11 +160,38 @@ def test_committed_card_round_trip_keeps_tone_pitch(card):
 def test_committed_recipe_parses():
     recipe = load_codec_recipe(CARD / "recipe.toml")
     assert recipe.kind == "codec" and recipe.name == "audio-codec-16k"
-    assert recipe.threads == 1 and 0 < recipe.data.tones < 1
+    assert recipe.loss.waveform_mse > 0 and 0 < recipe.data.tones < 1
     with pytest.raises(ValueError, match="loss.nonsense"):
         parse_codec_recipe({"name": "x", "kind": "codec", "loss": {"nonsense": 1}})
     with pytest.raises(ValueError, match="kind"):
         parse_codec_recipe({"name": "x", "kind": "vq"})
+
+
+def test_codes_are_looked_up_by_cosine_but_keep_their_norm():
+    """The lookup ignores a code's norm; the value it adds to the latent does not."""
+    from mmntp.tokenizers.audio_codec import QuantizerLevel
+
+    level = QuantizerLevel(latent_dim=6, codebook_size=4, code_dim=3)
+    with torch.no_grad():
+        level.embedding.copy_(torch.tensor([[5.0, 0, 0], [0, 0.1, 0], [0, 0, 1], [-1, 0, 0]]))
+    e = torch.tensor([[0.2, 0.0, 0.0], [0.0, 3.0, 0.1]])
+    assert level.nearest(e).tolist() == [0, 1]
+    expected = level.out_proj(level.embedding[torch.tensor([0, 1])])
+    torch.testing.assert_close(level.dequantize(torch.tensor([0, 1])), expected)
+    assert torch.equal(level.restart_value(e), e)  # restarts keep the inputs' norms
+
+
+def test_relative_waveform_mse_is_zero_on_a_match_and_a_quarter_at_half_scale():
+    from mmntp.train.audio_codec import CodecLoss, reconstruction_loss
+
+    x = torch.from_numpy(tone("sawtooth", 180.0, 0.2))[None]
+    weights = CodecLoss(mel=0.0, waveform=0.0, waveform_mse=1.0)
+    total, logs = reconstruction_loss(x, x, weights, 16_000)
+    assert float(total) == 0.0 and logs["rel_mse"] == 0.0
+    total, logs = reconstruction_loss(0.5 * x, x, weights, 16_000)
+    torch.testing.assert_close(total, torch.tensor(0.25))
+    with pytest.raises(ValueError, match="loss.waveform_mse must be >= 0"):
+        CodecLoss(waveform_mse=-1.0)
 
 
 @pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")

@@ -15,13 +15,18 @@ class CodeUsage:
     @torch.no_grad()
     def track_usage(self, codes: torch.Tensor, rows: torch.Tensor, keep: int = 4096):
         """Batch code histogram -> perplexity; in training also the usage EMA and the ring of
-        recent (l2-normalised) inputs that dead codes restart from."""
+        recent inputs that dead codes restart from (`restart_value`)."""
         counts = torch.bincount(codes, minlength=self.codebook_size).float()
         probs = counts / counts.sum()
         if self.training:
             self.usage.mul_(self.usage_decay).add_(probs, alpha=1 - self.usage_decay)
             self.recent = torch.cat([rows.detach(), self.recent])[:keep]  # newest first
         return torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+
+    def restart_value(self, rows: torch.Tensor) -> torch.Tensor:
+        """What a restarted code is set to, from recent inputs: their unit vectors (codes
+        that are l2-normalised in use)."""
+        return F.normalize(rows, dim=-1)
 
     @torch.no_grad()
     def restart_dead_codes(
@@ -38,6 +43,6 @@ class CodeUsage:
             return 0
         pick = torch.randint(0, self.recent.shape[0], (dead.numel(),), generator=generator)
         noise = 0.01 * torch.randn(dead.numel(), self.code_dim, generator=generator)
-        self.embedding[dead] = F.normalize(self.recent[pick] + noise, dim=-1)
+        self.embedding[dead] = self.restart_value(self.recent[pick] + noise)
         self.usage[dead] = 1.0 / self.codebook_size
         return int(dead.numel())
