@@ -347,8 +347,9 @@ def render_card(tok: Any, recipe: CodecRecipe, result: CodecTrainResult) -> str:
         "left context, so the stream decoder carries each conv's input tail and one frame "
         f"of codes yields exactly {tok.hop} new samples, equal to the one-shot decode.",
         f"- Residual VQ: {tok.num_codebooks} levels x {tok.codebook_size} codes; each level "
-        f"projects the residual to {tok.code_dim} dimensions, l2-normalises it and picks "
-        "the nearest l2-normalised code by cosine (factorised, DAC / LlamaGen style), "
+        f"projects the residual to {tok.code_dim} dimensions and picks the nearest code "
+        "by cosine; the code's own vector, its learned norm kept, is projected back and "
+        "subtracted (factorised codes, DAC style), "
         f"straight-through estimator, codebook loss + {tok.beta:g} x commitment loss, "
         "usage tracking and dead-code restarts from recent projected residuals.",
         f"- {tok.num_parameters():,} parameters ({size_mb:.1f} MB float32 in "
