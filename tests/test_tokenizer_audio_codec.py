@@ -15,9 +15,9 @@ from mmntp.train.audio_codec import load_codec_recipe, parse_codec_recipe, train
 
 CARD = Path(__file__).resolve().parents[1] / "tokenizers" / "audio-codec-16k"
 # The committed card (CARD.md) keeps every held-out tone's pitch; a 220 Hz sine comes back
-# at 9.8 dB SI-SNR (measured 2026-12-03), so 5 dB leaves room for float differences only
-# while still failing a card that loses phase (the earlier cards measured -30 dB and less).
-CARD_TONE_SI_SNR_MIN = 5.0
+# at 22 dB SI-SNR (measured 2026-12-03), so 10 dB is a wide margin for float differences
+# that still fails a card which loses phase (the earlier cards measured -30 dB and less).
+CARD_TONE_SI_SNR_MIN = 10.0
 
 
 def small_codec(seed: int = 0, **kw) -> CodecTokenizer:
