@@ -174,8 +174,9 @@ def test_codes_are_looked_up_by_cosine_but_keep_their_norm():
     level = QuantizerLevel(latent_dim=6, codebook_size=4, code_dim=3)
     with torch.no_grad():
         level.embedding.copy_(torch.tensor([[5.0, 0, 0], [0, 0.1, 0], [0, 0, 1], [-1, 0, 0]]))
-    e = torch.tensor([[0.2, 0.0, 0.0], [0.0, 3.0, 0.1]])
-    assert level.nearest(e).tolist() == [0, 1]
+    # A raw dot product would pick codes 0 and 2 (the long code 0 wins by its norm).
+    e = torch.tensor([[0.5, 0.0, 1.0], [0.0, 3.0, 2.0]])
+    assert level.nearest(e).tolist() == [2, 1]
     expected = level.out_proj(level.embedding[torch.tensor([0, 1])])
     torch.testing.assert_close(level.dequantize(torch.tensor([0, 1])), expected)
     assert torch.equal(level.restart_value(e), e)  # restarts keep the inputs' norms

@@ -236,7 +236,8 @@ class QuantizerLevel(CodeUsage, nn.Module):
         return self.in_proj(r)
 
     def nearest(self, e: torch.Tensor) -> torch.Tensor:
-        return (F.normalize(e, dim=-1) @ self.codebook().T).argmax(dim=-1)
+        # Cosine: the codes are normalised; e need not be (argmax ignores a row's scale).
+        return (e @ self.codebook().T).argmax(dim=-1)
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [...] -> latent contributions [..., D]."""
@@ -291,7 +292,7 @@ class ResidualVQ(nn.Module):
             e = level.project(residual)
             pick = torch.randint(0, e.shape[0], (level.codebook_size,), generator=generator)
             noise = 0.01 * torch.randn(level.codebook_size, level.code_dim, generator=generator)
-            level.embedding.copy_(e[pick] + noise)
+            level.embedding.copy_(level.restart_value(e[pick] + noise))
             residual = residual - level.dequantize(level.nearest(e))
 
     @torch.no_grad()

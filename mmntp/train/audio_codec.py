@@ -99,8 +99,8 @@ class CodecLoss:
 
     Why the squared error: on speech crops a codec trained on the waveform L1 learned to
     output silence (L1's optimum under phase uncertainty is the median, 0; its gradient
-    is a sign), and stayed at 0 dB SNR, as did the committed card after 10,000 steps with
-    L1 at weight 5; the relative MSE left 0 dB within a few hundred steps (no VQ: 5.5 dB
+    is a sign), and stayed at 0 dB SNR, as did the card of 2026-12-02 after 10,000 steps
+    with L1 at weight 5; the relative MSE left 0 dB within a few hundred steps (no VQ: 5.5 dB
     at 2,000)."""
 
     mel: float = 1.0
