@@ -25,14 +25,19 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == self.weight.dtype == torch.float32 and not torch.is_grad_enabled():
-            # Inference in fp32: the weight inside the same fused op (bitwise equal to the
-            # product below on this CPU; two dispatches fewer per norm on the decode path).
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        # Normalise in fp32 whatever the activation dtype (stability under autocast);
-        # F.rms_norm is one fused op where pow/mean/rsqrt/mul were four.
-        x32 = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return self.weight * x32.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of x over its last dim, scaled by weight (shared by `RMSNorm` and `FlatTrunk`)."""
+    if x.dtype == weight.dtype == torch.float32 and not torch.is_grad_enabled():
+        # Inference in fp32: the weight inside the same fused op (bitwise equal to the
+        # product below on this CPU; two dispatches fewer per norm on the decode path).
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    # Normalise in fp32 whatever the activation dtype (stability under autocast);
+    # F.rms_norm is one fused op where pow/mean/rsqrt/mul were four.
+    x32 = F.rms_norm(x.float(), (x.shape[-1],), eps=eps)
+    return weight * x32.to(x.dtype)
 
 
 def rope_cos_sin(
@@ -353,6 +358,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.rope = RopeTable(config.max_seq_len, config.head_dim, config.rope_theta)
         self.heads = nn.ModuleDict({"token": TokenHead(config.dim, config.vocab_size)})
+        self._flat = None  # a FlatTrunk once use_decode_layout ran (not a module: no state)
         self.reset_parameters()
         if config.tie_embeddings:
             self.heads["token"].proj.weight = self.tok_embeddings.weight
@@ -408,8 +414,12 @@ class Transformer(nn.Module):
             backend = cache.bind(positions) if cache is not None else CausalAttention()
         cos, sin = self.rope(positions)
         x = self.embed(ids, continuous)
-        for layer in self.layers:
-            x = layer(x, cos, sin, backend)
+        flat = self._flat.current() if self._flat is not None else None
+        if flat is not None:
+            x = flat(x, cos, sin, backend)
+        else:
+            for layer in self.layers:
+                x = layer(x, cos, sin, backend)
         return self.norm(x)
 
     def forward(self, ids: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -433,7 +443,8 @@ class Transformer(nn.Module):
         stopped matching the unguided request's bit for bit. A head tied to the
         embedding keeps its row-major weight (embedding lookups read rows) and computes
         logits without autograd from a column-major copy (the bundled model: 5 MB,
-        697 -> 253 us a row). Idempotent; checkpoints save contiguous.
+        697 -> 253 us a row). At inference the layers then run as a `FlatTrunk`, one loop
+        over these weights. Idempotent; checkpoints save contiguous.
         """
         for block in self.layers:
             attn, mlp = block.attn, block.mlp
@@ -442,6 +453,9 @@ class Transformer(nn.Module):
                 attn.qkv = FusedLinears([attn.q_proj, attn.k_proj, attn.v_proj])
             if mlp.gate_up is None or not mlp.gate_up.is_live():
                 mlp.gate_up = FusedLinears([mlp.gate_proj, mlp.up_proj], True)
+        from mmntp.model.flat_trunk import FlatTrunk  # imports this module
+
+        self._flat = FlatTrunk(self) if FlatTrunk.applies_to(self) else None
         head = self.heads["token"]
         if head.proj.weight is self.tok_embeddings.weight:  # tied: a copy, without autograd
             head.column_major_copy = True
