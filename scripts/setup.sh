@@ -6,10 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-# espeak-ng speaks the speech the audio tokenizers and tests use (Debian package).
-if ! command -v espeak-ng >/dev/null 2>&1; then
+# Debian packages: espeak-ng speaks the speech the audio tokenizers and tests use; g++
+# builds the kernels torch.compile makes for the engine's compile_decode.
+MISSING=""
+command -v espeak-ng >/dev/null 2>&1 || MISSING="$MISSING espeak-ng"
+command -v g++ >/dev/null 2>&1 || MISSING="$MISSING g++"
+if [ -n "$MISSING" ]; then
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq espeak-ng >/dev/null
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $MISSING >/dev/null
 fi
 
 # The local CPU build; an unpinned torch would download a multi-GB CUDA build instead.

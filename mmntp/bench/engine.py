@@ -88,6 +88,7 @@ class Settings:
     decode_prompt: int = 16
     decode_new: int = 128
     decode_runs: int = 5
+    compile_decode: bool = True  # scenario 1 also runs the engine with compile_decode
     load_requests: int = 32
     load_prompt: tuple[int, int] = (16, 512)  # uniform, inclusive
     load_new: int = 64
@@ -106,6 +107,7 @@ class Settings:
             decode_prompt=8,
             decode_new=8,
             decode_runs=1,
+            compile_decode=False,  # the smoke test skips the ~15 s compile
             load_requests=4,
             load_prompt=(8, 32),
             load_new=4,
@@ -233,11 +235,20 @@ def warm_up(pair: Pair, engine: Engine, prompt_len: int) -> None:
 
 
 def bench_decode(pair: Pair, s: Settings) -> Row:
+    """Batch-1 greedy decode: transformers, the eager engine and (unless settings say
+    otherwise) the engine with `compile_decode`, alternating within each run."""
     progress(f"scenario 1: decode_{pair.name} ({pair.num_parameters / 1e6:.1f}M params)")
-    engine = Engine(pair.model, EngineConfig())
-    warm_up(pair, engine, s.decode_prompt)
+    engines = {"eager": Engine(pair.model, EngineConfig())}
+    warm_up(pair, engines["eager"], s.decode_prompt)
+    compile_s = None
+    if s.compile_decode:
+        engines["compiled"] = Engine(pair.model, EngineConfig(compile_decode=True))
+        compile_s = timed(lambda: warm_up_compiled(pair, engines["compiled"]))[0]
+        progress(f"  compile_decode: warm-up with its compiles {compile_s:.1f} s")
     prompt = random_ids(random.Random(SEED + 1), pair.vocab_size, s.decode_prompt)
-    hf_times, mm_times, floor_times, hf_ids, mm_ids = [], [], [], None, None
+    hf_times, floor_times, hf_ids = [], [], None
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    ids: dict[str, list[int]] = {}
     matvecs = weight_matvecs(pair.model, s.decode_new)
     matvecs()  # warm
     for run in range(s.decode_runs):
@@ -245,29 +256,42 @@ def bench_decode(pair: Pair, s: Settings) -> Row:
         t, new = timed(lambda: hf_generate(pair.hf, [prompt], s.decode_new))
         hf_times.append(t)
         hf_ids = new[0].tolist()
-        t, mm_ids = timed(lambda: mmntp_generate(engine, prompt, s.decode_new, _rid("dec")))
-        mm_times.append(t)
+        for name, engine in engines.items():
+            t, ids[name] = timed(
+                lambda e=engine: mmntp_generate(e, prompt, s.decode_new, _rid("dec"))
+            )
+            times[name].append(t)
         progress(
-            f"  run {run + 1}: transformers {t_str(hf_times[-1])}, mmntp {t_str(t)}, "
-            f"matrix-vector products alone {t_str(floor_times[-1])}"
+            f"  run {run + 1}: transformers {t_str(hf_times[-1])}, "
+            + ", ".join(f"mmntp {k} {t_str(v[-1])}" for k, v in times.items())
+            + f", matrix-vector products alone {t_str(floor_times[-1])}"
         )
     floor = median(floor_times) / s.decode_new
-    agree = hf_ids == mm_ids
-    if not agree:
-        first = next(i for i, (a, b) in enumerate(zip(hf_ids, mm_ids)) if a != b)
-        print(
-            f"WARNING: decode_{pair.name}: greedy ids differ from transformers at token {first}",
-            flush=True,
-        )
-    mm_rate, hf_rate = s.decode_new / median(mm_times), s.decode_new / median(hf_times)
+    agree = {name: hf_ids == got for name, got in ids.items()}
+    for name, got in ids.items():
+        if not agree[name]:
+            first = next(i for i, (a, b) in enumerate(zip(hf_ids, got)) if a != b)
+            print(
+                f"WARNING: decode_{pair.name} ({name}): greedy ids differ from transformers "
+                f"at token {first}",
+                flush=True,
+            )
+    best = "compiled" if "compiled" in engines else "eager"
+    rate = {name: s.decode_new / median(t) for name, t in times.items()}
+    mm_rate, hf_rate = rate[best], s.decode_new / median(hf_times)
     extra = {
         "params_m": pair.num_parameters / 1e6,
         "prompt_tokens": s.decode_prompt,
         "new_tokens": s.decode_new,
         "runs": s.decode_runs,
-        "tokens_agree": agree,
+        "mmntp_engine": "compile_decode" if best == "compiled" else "eager",
+        "tokens_agree": agree[best],
         "mmntp_ms_per_token": 1e3 / mm_rate,
         "baseline_ms_per_token": 1e3 / hf_rate,
+        "eager_ms_per_token": 1e3 / rate["eager"],
+        "eager_ratio": rate["eager"] / hf_rate,
+        "eager_tokens_agree": agree["eager"],
+        "compile_warm_up_s": compile_s,
         # Every batch-1 step reads every weight matrix once: the model's matrix-vector
         # products alone are a floor under any implementation's step time, so
         # baseline / floor bounds the ratio any engine can reach on these fp32 weights.
@@ -277,6 +301,15 @@ def bench_decode(pair: Pair, s: Settings) -> Row:
     if pair.name == "tiny":
         extra.update(target=">= 2x", target_met=mm_rate >= 2 * hf_rate)
     return Row(f"decode_{pair.name}", mm_rate, hf_rate, "tok/s", extra=extra)
+
+
+def warm_up_compiled(pair: Pair, engine: Engine) -> None:
+    """Decode a few requests so every compile `compile_decode` needs happens here: the
+    first request's run starts at slot 0 and later ones do not, and torch compiles a
+    length-generic graph once it has seen two lengths."""
+    rng = random.Random(SEED + 98)
+    for n in (8, 12, 16):
+        mmntp_generate(engine, random_ids(rng, pair.vocab_size, n), 6, _rid("warm"))
 
 
 def weight_matvecs(model: Transformer, tokens: int):

@@ -173,8 +173,11 @@ def _read(cache: torch.Tensor, slots: Slots) -> torch.Tensor:
 class ModelRunner:
     """Executes a SchedulerOutput: one forward, then tokens (or vectors) for finished chunks."""
 
-    def __init__(self, model: Transformer, store: BlockStore, sampler: Sampler) -> None:
+    def __init__(
+        self, model: Transformer, store: BlockStore, sampler: Sampler, compiled=None
+    ) -> None:
         self.model, self.store, self.sampler = model, store, sampler
+        self.compiled = compiled  # a CompiledDecode for one-row decode steps, or None
         self.device = model.tok_embeddings.weight.device
 
     @torch.inference_mode()
@@ -184,10 +187,14 @@ class ModelRunner:
         of a frame's ids and logprobs instead."""
         ids, positions, slots, continuous = self._flatten(scheduled)
         decodes, prefills = self._attention_plan(scheduled)
-        backend = PagedAttention(self.store, slots, decodes, prefills)
-        hidden = self.model.hidden_states(
-            ids[None], positions=positions[None], continuous=continuous, backend=backend
-        )[0]  # [N, D]
+        row = self._compiled_row(scheduled, ids, positions, slots, continuous, decodes, prefills)
+        if row is not None:
+            hidden = row.hidden
+        else:
+            backend = PagedAttention(self.store, slots, decodes, prefills)
+            hidden = self.model.hidden_states(
+                ids[None], positions=positions[None], continuous=continuous, backend=backend
+            )[0]  # [N, D]
         ends, cursor = [], 0
         for s in scheduled:
             cursor += s.num_tokens
@@ -197,11 +204,27 @@ class ModelRunner:
             return {}
         requests = [r for r, _ in ends]
         if len(ends) == hidden.shape[0]:  # every token samples (decode only): all rows
-            return self._produce(requests, hidden)
+            return self._produce(requests, hidden, row)
         last = hidden[torch.tensor([i for _, i in ends], device=self.device)]  # [R, D]
         return self._produce(requests, last)
 
-    def _produce(self, requests: list[Request], hidden: torch.Tensor):
+    def _compiled_row(self, scheduled, ids, positions, slots, continuous, decodes, prefills):
+        """A CompiledRow from `compiled` when the step is one decode row over a
+        consecutive run of slots (with the token head when that row samples a token);
+        else None (the eager path)."""
+        if self.compiled is None or prefills or len(decodes) != 1:
+            return None
+        keys = decodes[0].key_slots
+        if decodes[0].rows is not None or not isinstance(keys, slice):
+            return None
+        if not isinstance(slots, slice):
+            return None
+        req = scheduled[0].request
+        plan = req.plan
+        with_head = plan.frame_head is None and not plan.is_continuous(len(req.output_ids))
+        return self.compiled.run(ids, positions, continuous, slots.start, keys, with_head)
+
+    def _produce(self, requests: list[Request], hidden: torch.Tensor, row=None):
         """Sample every primary row (shadows of guided pairs are mixed in, then copied)."""
         out: dict[str, tuple[int, float, torch.Tensor | None]] = {}
         index = {r.request_id: i for i, r in enumerate(requests)}
@@ -222,8 +245,15 @@ class ModelRunner:
         token_rows = by_head.pop(None, [])
         if token_rows:
             reqs = [requests[i] for i in token_rows]
-            logits = self._guided_rows(token_rows, uncond, requests, hidden)  # [R, V]
-            ids, lps = self.sampler.sample(logits, reqs)
+            if row is not None and row.logits is not None:  # a compiled row, not guided
+                if self.sampler.is_plain_greedy(reqs):
+                    self.sampler.skip_draws(reqs)
+                    ids, lps = row.greedy_ids, row.greedy_logprobs
+                else:
+                    ids, lps = self.sampler.sample(row.logits, reqs)
+            else:
+                logits = self._guided_rows(token_rows, uncond, requests, hidden)  # [R, V]
+                ids, lps = self.sampler.sample(logits, reqs)
             for r, t, lp in zip(reqs, ids.tolist(), lps.tolist()):
                 out[r.request_id] = (t, lp, None)
         for head, rows in by_head.items():

@@ -66,6 +66,22 @@ class Sampler:
             ids = sample_rows(shaped, RowParams.stack(params, device=logits.device), uniforms)
         return ids, token_logprobs(logits, ids)
 
+    @staticmethod
+    def is_plain_greedy(requests: list[Request]) -> bool:
+        """Whether `sample` would pick each row's argmax of the raw logits: greedy, no
+        repetition penalty, no plan constraint at this step."""
+        return all(
+            r.params.greedy
+            and r.params.repetition_penalty == 1
+            and r.plan.allowed(len(r.output_ids)) is None
+            for r in requests
+        )
+
+    @staticmethod
+    def skip_draws(requests: list[Request]) -> None:
+        """Advance each row's generator as `sample` would have (a greedy row draws too)."""
+        _uniforms(requests, requests[0].generator.device)
+
     def sample_span(
         self, local: torch.Tensor, requests: list[Request], lo: int, offset: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
