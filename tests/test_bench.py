@@ -108,3 +108,13 @@ def test_ratio_direction_and_percentile():
     assert math.isnan(percentile([], 50))
     with pytest.raises(ValueError, match="q must be"):
         percentile([1.0], 101)
+
+
+def test_max_ttft_lower_bound_is_the_worst_burst_of_prefill_work():
+    from mmntp.bench.engine import max_ttft_lower_bound
+
+    # three prompts arriving within 8 ms: the last one served waits for all their work
+    burst = max_ttft_lower_bound([0.0, 0.005, 0.008], [0.018, 0.023, 0.025])
+    assert math.isclose(burst, 0.066 - 0.008)
+    # spread out, nobody waits: the floor is the longest prefill alone
+    assert math.isclose(max_ttft_lower_bound([0.0, 1.0, 2.0], [0.01, 0.03, 0.02]), 0.03)
