@@ -439,3 +439,27 @@ def test_compile_decode_continuous_rows_and_stale_weights(model):
     req = Request("s", prompt, free_plan(6), GREEDY)
     engine.run_to_completion([req])
     assert req.output_ids == generate_reference(copy, prompt, 6, GREEDY).token_ids[0]
+
+
+def test_compile_decode_warm_up_and_a_failed_compile(model):
+    """warm_up makes the compiles happen before any caller's request and leaves clean
+    statistics (a no-op without compile_decode); a compiler failure turns compile_decode
+    off for good and the step, and every later one, runs eagerly with the same tokens."""
+    plain = _engine(model)
+    plain.warm_up()
+    assert plain.stats.steps == 0 and plain.kv.usage == 0.0
+
+    engine = _engine(model, compile_decode=True)
+    engine.warm_up()
+    assert engine.stats.steps == 0 and engine.stats.num_finished == 0
+    assert engine.kv.usage == 0.0 and not engine.runner.compiled.failed
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    engine.runner.compiled._fn = broken
+    prompt = list(range(40, 71))
+    req = Request("after", prompt, free_plan(7), GREEDY)
+    engine.run_to_completion([req])
+    assert engine.runner.compiled.failed
+    assert req.output_ids == generate_reference(model, prompt, 7, GREEDY).token_ids[0]

@@ -243,7 +243,7 @@ def bench_decode(pair: Pair, s: Settings) -> Row:
     compile_s = None
     if s.compile_decode:
         engines["compiled"] = Engine(pair.model, EngineConfig(compile_decode=True))
-        compile_s = timed(lambda: warm_up_compiled(pair, engines["compiled"]))[0]
+        compile_s = timed(engines["compiled"].warm_up)[0]
         progress(f"  compile_decode: warm-up with its compiles {compile_s:.1f} s")
     prompt = random_ids(random.Random(SEED + 1), pair.vocab_size, s.decode_prompt)
     hf_times, floor_times, hf_ids = [], [], None
@@ -301,15 +301,6 @@ def bench_decode(pair: Pair, s: Settings) -> Row:
     if pair.name == "tiny":
         extra.update(target=">= 2x", target_met=mm_rate >= 2 * hf_rate)
     return Row(f"decode_{pair.name}", mm_rate, hf_rate, "tok/s", extra=extra)
-
-
-def warm_up_compiled(pair: Pair, engine: Engine) -> None:
-    """Decode a few requests so every compile `compile_decode` needs happens here: the
-    first request's run starts at slot 0 and later ones do not, and torch compiles a
-    length-generic graph once it has seen two lengths."""
-    rng = random.Random(SEED + 98)
-    for n in (8, 12, 16):
-        mmntp_generate(engine, random_ids(rng, pair.vocab_size, n), 6, _rid("warm"))
 
 
 def weight_matvecs(model: Transformer, tokens: int):

@@ -19,6 +19,7 @@ transformers 2.0 ms a token, eager FlatTrunk loop 1.03, compiled 0.73; first com
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 
 from mmntp.model.flat_trunk import FlatTrunk
 from mmntp.model.transformer import Transformer
+
+log = logging.getLogger(__name__)
 
 
 class _RowAttention:
@@ -83,6 +86,7 @@ class CompiledDecode:
 
     def __init__(self, model: Transformer, k_store: torch.Tensor, v_store: torch.Tensor) -> None:
         self.model, self.k_store, self.v_store = model, k_store, v_store
+        self.failed = False  # set once a compile failed: every step runs eagerly from then on
         # Default (automatic) dynamic shapes: the first graph is specialised, the next
         # makes only what changed (the key run's start and length) symbolic. dynamic=True
         # made every size symbolic and the kernels' index arithmetic 10x slower.
@@ -94,7 +98,7 @@ class CompiledDecode:
         pick -> CompiledRow, or None when the model is not (or no longer) a FlatTrunk."""
         model = self.model
         flat = model._flat.current() if model._flat is not None else None
-        if flat is None:
+        if flat is None or self.failed:
             return None
         head = None
         if with_head:
@@ -104,7 +108,22 @@ class CompiledDecode:
         x = model.embed(ids[None], continuous)
         slot_t = torch.tensor([slot], device=ids.device)
         n = keys.stop - keys.start
-        out = self._fn(
-            flat, model.norm, head, x, cos, sin, self.k_store, self.v_store, slot_t, keys.start, n
-        )
-        return CompiledRow(*out)
+        args = (flat, model.norm, head, x, cos, sin, self.k_store, self.v_store, slot_t)
+        try:
+            return CompiledRow(*self._fn(*args, keys.start, n))
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: serve eagerly instead
+            # No C++ compiler, an op this build cannot compile...: this step runs eagerly
+            # (writing the same keys and values again) and so does every later one.
+            log.warning(
+                "compile_decode off: torch.compile failed (%s: %s)", type(exc).__name__, exc
+            )
+            self.failed = True
+            return None
+
+
+def warm_up_prompts(vocab_size: int) -> list[list[int]]:
+    """Prompts whose greedy decodes (a few tokens each, one request at a time) make every
+    compile `compile_decode` needs happen: torch specialises the first graph to the key
+    run's start (0 for the first request) and length, and compiles a generic one once
+    both have changed. Distinct ids, so no prefix-cache hit puts them on the same blocks."""
+    return [[(7 * i + k) % vocab_size for k in range(n)] for i, n in enumerate((9, 13, 17))]

@@ -9,12 +9,14 @@ from typing import Any
 
 import torch
 
-from mmntp.engine.compiled_decode import CompiledDecode
+from mmntp.engine.compiled_decode import CompiledDecode, warm_up_prompts
 from mmntp.engine.kv_cache import KVCacheManager, num_blocks_for_budget
+from mmntp.engine.plans import free_plan
 from mmntp.engine.request import Request, check_ids_in_vocab, shadow_of
 from mmntp.engine.runner import BlockStore, ModelRunner
 from mmntp.engine.sampler import Sampler
 from mmntp.engine.scheduler import Scheduler, SchedulerConfig
+from mmntp.model.sampling import SamplingParams
 from mmntp.model.transformer import Transformer
 
 
@@ -273,6 +275,17 @@ class Engine:
         self.stats.prefix_cache_hit_rate = self.kv.prefix_cache_hit_rate
 
     # -- convenience ----------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Make compile_decode's compiles happen now, not on a caller's request (no-op
+        without it): a few short greedy requests, one at a time; statistics reset after."""
+        if self.runner.compiled is None:
+            return
+        greedy = SamplingParams(temperature=0.0)
+        for i, prompt in enumerate(warm_up_prompts(self.model.config.vocab_size)):
+            self.run_to_completion([Request(f"warm-up-{i}", prompt, free_plan(6), greedy)])
+        self.stats = EngineStats()
+        self.kv.reset_prefix_cache_stats()
 
     def run_to_completion(self, requests: list[Request]) -> dict[str, Request]:
         """Add requests and step until all finish (tests, batch jobs)."""

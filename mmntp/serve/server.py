@@ -20,6 +20,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mmntp.engine.compiled_decode import warm_up_prompts
 from mmntp.model.sampling import SamplingParams
 from mmntp.schema import TimeSeriesOutput, TimeSeriesPart, TokenIdsPart, TokensOutput
 from mmntp.serve.auth import ApiKeyInterceptor
@@ -170,6 +171,10 @@ async def warm_up(pipe: Any) -> None:
     vocab = pipe.vocab
     bos = vocab.special("<bos>")
     requests = [(TokenIdsPart([bos, bos]), TokensOutput(max_tokens=2), SamplingParams())]
+    if pipe.engine_config.compile_decode:  # its compiles now, not on a caller's request
+        greedy = SamplingParams(temperature=0.0)
+        for ids in warm_up_prompts(vocab.size):
+            requests.append((TokenIdsPart(ids), TokensOutput(max_tokens=6), greedy))
     if "timeseries" in pipe.bundle.tokenizers:
         series = TimeSeriesPart([float(i % 4) for i in range(pipe.limits.timeseries_min_context)])
         requests.append((series, TimeSeriesOutput(horizon=2, num_samples=2), None))
