@@ -7,8 +7,9 @@ keys and values are written into the block store in place (an `index_put_` on th
 store, which inductor re-inplaces; a view's slice assignment made it copy the store).
 This is the CPU counterpart of CUDA graphs for decode; on GPU the same place takes them.
 
-Scope: a step that is exactly one decode row whose keys are one consecutive run of slots
-(the cache manager's extents keep them so), on a model laid out as a `FlatTrunk`. Every
+Scope: a step that is exactly one decode row, on a model laid out as a `FlatTrunk`; its
+keys are read as one consecutive run of slots (the cache manager's extents keep a
+request's own blocks so) or, after a prefix-cache hit, gathered inside the graph. Every
 other step runs eagerly. Lengths are dynamic: one compile serves every position (a
 handful more for positions and slots that torch specialises, such as 0 and 1).
 The compiled step is not bitwise the eager one (fused reductions round differently):
@@ -34,9 +35,9 @@ log = logging.getLogger(__name__)
 class _RowAttention:
     """The attention backend of one decode row inside the compiled step."""
 
-    def __init__(self, k_store, v_store, slot: torch.Tensor, start: int, length: int) -> None:
-        self.k_store, self.v_store, self.slot = k_store, v_store, slot
-        self.start, self.length = start, length
+    def __init__(self, k_store, v_store, slot: torch.Tensor, keys) -> None:
+        """keys: (start, length) of a consecutive run of slots, or the slot ids [n]."""
+        self.k_store, self.v_store, self.slot, self.keys = k_store, v_store, slot, keys
 
     def attend(self, layer: int, q, k, v):
         """q [1, 1, H, Dh], new k/v [1, 1, Hkv, Dh] -> [1, 1, H, Dh]."""
@@ -48,7 +49,11 @@ class _RowAttention:
         )
         self.k_store.index_put_(index, k[0, 0, :, None].to(self.k_store.dtype))
         self.v_store.index_put_(index, v[0, 0, :, None].to(self.v_store.dtype))
-        run = slice(self.start, self.start + self.length)
+        if isinstance(self.keys, tuple):
+            start, length = self.keys
+            run = slice(start, start + length)
+        else:  # a gather, fused into the attention kernel rather than copied out first
+            run = self.keys
         keys, vals = self.k_store[layer, :, run], self.v_store[layer, :, run]  # [Hkv, n, Dh]
         out = F.scaled_dot_product_attention(
             q[0].transpose(0, 1), keys.to(q.dtype), vals.to(q.dtype), enable_gqa=True
@@ -56,12 +61,10 @@ class _RowAttention:
         return out.transpose(0, 1)[None]
 
 
-def _step(
-    flat: FlatTrunk, norm, head, x, cos, sin, k_store, v_store, slot, start: int, length: int
-):
+def _step(flat: FlatTrunk, norm, head, x, cos, sin, k_store, v_store, slot, keys):
     """The trunk over one decode row, then (given the token head's weight) its logits and
     their greedy pick: argmax and log-softmax fuse into the graph too."""
-    hidden = norm(flat(x, cos, sin, _RowAttention(k_store, v_store, slot, start, length)))[0]
+    hidden = norm(flat(x, cos, sin, _RowAttention(k_store, v_store, slot, keys)))[0]
     if head is None:
         return hidden, None, None, None
     logits = F.linear(hidden, head)  # [1, V]
@@ -91,11 +94,18 @@ class CompiledDecode:
         # makes only what changed (the key run's start and length) symbolic. dynamic=True
         # made every size symbolic and the kernels' index arithmetic 10x slower.
         self._fn = torch.compile(_step)
+        # Every model, store size and variant (with or without the head, a run or a
+        # gather, specialised then generic shapes) is one cache entry of this one function:
+        # torch's default limit of 8 entries would send later variants to eager.
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
 
-    def run(self, ids, positions, continuous, slot: int, keys: slice, with_head: bool):
-        """ids, positions [1] of the row; `keys`: its consecutive run of slots (ending at
-        `slot`, the new token's); `with_head`: also the token head's logits and greedy
-        pick -> CompiledRow, or None when the model is not (or no longer) a FlatTrunk."""
+    def run(self, ids, positions, continuous, slot: int, keys, with_head: bool):
+        """ids, positions [1] of the row; `keys`: the slots of every key it sees, ending at
+        `slot` (the new token's): a slice where its blocks are consecutive, else slot ids
+        (a cached prefix's blocks, then its own); `with_head`: also the token head's logits
+        and greedy pick -> CompiledRow, or None when the model is not (or no longer) a
+        FlatTrunk."""
         model = self.model
         flat = model._flat.current() if model._flat is not None else None
         if flat is None or self.failed:
@@ -107,10 +117,11 @@ class CompiledDecode:
         cos, sin = model.rope(positions[None])
         x = model.embed(ids[None], continuous)
         slot_t = torch.tensor([slot], device=ids.device)
-        n = keys.stop - keys.start
-        args = (flat, model.norm, head, x, cos, sin, self.k_store, self.v_store, slot_t)
+        if isinstance(keys, slice):
+            keys = (keys.start, keys.stop - keys.start)
+        args = (flat, model.norm, head, x, cos, sin, self.k_store, self.v_store, slot_t, keys)
         try:
-            return CompiledRow(*self._fn(*args, keys.start, n))
+            return CompiledRow(*self._fn(*args))
         except Exception as exc:  # noqa: BLE001 - any compiler failure: serve eagerly instead
             # No C++ compiler, an op this build cannot compile...: this step runs eagerly
             # (writing the same keys and values again) and so does every later one.

@@ -209,15 +209,12 @@ class ModelRunner:
         return self._produce(requests, last)
 
     def _compiled_row(self, scheduled, ids, positions, slots, continuous, decodes, prefills):
-        """A CompiledRow from `compiled` when the step is one decode row over a
-        consecutive run of slots (with the token head when that row samples a token);
-        else None (the eager path)."""
+        """A CompiledRow from `compiled` when the step is one decode row (with the token
+        head when that row samples a token); else None (the eager path)."""
         if self.compiled is None or prefills or len(decodes) != 1:
             return None
         keys = decodes[0].key_slots
-        if decodes[0].rows is not None or not isinstance(keys, slice):
-            return None
-        if not isinstance(slots, slice):
+        if decodes[0].rows is not None or not isinstance(slots, slice):
             return None
         req = scheduled[0].request
         plan = req.plan
