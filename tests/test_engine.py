@@ -14,6 +14,7 @@ from mmntp.engine import (
     PromptVector,
     QueueFullError,
     Request,
+    codes_plan,
     continuous_plan,
     free_plan,
 )
@@ -466,3 +467,34 @@ def test_compile_decode_warm_up_and_a_failed_compile(model):
     engine.run_to_completion([req])
     assert engine.runner.compiled.failed
     assert req.output_ids == generate_reference(model, prompt, 7, GREEDY).token_ids[0]
+
+
+def test_span_constrained_sampling_equals_the_full_vocabulary_draw():
+    """Rows limited to one span (codes_plan) sample over that slice only: the same ids and
+    logprobs as the reference loop's full-vocabulary draw with everything else masked."""
+    from mmntp.engine.sampler import Sampler
+    from mmntp.model.sampling import sample_next, token_logprobs
+
+    torch.manual_seed(4)
+    lo, hi, vocab = 40, 170, 300
+    mask = torch.zeros(vocab, dtype=torch.bool)
+    mask[lo:hi] = True
+    params = [
+        SamplingParams(temperature=0.8, top_k=50, top_p=0.9, seed=1),
+        SamplingParams(temperature=1.3, min_p=0.05, seed=2),
+        SamplingParams(temperature=0, seed=3),
+    ]
+    requests = [
+        Request(f"s{i}", [1], codes_plan(8, [(lo, hi)], "x"), p) for i, p in enumerate(params)
+    ]
+    for r in requests:
+        r.generator = r.params.make_generator()
+    references = [p.make_generator() for p in params]
+    sampler = Sampler(vocab)
+    for _ in range(8):
+        logits = 3 * torch.randn(len(params), vocab)
+        ids, lps = sampler.sample(logits, requests)
+        for i, (p, gen) in enumerate(zip(params, references)):
+            expected = sample_next(logits[i : i + 1], p, gen, allowed=mask)
+            assert ids[i].item() == expected.item() and lo <= expected.item() < hi
+        torch.testing.assert_close(lps, token_logprobs(logits, ids))

@@ -55,6 +55,13 @@ class Sampler:
                 seen[i, r.all_token_ids] = True
             penalty = torch.tensor([p.repetition_penalty for p in params], device=logits.device)
         plans = [r.plan.allowed(len(r.output_ids) + offset) for r in requests]
+        span = _one_span(plans)
+        if span is not None and seen is None:
+            # Every row may only take ids of one span (a forecast's value bins, an image's
+            # codes): the same draw over that slice, without sorting the whole vocabulary.
+            lo, hi = span
+            ids, _ = self.sample_span(logits[:, lo:hi], requests, lo, offset)
+            return ids, token_logprobs(logits, ids)  # under the whole distribution, as below
         allowed = None
         if any(p is not None for p in plans):
             allowed = torch.stack([self.mask(p) for p in plans])
@@ -96,6 +103,16 @@ class Sampler:
         local = local.float()
         ids = sample_rows(local, rows, _uniforms(requests, local.device))
         return ids + lo, token_logprobs(local, ids)
+
+
+def _one_span(plans: list) -> tuple[int, int] | None:
+    """(lo, hi) when every row's constraint is the same single span and no extra ids."""
+    first = plans[0]
+    if first is None or len(first[0]) != 1 or first[1]:
+        return None
+    if any(p != first for p in plans):
+        return None
+    return first[0][0]
 
 
 def _uniforms(requests: list[Request], device) -> torch.Tensor:
