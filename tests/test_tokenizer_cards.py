@@ -133,3 +133,29 @@ def test_a_loaded_card_saves_with_its_own_text_a_new_tokenizer_with_the_generic_
     assert (tmp_path / "told" / "CARD.md").read_text() == "# mine\n"
     ByteTokenizer().save(tmp_path / "new")
     assert (tmp_path / "new" / "CARD.md").read_text().startswith("# text_bytes")
+
+
+def test_model_tokenizers_build_on_first_use_and_bad_cards_fail_at_load(tmp_path):
+    """A model folder's tokenizers are checked when it loads but built when first looked
+    up (the image-latent card alone costs seconds of imports); membership builds nothing,
+    a second lookup returns the same object, and a malformed card still fails the load."""
+    import shutil
+
+    from mmntp.model.checkpoint import LazyTokenizers, load_model
+    from mmntp.pipeline import default_service_dir
+
+    model_dir = default_service_dir() / "model"
+    bundle = load_model(model_dir)
+    toks = bundle.tokenizers
+    assert isinstance(toks, LazyTokenizers) and not toks._built
+    assert "image_latent" in toks and "video" not in toks and not toks._built
+    series = toks["timeseries"]
+    assert toks["timeseries"] is series and set(toks._built) == {"timeseries"}
+    assert set(toks) == {"audio", "image", "image_latent", "text", "timeseries"}
+
+    broken = tmp_path / "model"
+    shutil.copytree(model_dir, broken)
+    config = broken / "tokenizers" / "image_latent" / "config.json"
+    config.write_text(config.read_text().replace('"type": "image_kl"', '"type": "nope"'))
+    with pytest.raises(ValueError, match="unknown tokenizer type 'nope'"):
+        load_model(broken)

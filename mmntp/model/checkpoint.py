@@ -6,6 +6,8 @@ Nothing here unpickles: weights go through safetensors, everything else is JSON.
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,48 @@ from mmntp.model.config import ModelConfig
 from mmntp.model.heads import head_from_spec
 from mmntp.model.transformer import Transformer
 from mmntp.model.vocab import VocabLayout
-from mmntp.tokenizers import Tokenizer, load_tokenizer
+from mmntp.tokenizers import Tokenizer, check_tokenizer_card, load_tokenizer
 
 FORMAT = "mmntp-model"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 TIED_KEY = "heads.token.proj.weight"
+
+
+class LazyTokenizers(Mapping[str, Tokenizer]):
+    """A model folder's tokenizers, each built the first time it is looked up.
+
+    Building one can take seconds (the image-latent card imports diffusers' autoencoders:
+    5 of the bundled forecast command's 6 s), and most requests need one or two
+    modalities. Every card is checked when the model loads (`check_tokenizer_card`), so a
+    missing or malformed card still fails there; membership (`"image" in tokenizers`) never
+    builds one; a server builds them all before it reports SERVING.
+    """
+
+    def __init__(self, cards: Mapping[str, Path]) -> None:
+        for path in cards.values():
+            check_tokenizer_card(path)
+        self._cards = dict(cards)
+        self._built: dict[str, Tokenizer] = {}
+        self._lock = threading.Lock()  # request threads may ask for the same one at once
+
+    def __getitem__(self, key: str) -> Tokenizer:
+        tok = self._built.get(key)
+        if tok is None:
+            with self._lock:
+                tok = self._built.get(key)
+                if tok is None:
+                    tok = self._built[key] = load_tokenizer(self._cards[key])
+        return tok
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._cards)
+
+    def __len__(self) -> int:
+        return len(self._cards)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._cards
 
 
 @dataclass
@@ -31,7 +69,7 @@ class ModelBundle:
 
     model: Transformer
     vocab: VocabLayout
-    tokenizers: dict[str, Tokenizer] = field(default_factory=dict)
+    tokenizers: Mapping[str, Tokenizer] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # free-form (training recipe, data)
     path: Path | None = None
 
@@ -146,5 +184,5 @@ def load_model(
             f"unexpected {unexpected[:5]})"
         )
     model.to(device=device, dtype=dtype).eval()
-    tokenizers = {k: load_tokenizer(directory / ref) for k, ref in config["tokenizers"].items()}
+    tokenizers = LazyTokenizers({k: directory / ref for k, ref in config["tokenizers"].items()})
     return ModelBundle(model, vocab, tokenizers, config.get("meta", {}), directory)

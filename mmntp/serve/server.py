@@ -167,7 +167,10 @@ class Server:
 
 
 async def warm_up(pipe: Any) -> None:
-    """One tiny request per output path, so the first real caller pays no first-call cost."""
+    """Every tokenizer built (they load lazily) and one tiny request per output path, so
+    the first real caller pays no first-call cost."""
+    toks = pipe.bundle.tokenizers
+    await asyncio.to_thread(lambda: [toks[key] for key in toks])
     vocab = pipe.vocab
     bos = vocab.special("<bos>")
     requests = [(TokenIdsPart([bos, bos]), TokensOutput(max_tokens=2), SamplingParams())]

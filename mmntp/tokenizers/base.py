@@ -163,6 +163,18 @@ def registered_types() -> list[str]:
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Builds the tokenizer saved in a card folder (tensors via safetensors, never pickle)."""
     directory = Path(directory)
+    cls, config = check_tokenizer_card(directory)
+    tok = cls.from_config(config, load_file(str(directory / TENSORS_FILE)), directory)
+    card = directory / CARD_FILE
+    tok.card_text = card.read_text() if card.is_file() else None
+    return tok
+
+
+def check_tokenizer_card(directory: str | Path) -> tuple[type[Tokenizer], dict[str, Any]]:
+    """What `load_tokenizer` checks before building anything (cheap: one small JSON file):
+    the folder, its config (a registered type whose modality and kind match) and its
+    tensors file -> (class, the config's build arguments). Raises naming the problem."""
+    directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"tokenizer folder {str(directory)!r} does not exist")
     config_path = directory / CONFIG_FILE
@@ -187,13 +199,9 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
                 f"{config_path}: {key} {value!r} does not match {cls.__name__}.{key} "
                 f"{getattr(cls, key)!r}"
             )
-    tensors_path = directory / TENSORS_FILE
-    if not tensors_path.is_file():
+    if not (directory / TENSORS_FILE).is_file():
         raise FileNotFoundError(f"tokenizer folder {str(directory)!r} has no {TENSORS_FILE}")
-    tok = cls.from_config(config, load_file(str(tensors_path)), directory)
-    card = directory / CARD_FILE
-    tok.card_text = card.read_text() if card.is_file() else None
-    return tok
+    return cls, config
 
 
 def as_codes(codes: Any, size: int, what: str) -> torch.Tensor:
