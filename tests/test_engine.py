@@ -411,8 +411,8 @@ def test_compile_decode_equals_the_eager_engine(model):
 
 
 def test_compile_decode_continuous_rows_and_stale_weights(model):
-    """A continuous row's hidden state comes from the compiled trunk without the token
-    head (vectors equal the eager engine's to float rounding); once a weight is replaced
+    """A continuous row's hidden state comes from the compiled trunk (its token logits
+    unused; vectors equal the eager engine's to float rounding); once a weight is replaced
     the compiled path steps aside and the engine still answers as the eager one."""
     if "fake" not in model.heads:
         model.add_head("fake", FakeHead(model.config.dim, 8))
@@ -446,9 +446,11 @@ def test_compile_decode_continuous_rows_and_stale_weights(model):
 
 
 def test_compile_decode_warm_up_and_a_failed_compile(model):
-    """warm_up makes the compiles happen before any caller's request and leaves clean
-    statistics (a no-op without compile_decode); a compiler failure turns compile_decode
-    off for good and the step, and every later one, runs eagerly with the same tokens."""
+    """warm_up makes every compile happen before any caller's request (afterwards, rows
+    reading their keys as a run or gathering them after a prefix hit, token or vector
+    rows, recompile nothing) and leaves clean statistics (a no-op without compile_decode);
+    a compiler failure turns compile_decode off for good and the step, and every later
+    one, runs eagerly with the same tokens."""
     plain = _engine(model)
     plain.warm_up()
     assert plain.stats.steps == 0 and plain.kv.usage == 0.0
@@ -457,6 +459,18 @@ def test_compile_decode_warm_up_and_a_failed_compile(model):
     engine.warm_up()
     assert engine.stats.steps == 0 and engine.stats.num_finished == 0
     assert engine.kv.usage == 0.0 and not engine.runner.compiled.failed
+    if "fake" not in model.heads:
+        model.add_head("fake", FakeHead(model.config.dim, 8))
+    shared = list(range(100, 112))  # three full blocks of 4: the second request hits them
+    traffic = [
+        Request("run", shared + [7, 8, 9], free_plan(5), GREEDY),
+        Request("hit", shared + [20, 21], free_plan(9), GREEDY),
+        Request("vec", [1, 2, 3, 4, 5], continuous_plan(3, "fake", 0, "audio"), SamplingParams()),
+    ]
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a recompile would raise
+        for req in traffic:
+            engine.run_to_completion([req])
+    assert not engine.runner.compiled.failed and engine.stats.steps > 10
 
     def broken(*args):
         raise RuntimeError("no C++ compiler")

@@ -62,11 +62,11 @@ class _RowAttention:
 
 
 def _step(flat: FlatTrunk, norm, head, x, cos, sin, k_store, v_store, slot, keys):
-    """The trunk over one decode row, then (given the token head's weight) its logits and
-    their greedy pick: argmax and log-softmax fuse into the graph too."""
+    """The trunk over one decode row, then the token head's logits and their greedy pick
+    (argmax and log-softmax fuse into the graph too). A row that samples a vector or a
+    frame ignores the logits: one graph for every row (a matrix-vector product more for
+    those) rather than a second variant to compile, possibly mid-traffic."""
     hidden = norm(flat(x, cos, sin, _RowAttention(k_store, v_store, slot, keys)))[0]
-    if head is None:
-        return hidden, None, None, None
     logits = F.linear(hidden, head)  # [1, V]
     ids = logits.argmax(-1)
     logprobs = logits.float().log_softmax(-1).gather(-1, ids[:, None])[:, 0]
@@ -75,7 +75,7 @@ def _step(flat: FlatTrunk, norm, head, x, cos, sin, k_store, v_store, slot, keys
 
 @dataclass
 class CompiledRow:
-    """What the compiled step produced: hidden [1, D]; with the head, logits [1, V] and
+    """What the compiled step produced: hidden [1, D], the token head's logits [1, V] and
     the greedy id [1] with its logprob [1]."""
 
     hidden: torch.Tensor
@@ -100,20 +100,17 @@ class CompiledDecode:
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
 
-    def run(self, ids, positions, continuous, slot: int, keys, with_head: bool):
+    def run(self, ids, positions, continuous, slot: int, keys):
         """ids, positions [1] of the row; `keys`: the slots of every key it sees, ending at
         `slot` (the new token's): a slice where its blocks are consecutive, else slot ids
-        (a cached prefix's blocks, then its own); `with_head`: also the token head's logits
-        and greedy pick -> CompiledRow, or None when the model is not (or no longer) a
-        FlatTrunk."""
+        (a cached prefix's blocks, then its own) -> CompiledRow, or None when the model is
+        not (or no longer) a FlatTrunk."""
         model = self.model
         flat = model._flat.current() if model._flat is not None else None
         if flat is None or self.failed:
             return None
-        head = None
-        if with_head:
-            token = model.heads["token"]
-            head = token._column_major() if token.column_major_copy else token.proj.weight
+        token = model.heads["token"]
+        head = token._column_major() if token.column_major_copy else token.proj.weight
         cos, sin = model.rope(positions[None])
         x = model.embed(ids[None], continuous)
         slot_t = torch.tensor([slot], device=ids.device)
@@ -132,9 +129,18 @@ class CompiledDecode:
             return None
 
 
-def warm_up_prompts(vocab_size: int) -> list[list[int]]:
+def warm_up_prompts(vocab_size: int, block_size: int) -> list[list[int]]:
     """Prompts whose greedy decodes (a few tokens each, one request at a time) make every
-    compile `compile_decode` needs happen: torch specialises the first graph to the key
-    run's start (0 for the first request) and length, and compiles a generic one once
-    both have changed. Distinct ids, so no prefix-cache hit puts them on the same blocks."""
-    return [[(7 * i + k) % vocab_size for k in range(n)] for i, n in enumerate((9, 13, 17))]
+    compile `compile_decode` needs happen. Three distinct ones read their keys as a run:
+    torch specialises the first graph to the run's start (0 for the first request) and
+    length, and compiles a generic one once both have changed. Two more start with a full
+    block of an earlier prompt, so the prefix cache hands them that block and their keys
+    are gathered: that graph, specialised, then generic."""
+    fresh = [
+        [(7 * i + k) % vocab_size for k in range(block_size + n)] for i, n in enumerate((4, 8, 12))
+    ]
+    shared = [
+        fresh[i][:block_size] + [(5 + k * 3) % vocab_size for k in range(n)]
+        for i, n in ((0, 6), (1, 10))
+    ]
+    return fresh + shared

@@ -282,7 +282,8 @@ class Engine:
         if self.runner.compiled is None:
             return
         greedy = SamplingParams(temperature=0.0)
-        for i, prompt in enumerate(warm_up_prompts(self.model.config.vocab_size)):
+        prompts = warm_up_prompts(self.model.config.vocab_size, self.config.block_size)
+        for i, prompt in enumerate(prompts):
             self.run_to_completion([Request(f"warm-up-{i}", prompt, free_plan(6), greedy)])
         self.stats = EngineStats()
         self.kv.reset_prefix_cache_stats()

@@ -209,17 +209,14 @@ class ModelRunner:
         return self._produce(requests, last)
 
     def _compiled_row(self, scheduled, ids, positions, slots, continuous, decodes, prefills):
-        """A CompiledRow from `compiled` when the step is one decode row (with the token
-        head when that row samples a token); else None (the eager path)."""
+        """A CompiledRow from `compiled` when the step is one decode row; else None (the
+        eager path)."""
         if self.compiled is None or prefills or len(decodes) != 1:
             return None
         keys = decodes[0].key_slots
         if decodes[0].rows is not None or not isinstance(slots, slice):
             return None
-        req = scheduled[0].request
-        plan = req.plan
-        with_head = plan.frame_head is None and not plan.is_continuous(len(req.output_ids))
-        return self.compiled.run(ids, positions, continuous, slots.start, keys, with_head)
+        return self.compiled.run(ids, positions, continuous, slots.start, keys)
 
     def _produce(self, requests: list[Request], hidden: torch.Tensor, row=None):
         """Sample every primary row (shadows of guided pairs are mixed in, then copied)."""
@@ -242,7 +239,7 @@ class ModelRunner:
         token_rows = by_head.pop(None, [])
         if token_rows:
             reqs = [requests[i] for i in token_rows]
-            if row is not None and row.logits is not None:  # a compiled row, not guided
+            if row is not None:  # a compiled row (one, so not guided): its logits
                 if self.sampler.is_plain_greedy(reqs):
                     self.sampler.skip_draws(reqs)
                     ids, lps = row.greedy_ids, row.greedy_logprobs

@@ -176,7 +176,7 @@ async def warm_up(pipe: Any) -> None:
     requests = [(TokenIdsPart([bos, bos]), TokensOutput(max_tokens=2), SamplingParams())]
     if pipe.engine_config.compile_decode:  # its compiles now, not on a caller's request
         greedy = SamplingParams(temperature=0.0)
-        for ids in warm_up_prompts(vocab.size):
+        for ids in warm_up_prompts(vocab.size, pipe.engine_config.block_size):
             requests.append((TokenIdsPart(ids), TokensOutput(max_tokens=6), greedy))
     if "timeseries" in pipe.bundle.tokenizers:
         series = TimeSeriesPart([float(i % 4) for i in range(pipe.limits.timeseries_min_context)])
