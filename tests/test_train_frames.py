@@ -88,3 +88,26 @@ def test_recipe_frame_heads_are_checked():
         Recipe.from_dict({**base, "model": {"frame_heads": {"audio": {"hidden": 0}}}})
     with pytest.raises(ValueError, match="model.frame_heads.audio.width"):
         Recipe.from_dict({**base, "model": {"frame_heads": {"audio": {"width": 3}}}})
+
+
+def test_compiled_objective_equals_the_eager_one_in_loss_and_gradients():
+    """train.compile runs the trunk, token head and cross-entropy through torch.compile:
+    the same loss and gradients as eager to float rounding (frame head included, eager),
+    and the recipe key only takes true or false."""
+    vocab, model, losses = _setup()
+    ids, targets = _batch(vocab)
+    results = []
+    for compile in (False, True):
+        model.zero_grad(set_to_none=True)
+        loss = TrainingLosses(model, losses, compile=compile)(ids, targets)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads))
+    (eager, eager_grads), (compiled, compiled_grads) = results
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    assert eager_grads.keys() == compiled_grads.keys()
+    assert any(name.startswith("heads.audio.") for name in eager_grads)  # the frame head too
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="train.compile must be true or false"):
+        Recipe.from_dict({"train": {"compile": "yes"}})

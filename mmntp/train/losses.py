@@ -87,20 +87,38 @@ def add_continuous_heads(model: Transformer, heads: dict) -> list[ContinuousLoss
     return losses
 
 
+def _token_part(model: Transformer, ids, targets, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [B, L, D] and the summed token cross-entropy (fp32 whatever the autocast)."""
+    hidden = model.hidden_states(ids, continuous=inputs)
+    logits = model.heads["token"](hidden)
+    total = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return hidden, total
+
+
 class TrainingLosses(nn.Module):
     """ids, targets [B, L] (+ continuous inputs) -> summed loss, fp32: token CE, weighted
-    frame CE, and each continuous head's weighted loss times its number of vectors."""
+    frame CE, and each continuous head's weighted loss times its number of vectors.
+
+    `compile`: the trunk, token head and cross-entropy (most of a step's arithmetic, and
+    the [tokens, vocab] logits a compiled graph never keeps whole) run through
+    torch.compile; the heads' losses, which select rows by data, stay eager. Measured on
+    the default-tiny trunk (batch 16 x 512, bf16 autocast, 2 cores): 0.86 -> 0.52 s a step.
+    """
 
     def __init__(
         self,
         model: Transformer,
         frame_losses: list[FrameLoss] = (),
         continuous_losses: list[ContinuousLoss] = (),
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.frame_losses = list(frame_losses)
         self.continuous_losses = list(continuous_losses)
+        self._token_part = torch.compile(_token_part) if compile else _token_part
 
     def forward(
         self,
@@ -112,14 +130,7 @@ class TrainingLosses(nn.Module):
         inputs = [
             ContinuousInput(m, mask, values) for m, (mask, values) in (continuous or {}).items()
         ]
-        hidden = self.model.hidden_states(ids, continuous=inputs)  # [B, L, D]
-        logits = self.model.heads["token"](hidden)
-        total = F.cross_entropy(
-            logits.float().flatten(0, 1),  # fp32 loss whatever the autocast
-            targets.flatten(),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
+        hidden, total = self._token_part(self.model, ids, targets, inputs)  # [B, L, D], fp32
         for item in self.frame_losses:
             head = self.model.heads[item.head]
             rows, positions = frame_starts(ids, item.begin_id, head.group, head.config.spans)

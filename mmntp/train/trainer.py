@@ -374,7 +374,9 @@ def _setup(recipe: Recipe, vocab: VocabLayout, tokenizers, source: BatchSource, 
             f"({', '.join(newer)}): resume from the newest (resume='auto') or move them away"
         )
     # DDP wraps the whole objective, so every head's loss is computed inside its forward.
-    model: nn.Module = TrainingLosses(core, frame_losses, continuous_losses)
+    model: nn.Module = TrainingLosses(
+        core, frame_losses, continuous_losses, compile=recipe.train.compile
+    )
     if d.world_size > 1:
         ids = [d.device.index] if d.device.type == "cuda" else None
         model = DistributedDataParallel(model, device_ids=ids)
