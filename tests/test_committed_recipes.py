@@ -24,7 +24,7 @@ def test_tokenizer_recipe_parses_and_writes_its_own_card(path):
 
 
 @pytest.mark.parametrize(
-    "path", sorted((ROOT / "services" / "default").glob("recipe*.toml")), ids=str
+    "path", sorted((ROOT / "services" / "default").glob("**/recipe*.toml")), ids=str
 )
 def test_model_recipes_parse(path):
     recipe = load_recipe(path)
