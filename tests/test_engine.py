@@ -483,10 +483,18 @@ def test_compile_decode_warm_up_and_a_failed_compile(model):
     assert req.output_ids == generate_reference(model, prompt, 7, GREEDY).token_ids[0]
 
 
-def test_span_constrained_sampling_equals_the_full_vocabulary_draw():
+def test_span_constrained_sampling_equals_the_full_vocabulary_draw(monkeypatch):
     """Rows limited to one span (codes_plan) sample over that slice only: the same ids and
     logprobs as the reference loop's full-vocabulary draw with everything else masked."""
     from mmntp.engine.sampler import Sampler
+
+    widths = []
+    over_span = Sampler.sample_span
+    monkeypatch.setattr(
+        Sampler,
+        "sample_span",
+        lambda self, local, *a: widths.append(local.shape[1]) or over_span(self, local, *a),
+    )
     from mmntp.model.sampling import sample_next, token_logprobs
 
     torch.manual_seed(4)
@@ -512,3 +520,4 @@ def test_span_constrained_sampling_equals_the_full_vocabulary_draw():
             expected = sample_next(logits[i : i + 1], p, gen, allowed=mask)
             assert ids[i].item() == expected.item() and lo <= expected.item() < hi
         torch.testing.assert_close(lps, token_logprobs(logits, ids))
+    assert widths == [hi - lo] * 8  # every step drew over the span's slice

@@ -243,10 +243,15 @@ def test_decode_layout_keeps_values_and_logits(tmp_path):
     assert torch.equal(again.heads["token"].proj.weight, values)
 
 
-def test_flat_trunk_equals_the_module_path_and_steps_aside_when_stale():
+def test_flat_trunk_equals_the_module_path_and_steps_aside_when_stale(monkeypatch):
     """At inference after use_decode_layout the layers run as one FlatTrunk loop: the same
     logits bit for bit as the modules (full forward and cached chunks, GQA, biases), and
     the module path again once a weight is replaced, a fused layout dropped, or autograd on."""
+    from mmntp.model.flat_trunk import FlatTrunk
+
+    calls = []
+    loop = FlatTrunk.__call__
+    monkeypatch.setattr(FlatTrunk, "__call__", lambda self, *a: calls.append(1) or loop(self, *a))
     for overrides in ({}, {"attention_bias": True}, {"n_kv_heads": 1}):
         model = _model(**overrides)
         ids = torch.randint(0, model.config.vocab_size, (2, 9))
@@ -255,9 +260,11 @@ def test_flat_trunk_equals_the_module_path_and_steps_aside_when_stale():
         with torch.no_grad():
             assert flat is not None and flat.current() is flat
             through_flat = (model(ids), _incremental(model, ids, [4, 1, 1, 3]))
+            assert len(calls) == 5  # the full forward and the four cached chunks
             model._flat = None
             through_modules = (model(ids), _incremental(model, ids, [4, 1, 1, 3]))
             model._flat = flat
+            assert len(calls) == 5
         assert all(torch.equal(a, b) for a, b in zip(through_flat, through_modules))
         with torch.no_grad():
             model.layers[1].mlp_norm.weight.mul_(1.5)  # in place, as an optimiser step: seen
@@ -267,6 +274,9 @@ def test_flat_trunk_equals_the_module_path_and_steps_aside_when_stale():
             assert torch.equal(moved, model(ids)) and not torch.equal(moved, through_flat[0])
             model._flat = flat
         assert flat.current() is None  # grad enabled: the modules
+        calls.clear()
+        model(ids)
+        assert not calls
     model = _model()
     model.use_decode_layout()
     flat = model._flat
@@ -274,6 +284,8 @@ def test_flat_trunk_equals_the_module_path_and_steps_aside_when_stale():
         norm = model.layers[0].attn_norm
         norm.weight = torch.nn.Parameter(norm.weight.detach() * 2)
         assert flat.current() is None  # a new Parameter the loop does not hold
+        model(torch.randint(0, 97, (1, 5)))
+        assert not calls  # the forward took the modules
         model.use_decode_layout()
         assert model._flat.current() is model._flat
         model.layers[-1].attn.qkv = None  # a dropped fused layout

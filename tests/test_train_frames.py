@@ -99,7 +99,10 @@ def test_compiled_objective_equals_the_eager_one_in_loss_and_gradients():
     results = []
     for compile in (False, True):
         model.zero_grad(set_to_none=True)
-        loss = TrainingLosses(model, losses, compile=compile)(ids, targets)
+        objective = TrainingLosses(model, losses, compile=compile)
+        compiled = getattr(objective._token_part, "_torchdynamo_orig_callable", None)
+        assert (compiled is not None) == compile  # the token part goes through torch.compile
+        loss = objective(ids, targets)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((loss.detach(), grads))

@@ -32,9 +32,10 @@ class EngineConfig:
     max_prefill_chunk: int = 256
     max_waiting_requests: int = 256
     max_waiting_tokens: int = 1 << 20
-    # One-row decode steps through torch.compile (compiled_decode.py): ~1.4x faster
-    # batch-1 decode on a small model, after a first compile of ~15 s; needs a C++
-    # compiler on CPU. Off by default so one-shot commands start at once.
+    # One-row decode steps through torch.compile (compiled_decode.py): ~1.3x faster
+    # batch-1 decode than the eager engine on the bench's tiny model, after compiles of
+    # 13-67 s (`warm_up`); needs a C++ compiler on CPU. Off by default so one-shot
+    # commands start at once.
     compile_decode: bool = False
 
     def __post_init__(self) -> None:

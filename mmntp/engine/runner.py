@@ -187,7 +187,7 @@ class ModelRunner:
         of a frame's ids and logprobs instead."""
         ids, positions, slots, continuous = self._flatten(scheduled)
         decodes, prefills = self._attention_plan(scheduled)
-        row = self._compiled_row(scheduled, ids, positions, slots, continuous, decodes, prefills)
+        row = self._compiled_row(ids, positions, slots, continuous, decodes, prefills)
         if row is not None:
             hidden = row.hidden
         else:
@@ -208,7 +208,7 @@ class ModelRunner:
         last = hidden[torch.tensor([i for _, i in ends], device=self.device)]  # [R, D]
         return self._produce(requests, last)
 
-    def _compiled_row(self, scheduled, ids, positions, slots, continuous, decodes, prefills):
+    def _compiled_row(self, ids, positions, slots, continuous, decodes, prefills):
         """A CompiledRow from `compiled` when the step is one decode row; else None (the
         eager path)."""
         if self.compiled is None or prefills or len(decodes) != 1:

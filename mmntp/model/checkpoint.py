@@ -19,7 +19,7 @@ from mmntp.model.config import ModelConfig
 from mmntp.model.heads import head_from_spec
 from mmntp.model.transformer import Transformer
 from mmntp.model.vocab import VocabLayout
-from mmntp.tokenizers import Tokenizer, check_tokenizer_card, load_tokenizer
+from mmntp.tokenizers import Tokenizer, build_tokenizer, check_tokenizer_card
 
 FORMAT = "mmntp-model"
 FORMAT_VERSION = 1
@@ -38,9 +38,8 @@ class LazyTokenizers(Mapping[str, Tokenizer]):
     """
 
     def __init__(self, cards: Mapping[str, Path]) -> None:
-        for path in cards.values():
-            check_tokenizer_card(path)
-        self._cards = dict(cards)
+        # (folder, class, build arguments) per key: checked now, built on first lookup.
+        self._cards = {k: (path, *check_tokenizer_card(path)) for k, path in cards.items()}
         self._built: dict[str, Tokenizer] = {}
         self._lock = threading.Lock()  # request threads may ask for the same one at once
 
@@ -50,7 +49,8 @@ class LazyTokenizers(Mapping[str, Tokenizer]):
             with self._lock:
                 tok = self._built.get(key)
                 if tok is None:
-                    tok = self._built[key] = load_tokenizer(self._cards[key])
+                    path, cls, config = self._cards[key]
+                    tok = self._built[key] = build_tokenizer(path, cls, dict(config))
         return tok
 
     def __iter__(self) -> Iterator[str]:

@@ -162,8 +162,14 @@ def registered_types() -> list[str]:
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Builds the tokenizer saved in a card folder (tensors via safetensors, never pickle)."""
+    return build_tokenizer(directory, *check_tokenizer_card(directory))
+
+
+def build_tokenizer(
+    directory: str | Path, cls: type[Tokenizer], config: dict[str, Any]
+) -> Tokenizer:
+    """The tokenizer of a card `check_tokenizer_card` already checked (its result)."""
     directory = Path(directory)
-    cls, config = check_tokenizer_card(directory)
     tok = cls.from_config(config, load_file(str(directory / TENSORS_FILE)), directory)
     card = directory / CARD_FILE
     tok.card_text = card.read_text() if card.is_file() else None
