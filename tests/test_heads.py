@@ -394,3 +394,41 @@ def test_engine_continuous_plan_uses_the_head(name):
             torch.testing.assert_close(req.output_vectors[step], expected, atol=1e-4, rtol=1e-4)
             values.append(expected)
             ids.append(placeholder)
+
+
+# -- training: noise draws per vector ----------------------------------------------------
+
+
+def _losses_with_repeats(repeats: int):
+    from mmntp.train.losses import TrainingLosses, add_continuous_heads
+
+    torch.manual_seed(0)
+    model = Transformer(preset("test", vocab_size=97, continuous_inputs={"image": 4}))
+    spec = {"type": "flow", "modality": "image", "hidden": 16, "depth": 1, "repeats": repeats}
+    return TrainingLosses(model, continuous_losses=add_continuous_heads(model, {"flow": spec}))
+
+
+def test_continuous_loss_repeats_lower_the_variance_not_the_scale():
+    ids = torch.randint(0, 97, (2, 12))
+    targets = torch.full_like(ids, -100)  # token CE off: the head's loss alone
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[:, 4:8] = True
+    values = torch.randn(int(mask.sum()), 4)
+    draws = {}
+    for repeats in (1, 16):
+        losses = _losses_with_repeats(repeats)
+        draws[repeats] = torch.stack(
+            [
+                losses(ids, targets, {"image": (mask, values)}, torch.Generator().manual_seed(s))
+                for s in range(40)
+            ]
+        ).detach()
+    # Same weights (seeded), same expectation; 16 draws a vector cut the variance ~16x.
+    assert abs(draws[16].mean() - draws[1].mean()) < 3 * draws[1].std() / 40**0.5
+    assert draws[16].var() < 0.3 * draws[1].var()
+
+
+@pytest.mark.parametrize("repeats", [0, 1.5, True])
+def test_continuous_loss_repeats_must_be_a_positive_integer(repeats):
+    with pytest.raises(ValueError, match=r"continuous_heads\.flow\.repeats"):
+        _losses_with_repeats(repeats)
