@@ -72,7 +72,7 @@ class DenoiserConfig:
 
     def __post_init__(self) -> None:
         for name in ("width", "cond_dim", "hidden", "depth", "cells"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         if self.width % self.cells:
             raise ValueError(
                 f"width={self.width} must be a multiple of cells={self.cells} "
@@ -148,7 +148,8 @@ class ContinuousSettings:
         _check_settings(self, NUM_TRAIN_TIMESTEPS, allow_none=True)
 
 
-def _positive_int(name: str, value: Any) -> None:
+def positive_int(name: str, value: Any) -> None:
+    """ValueError naming `name` unless value is an int > 0 (bools refused)."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
@@ -165,7 +166,7 @@ def _check_settings(obj: Any, max_steps: int, allow_none: bool = False) -> None:
         if value is None and allow_none:
             continue
         if name == "num_steps":
-            _positive_int(name, value)
+            positive_int(name, value)
             if value > max_steps:
                 raise ValueError(f"num_steps must be <= {max_steps}, got {value}")
         else:

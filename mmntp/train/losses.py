@@ -17,7 +17,7 @@ from torch import nn
 
 from mmntp import sequence
 from mmntp.model.frame_head import FrameHead, FrameHeadConfig, frame_starts
-from mmntp.model.heads import head_from_spec, register_head
+from mmntp.model.heads import head_from_spec, positive_int, register_head
 from mmntp.model.transformer import ContinuousInput, Transformer
 from mmntp.model.vocab import VocabLayout
 
@@ -79,10 +79,7 @@ def add_continuous_heads(model: Transformer, heads: dict) -> list[ContinuousLoss
         kind, modality = spec.pop("type"), spec.pop("modality")
         weight = float(spec.pop("weight", 1.0))
         repeats = spec.pop("repeats", 1)
-        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-            raise ValueError(
-                f"model.continuous_heads.{name}.repeats must be an integer >= 1, got {repeats!r}"
-            )
+        positive_int(f"model.continuous_heads.{name}.repeats", repeats)
         denoiser = {"width": model.config.continuous_inputs[modality], "cond_dim": model.config.dim}
         for key in ("hidden", "depth", "cells"):
             if key in spec:
@@ -160,10 +157,10 @@ class TrainingLosses(nn.Module):
             rows, cols = mask.nonzero(as_tuple=True)  # row-major: the order of `values`
             keep = cols > 0  # a vector is predicted from the position before it
             z = hidden[rows[keep], cols[keep] - 1].float()
-            targets_x0 = values[keep]
+            x0 = values[keep]
             if item.repeats > 1:  # the mean over draws keeps the loss's scale
                 z = z.repeat_interleave(item.repeats, 0)
-                targets_x0 = targets_x0.repeat_interleave(item.repeats, 0)
-            mse = head.loss(z, targets_x0, generator)
+                x0 = x0.repeat_interleave(item.repeats, 0)
+            mse = head.loss(z, x0, generator)
             total = total + item.weight * mse * int(keep.sum())
         return total
