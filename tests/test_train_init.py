@@ -130,3 +130,39 @@ def test_a_retrained_cochlear_decoder_keeps_the_codes_but_a_new_codebook_does_no
     assert changed_tokenizers(old, {"audio": reshaped}) == set()
     assert changed_tokenizers(old, {"audio": recoded}) == {"audio"}
     assert changed_tokenizers(old, {"audio": front}) == {"audio"}
+
+
+def test_a_deeper_model_grown_by_init_layers_computes_what_the_source_did(tiny_model_dir):
+    """Block expansion: repeated blocks start as identities, so the hidden states match at
+    step 0, and every grown block takes its weights from the block it names. (Logits of the
+    vocabulary's padding rows, which no source entry maps to, stay fresh.)"""
+    source = load_model(tiny_model_dir)
+    torch.manual_seed(2)
+    model = Transformer(preset("test", source.vocab.size, n_layers=4))
+    init_from_model(model, source.vocab, tiny_model_dir, layers=[0, 0, 1, 1])
+    mapped = row_mapping(source.vocab, source.vocab)[0]  # not the padding rows (fresh)
+    ids = mapped[torch.randint(len(mapped), (2, 24), generator=torch.Generator().manual_seed(0))]
+    with torch.no_grad():
+        want = source.model.float().hidden_states(ids)
+        torch.testing.assert_close(model.hidden_states(ids), want, rtol=1e-5, atol=1e-5)
+    old, new = source.model.state_dict(), model.state_dict()
+    assert torch.equal(new["layers.2.attn.q_proj.weight"], old["layers.1.attn.q_proj.weight"])
+    assert torch.equal(new["layers.2.mlp.down_proj.weight"], old["layers.1.mlp.down_proj.weight"])
+    assert not new["layers.3.mlp.down_proj.weight"].any()
+    assert not new["layers.1.attn.o_proj.weight"].any()
+
+
+def test_init_layers_errors_name_the_field(tiny_model_dir):
+    vocab = load_model(tiny_model_dir).vocab
+    model = Transformer(preset("test", vocab.size, n_layers=3))
+    with pytest.raises(ValueError, match=r"model.init_layers: .* has blocks 0-1, not \[2\]"):
+        init_from_model(model, vocab, tiny_model_dir, layers=[0, 1, 2])
+    base = {"preset": "test", "init_from": "m", "n_layers": 3}
+    with pytest.raises(ValueError, match="model.init_layers names 2 blocks but the model has 3"):
+        Recipe.from_dict({"model": base | {"init_layers": [0, 1]}})
+    with pytest.raises(ValueError, match="model.init_layers must be a list of block indices"):
+        Recipe.from_dict({"model": base | {"init_layers": [0, "x", 1]}})
+    with pytest.raises(ValueError, match="model.init_layers needs model.init_from"):
+        Recipe.from_dict({"model": {"preset": "test", "init_layers": [0, 1]}})
+    recipe = Recipe.from_dict({"model": base | {"init_layers": [0, 1, 1]}})
+    assert recipe.to_dict()["model"]["init_layers"] == [0, 1, 1]

@@ -4,6 +4,12 @@ Every weight whose name and shape match is copied. The embedding table and the t
 head are copied row by vocabulary entry instead of by position: each special token by
 name, each (modality, codebook) range by its codes. Ids that are new in this vocabulary
 (a new modality's range) keep their fresh initialisation.
+
+`layers` grows a model deeper (block expansion, as in LLaMA Pro): entry i names the
+source block that block i starts from. A source block named a second time starts as an
+identity copy, its residual output projections (o_proj, down_proj) zeroed, so the grown
+model computes exactly what the source did at step 0 and training decides what the new
+blocks add.
 """
 
 from __future__ import annotations
@@ -17,17 +23,25 @@ from mmntp.model.transformer import Transformer
 from mmntp.model.vocab import VocabLayout
 
 VOCAB_ROWS = ("tok_embeddings.weight", "heads.token.proj.weight")
+RESIDUAL_OUTPUTS = ("attn.o_proj.weight", "attn.o_proj.bias", "mlp.down_proj.weight")
 
 
 @torch.no_grad()
 def init_from_model(
-    model: Transformer, vocab: VocabLayout, folder: str | Path, tokenizers: dict | None = None
+    model: Transformer,
+    vocab: VocabLayout,
+    folder: str | Path,
+    tokenizers: dict | None = None,
+    layers: list[int] | None = None,
 ) -> dict:
     """Copy weights from `folder` into `model`; returns counts of what was carried over and
-    the modalities that start fresh because `tokenizers` (this run's) differ from its cards."""
+    the modalities that start fresh because `tokenizers` (this run's) differ from its cards.
+    `layers` maps each of `model`'s blocks to a source block (see the module's docstring)."""
     source = load_model(folder)
     changed = changed_tokenizers(source.tokenizers, tokenizers or {})
     old_state = source.model.state_dict()
+    if layers is not None:
+        old_state = expand_layers(old_state, layers, source.model.config.n_layers, folder)
     new_state = model.state_dict()
     mapping = row_mapping(source.vocab, vocab, skip=changed)  # (old ids [N], new ids [N])
     copied = rows = 0
@@ -82,3 +96,22 @@ def row_mapping(
         pairs.extend(zip(range(r.start, r.stop), range(match[0].start, match[0].stop)))
     old_ids, new_ids = zip(*pairs)
     return torch.tensor(old_ids), torch.tensor(new_ids)
+
+
+def expand_layers(state: dict, layers: list[int], n_source: int, folder) -> dict:
+    """`state` with its blocks renumbered by `layers` (entry i: the source block of block i);
+    repeats of a source block get zeroed residual output projections (identity blocks)."""
+    bad = [i for i in layers if not 0 <= i < n_source]
+    if bad:
+        raise ValueError(f"model.init_layers: {folder} has blocks 0-{n_source - 1}, not {bad}")
+    out = {k: v for k, v in state.items() if not k.startswith("layers.")}
+    seen = set()
+    for i, src in enumerate(layers):
+        prefix = f"layers.{src}."
+        for name, tensor in state.items():
+            if name.startswith(prefix):
+                rest = name[len(prefix) :]
+                repeat = src in seen and rest in RESIDUAL_OUTPUTS
+                out[f"layers.{i}.{rest}"] = torch.zeros_like(tensor) if repeat else tensor
+        seen.add(src)
+    return out

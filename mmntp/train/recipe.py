@@ -81,6 +81,9 @@ class ModelSection:
     # and embedding / head rows by vocabulary entry, so a model learns a new modality
     # without forgetting the old ones. Relative paths resolve against the recipe's folder.
     init_from: str = ""
+    # Grow deeper from init_from: entry i is the source block block i starts from; a block
+    # named twice starts as an identity copy (mmntp.train.init). Empty: the same blocks.
+    init_layers: list[int] = field(default_factory=list)
     # Multi-token frame heads by modality: {"audio": {"hidden": 256, "depth": 2,
     # "group": frames' tokens per forward (default: the tokenizer's codebooks), "weight": 1}}.
     frame_heads: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -92,6 +95,7 @@ class ModelSection:
     def __post_init__(self) -> None:
         if not isinstance(self.init_from, str):
             raise ValueError(f"model.init_from must be a folder path, got {self.init_from!r}")
+        self._check_init_layers()
         _table("model.frame_heads", self.frame_heads)
         for modality, head in self.frame_heads.items():
             where = f"model.frame_heads.{modality}."
@@ -125,6 +129,22 @@ class ModelSection:
         except (TypeError, ValueError) as err:
             raise ValueError(f"model: {err}") from None
 
+    def _check_init_layers(self) -> None:
+        layers = self.init_layers
+        if not layers:
+            return
+        if not isinstance(layers, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers
+        ):
+            raise ValueError(f"model.init_layers must be a list of block indices, got {layers!r}")
+        if not self.init_from:
+            raise ValueError("model.init_layers needs model.init_from (the blocks to start from)")
+        depth = self.overrides.get("n_layers", PRESETS.get(self.preset, {}).get("n_layers"))
+        if depth is not None and len(layers) != depth:
+            raise ValueError(
+                f"model.init_layers names {len(layers)} blocks but the model has {depth}"
+            )
+
     @classmethod
     def from_table(cls, value: Any) -> ModelSection:
         table = dict(_table("model", value))
@@ -132,6 +152,7 @@ class ModelSection:
         return cls(
             preset=preset_name,
             init_from=table.pop("init_from", ""),
+            init_layers=table.pop("init_layers", []),
             frame_heads=table.pop("frame_heads", {}),
             continuous_heads=table.pop("continuous_heads", {}),
             overrides=table,
@@ -139,6 +160,8 @@ class ModelSection:
 
     def to_dict(self) -> dict[str, Any]:
         init = {"init_from": self.init_from} if self.init_from else {}
+        if self.init_layers:
+            init["init_layers"] = self.init_layers
         heads = {"frame_heads": self.frame_heads} if self.frame_heads else {}
         if self.continuous_heads:
             heads["continuous_heads"] = self.continuous_heads

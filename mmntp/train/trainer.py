@@ -359,7 +359,8 @@ def _setup(recipe: Recipe, vocab: VocabLayout, tokenizers, source: BatchSource, 
     state = TrainerState(world_size=d.world_size, recipe=recipe.to_dict())
     checkpoint = resolve_resume(resume, recipe.out_dir)
     if checkpoint is None and recipe.model.init_from:
-        fresh = init_from_model(core, vocab, recipe.model.init_from, tokenizers)["fresh"]
+        layers = recipe.model.init_layers or None
+        fresh = init_from_model(core, vocab, recipe.model.init_from, tokenizers, layers)["fresh"]
         if fresh and d.main:
             msg = f"model.init_from: {', '.join(fresh)} start fresh (their tokenizer changed)"
             tqdm.write(msg, file=sys.stderr)
