@@ -166,3 +166,31 @@ def test_init_layers_errors_name_the_field(tiny_model_dir):
         Recipe.from_dict({"model": {"preset": "test", "init_layers": [0, 1]}})
     recipe = Recipe.from_dict({"model": base | {"init_layers": [0, 1, 1]}})
     assert recipe.to_dict()["model"]["init_layers"] == [0, 1, 1]
+
+
+def _image_model(vocab: VocabLayout, width: int, seed: int) -> Transformer:
+    from mmntp.model.heads import FlowHead, FlowHeadConfig, register_head
+
+    torch.manual_seed(seed)
+    model = Transformer(preset("test", vocab.size, continuous_inputs={"image": width}))
+    register_head(model, FlowHead(FlowHeadConfig({"width": width, "cond_dim": 64})), "flow")
+    return model
+
+
+def test_a_new_vector_width_starts_its_projection_and_heads_fresh(tmp_path):
+    """Cells of another size: the trunk carries over, the image vectors' input projection
+    and the heads that write them start fresh instead of failing on their shapes."""
+    from mmntp.model.checkpoint import save_model
+
+    vocab = VocabLayout.build(text_size=256)
+    save_model(tmp_path / "cells2", _image_model(vocab, 16, seed=0), vocab)
+    model = _image_model(vocab, 4, seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    counts = init_from_model(model, vocab, tmp_path / "cells2")
+    assert counts["resized"] == ["heads.flow", "input_proj.image"]
+    old = load_model(tmp_path / "cells2").model.state_dict()
+    for name, tensor in model.state_dict().items():
+        if name.startswith(("heads.flow.", "input_proj.image.")):
+            assert torch.equal(tensor, before[name]), name
+        elif not name.startswith(("tok_embeddings", "heads.token")):
+            assert torch.equal(tensor, old[name].float()), name

@@ -10,6 +10,9 @@ source block that block i starts from. A source block named a second time starts
 identity copy, its residual output projections (o_proj, down_proj) zeroed, so the grown
 model computes exactly what the source did at step 0 and training decides what the new
 blocks add.
+
+A continuous input or head whose vector width changed (cells of another size) starts
+fresh: the trunk and the token side carry over, the vectors' projections do not.
 """
 
 from __future__ import annotations
@@ -44,10 +47,12 @@ def init_from_model(
         old_state = expand_layers(old_state, layers, source.model.config.n_layers, folder)
     new_state = model.state_dict()
     mapping = row_mapping(source.vocab, vocab, skip=changed)  # (old ids [N], new ids [N])
+    resized = resized_vectors(source.model, model)
+    skip = tuple(f"heads.{m}." for m in changed) + tuple(f"{r}." for r in resized)
     copied = rows = 0
     for name, tensor in new_state.items():
         old = old_state.get(name)
-        if old is None or any(name.startswith(f"heads.{m}.") for m in changed):
+        if old is None or name.startswith(skip):
             continue
         if name in VOCAB_ROWS and old.shape[1:] == tensor.shape[1:]:
             tensor[mapping[1]] = old[mapping[0]].to(tensor.dtype)
@@ -60,7 +65,19 @@ def init_from_model(
                 f"model.init_from {folder}: {name} is {tuple(old.shape)} there but "
                 f"{tuple(tensor.shape)} here (use the same model preset)"
             )
-    return {"tensors": copied, "vocab_rows": rows, "fresh": sorted(changed)}
+    return {"tensors": copied, "vocab_rows": rows, "fresh": sorted(changed), "resized": resized}
+
+
+def resized_vectors(source: Transformer, model: Transformer) -> list[str]:
+    """Input projections and continuous heads whose vector width differs between the two
+    (another cell size, say): their vectors mean something else, so they start fresh."""
+    old, new = source.config.continuous_inputs, model.config.continuous_inputs
+    out = [f"input_proj.{m}" for m in old.keys() & new.keys() if old[m] != new[m]]
+    for name in source.heads.keys() & model.heads.keys():
+        a, b = source.heads[name], model.heads[name]
+        if hasattr(a, "width") and hasattr(b, "width") and a.width != b.width:
+            out.append(f"heads.{name}")
+    return sorted(out)
 
 
 def changed_tokenizers(old: dict, new: dict) -> set[str]:

@@ -360,9 +360,16 @@ def _setup(recipe: Recipe, vocab: VocabLayout, tokenizers, source: BatchSource, 
     checkpoint = resolve_resume(resume, recipe.out_dir)
     if checkpoint is None and recipe.model.init_from:
         layers = recipe.model.init_layers or None
-        fresh = init_from_model(core, vocab, recipe.model.init_from, tokenizers, layers)["fresh"]
-        if fresh and d.main:
-            msg = f"model.init_from: {', '.join(fresh)} start fresh (their tokenizer changed)"
+        init = init_from_model(core, vocab, recipe.model.init_from, tokenizers, layers)
+        if init["fresh"] and d.main:
+            msg = (
+                f"model.init_from: {', '.join(init['fresh'])} start fresh (their tokenizer changed)"
+            )
+            tqdm.write(msg, file=sys.stderr)
+        if init["resized"] and d.main:
+            msg = (
+                f"model.init_from: {', '.join(init['resized'])} start fresh (vector width changed)"
+            )
             tqdm.write(msg, file=sys.stderr)
     if checkpoint is not None:
         loaded = load_checkpoint(checkpoint, core, optimizer)
