@@ -361,16 +361,11 @@ def _setup(recipe: Recipe, vocab: VocabLayout, tokenizers, source: BatchSource, 
     if checkpoint is None and recipe.model.init_from:
         layers = recipe.model.init_layers or None
         init = init_from_model(core, vocab, recipe.model.init_from, tokenizers, layers)
-        if init["fresh"] and d.main:
-            msg = (
-                f"model.init_from: {', '.join(init['fresh'])} start fresh (their tokenizer changed)"
-            )
-            tqdm.write(msg, file=sys.stderr)
-        if init["resized"] and d.main:
-            msg = (
-                f"model.init_from: {', '.join(init['resized'])} start fresh (vector width changed)"
-            )
-            tqdm.write(msg, file=sys.stderr)
+        why = {"fresh": "their tokenizer changed", "resized": "vector width changed"}
+        for key, reason in why.items():
+            if init[key] and d.main:
+                msg = f"model.init_from: {', '.join(init[key])} start fresh ({reason})"
+                tqdm.write(msg, file=sys.stderr)
     if checkpoint is not None:
         loaded = load_checkpoint(checkpoint, core, optimizer)
         state.step, state.tokens = loaded.step, loaded.tokens
