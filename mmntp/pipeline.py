@@ -167,10 +167,13 @@ class Pipeline:
                 failed = [p for p in pumps if p.done() and p.exception() is not None]
                 if failed:
                     raise failed[0].exception()
+                # Read "done" before the outputs: a pump may finish while a slow consumer
+                # holds a yield below, and its last tokens must still go out.
+                done = all(p.done() for p in pumps)
                 for k, ids, lps, vectors in steps.ready():
                     for chunk in job.chunks(k, ids, lps, vectors):
                         yield chunk
-                if all(p.done() for p in pumps):
+                if done:
                     break
         finally:
             for p in pumps:

@@ -1,5 +1,6 @@
 """Pipeline API: one call and its streaming variant agree; bad requests name the field."""
 
+import asyncio
 import json
 
 import numpy as np
@@ -172,7 +173,6 @@ def test_model_folder_round_trip(tiny_model_dir, pipe):
 
 
 def test_async_stream_equals_sync_and_cancels_cleanly(tiny_model_dir):
-    import asyncio
 
     spec, params = TimeSeriesOutput(horizon=6, num_samples=4), SamplingParams(seed=11)
     sync_pipe = Pipeline.from_pretrained(tiny_model_dir)
@@ -217,3 +217,26 @@ def test_tokens_stream_deltas_equal_one_shot(pipe):
     ]
     assert [i for d in deltas for i in d.ids] == one.token_ids
     assert [x for d in deltas for x in d.logprobs] == pytest.approx(one.logprobs)
+
+
+def test_a_slow_async_consumer_gets_every_token(tiny_model_dir):
+    """The engine may finish while the consumer sits in a yield: no tail is dropped."""
+    from mmntp.pipeline import TokensDelta
+
+    async def main():
+        pipe = Pipeline.from_pretrained(tiny_model_dir)
+        got, final = [], None
+        stream = pipe.astream(
+            TokenIdsPart([3, 4, 5]), TokensOutput(max_tokens=40), SamplingParams(seed=3)
+        )
+        async for chunk in stream:
+            if isinstance(chunk, TokensDelta):
+                got.extend(chunk.ids)
+                await asyncio.sleep(0.05)  # the engine runs ahead meanwhile
+            else:
+                final = chunk
+        await pipe.async_engine.stop()
+        return got, final
+
+    got, final = asyncio.run(main())
+    assert final.output_tokens == 40 and len(got) == 40
