@@ -126,7 +126,7 @@ class _Oracle(nn.Module):
         super().__init__()
         self.kind, self.alphas = kind, alphas_cumprod
 
-    def forward(self, x, t, z):
+    def forward(self, x, t, z, above=None):
         if self.kind == "flow":
             sigma = (t / 1000)[:, None]  # x = (1 - s) x0 + s noise  ->  v = (x - x0) / s
             return (x - z) / sigma

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from mmntp.engine.request import Request
 from mmntp.engine.sampler import Sampler
+from mmntp.model.heads import above_rows
 from mmntp.model.sampling import guide
 from mmntp.model.transformer import ContinuousInput, Transformer
 
@@ -30,7 +31,9 @@ class ContinuousHead(Protocol):
     def sample(
         self, hidden: torch.Tensor, generators: list[torch.Generator], requests: list[Request]
     ) -> torch.Tensor:
-        """hidden [R, D] -> vectors [R, width], drawing noise from each row's generator."""
+        """hidden [R, D] -> vectors [R, width], drawing noise from each row's generator.
+        A head with a nonzero `above` attribute is also given `above=` [R, width + 1]:
+        each row's vector that many positions back (`heads.above_rows`)."""
         ...
 
     def sample_guided(
@@ -294,15 +297,22 @@ class ModelRunner:
         """Vectors [R, width] from a continuous head; guided rows mix their shadows' output."""
         reqs = [requests[i] for i in rows]
         generators = [r.generator for r in reqs]
+        extra = {}
+        if getattr(head, "above", 0):  # the vector `above` positions before the one sampled
+            at = [r.num_prompt_tokens + len(r.output_ids) - head.above for r in reqs]
+            vectors = [_vector_at(r, p) for r, p in zip(reqs, at)]
+            extra["above"] = above_rows(vectors, head.width, hidden.device)
         if not any(i in uncond for i in rows):
-            return head.sample(hidden[rows], generators, reqs)
+            return head.sample(hidden[rows], generators, reqs, **extra)
         # Unguided rows of a guided batch use their own hidden state as the unconditional one
         # at scale 1, which is exactly conditional sampling.
         partner_rows = [uncond.get(i, i) for i in rows]
         scales = torch.tensor(
             [r.guidance_scale if i in uncond else 1.0 for i, r in zip(rows, reqs)]
         )
-        return head.sample_guided(hidden[rows], hidden[partner_rows], scales, generators, reqs)
+        return head.sample_guided(
+            hidden[rows], hidden[partner_rows], scales, generators, reqs, **extra
+        )
 
     # -- step inputs ---------------------------------------------------------------------
 
@@ -410,6 +420,11 @@ def _slot_ids(slots: Slots, device) -> torch.Tensor:
     if isinstance(slots, slice):
         return torch.arange(slots.start, slots.stop, device=device)
     return slots.to(device)
+
+
+def _vector_at(req: Request, position: int) -> torch.Tensor | None:
+    """The request's vector at `position` (prompt or output), or None."""
+    return next((v for _, _, v in _vectors_in(req, position, position + 1)), None)
 
 
 def _vectors_in(req: Request, start: int, end: int):

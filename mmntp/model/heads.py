@@ -61,7 +61,9 @@ class DenoiserConfig:
 
     width: the vector the head reads and writes, a latent token's dim times `cells`
     (xAR-style k x k cells are predicted together as one flattened vector);
-    cond_dim: the transformer's hidden size D; hidden / depth: the MLP's size.
+    cond_dim: the transformer's hidden size D; hidden / depth: the MLP's size;
+    above: how many positions back the vector sits that also conditions the net (the
+    cells per row of a raster, for the cell above the one predicted); 0 = none.
     """
 
     width: int
@@ -69,10 +71,13 @@ class DenoiserConfig:
     hidden: int = 256
     depth: int = 3
     cells: int = 1
+    above: int = 0
 
     def __post_init__(self) -> None:
         for name in ("width", "cond_dim", "hidden", "depth", "cells"):
             positive_int(name, getattr(self, name))
+        if not isinstance(self.above, int) or isinstance(self.above, bool) or self.above < 0:
+            raise ValueError(f"above must be an integer >= 0, got {self.above!r}")
         if self.width % self.cells:
             raise ValueError(
                 f"width={self.width} must be a multiple of cells={self.cells} "
@@ -226,6 +231,12 @@ class AdaLNDenoiser(nn.Module):
 
     The condition is time embedding + projected z; every block's gate and the output layer
     start at zero, so the untrained head predicts 0 and each block starts as the identity.
+
+    With `above`, the vector `above` positions back (the cell above; `above_rows`) is added
+    to the input stream as well. The trunk's hidden state carries it too, but only through
+    attention, and what the heads get wrong is carrying an edge's exact place down to the
+    next cell row. Its projection starts at zero, so a head given it computes what it
+    did without it until training says otherwise (`init_from` an older head).
     """
 
     def __init__(self, config: DenoiserConfig) -> None:
@@ -234,6 +245,8 @@ class AdaLNDenoiser(nn.Module):
         self.input_proj = nn.Linear(config.width, h)
         self.time_mlp = nn.Sequential(nn.Linear(FREQ_DIM, h), nn.SiLU(), nn.Linear(h, h))
         self.cond_proj = nn.Linear(config.cond_dim, h)
+        # the vector above and a 1, or zeros and a 0 where there is none (the first row)
+        self.above_proj = nn.Linear(config.width + 1, h) if config.above else None
         self.blocks = nn.ModuleList(AdaLNBlock(h) for _ in range(config.depth))
         self.final_norm = nn.LayerNorm(h, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 2 * h))
@@ -248,18 +261,53 @@ class AdaLNDenoiser(nn.Module):
         for m in (self.time_mlp[0], self.time_mlp[2]):
             nn.init.normal_(m.weight, std=0.02)
         zero = [b.modulation[1] for b in self.blocks] + [self.final_modulation[1], self.output]
+        if self.above_proj is not None:
+            zero.append(self.above_proj)
         for m in zero:
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor, above: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`above` [R, W + 1] from `above_rows` (None: no row has one); ignored without
+        config.above."""
         dtype = self.output.weight.dtype
         h = self.input_proj(x.to(dtype))  # h: [R, H]
+        if self.above_proj is not None:
+            if above is None:
+                above = x.new_zeros(x.shape[0], x.shape[1] + 1)
+            h = h + self.above_proj(above.to(dtype))
         c = self.time_mlp(timestep_embedding(t).to(dtype)) + self.cond_proj(z.to(dtype))
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)
         return self.output(self.final_norm(h) * (1 + scale) + shift)  # [R, W]
+
+
+def above_rows(vectors: Sequence[torch.Tensor | None], width: int, device=None) -> torch.Tensor:
+    """The denoiser's `above` input [R, width + 1]: each row's vector and a 1, or zeros and
+    a 0 where the row has none (`None`: a cell of the first row)."""
+    out = torch.zeros(len(vectors), width + 1, device=device)
+    for i, v in enumerate(vectors):
+        if v is not None:
+            out[i, :width] = v.to(device=device, dtype=out.dtype).flatten()
+            out[i, width] = 1.0
+    return out
+
+
+def above_in_sequence(values: torch.Tensor, positions: torch.Tensor, offset: int) -> torch.Tensor:
+    """Training's `above` input: vectors `values` [N, W] at increasing flat positions [N]
+    -> [N, W + 1], each vector's neighbour `offset` positions earlier when that position
+    holds one of `values` too (within the same image), else zeros and a 0."""
+    n, width = values.shape
+    want = positions - offset
+    idx = torch.searchsorted(positions, want).clamp_max(max(n - 1, 0))
+    found = (positions[idx] == want) if n else torch.zeros(0, dtype=torch.bool)
+    out = values.new_zeros(n, width + 1, dtype=torch.float32)
+    out[found, :width] = values[idx[found]].float()
+    out[found, width] = 1.0
+    return out
 
 
 # -- shared sampling --------------------------------------------------------------------
@@ -305,6 +353,11 @@ class _DenoisingHead(nn.Module):
     def cond_dim(self) -> int:
         return self.config.denoiser.cond_dim
 
+    @property
+    def above(self) -> int:
+        """Positions back to the vector that also conditions the net (0: none)."""
+        return self.config.denoiser.above
+
     def spec(self) -> dict[str, Any]:
         """JSON description that `head_from_spec` rebuilds this head from (checkpoints)."""
         return {"type": self.type_name, "config": asdict(self.config)}
@@ -323,8 +376,10 @@ class _DenoisingHead(nn.Module):
         generators: Sequence[torch.Generator | None],
         requests: Sequence[Any] | None = None,
         settings: Mapping[str, ContinuousSettings] | None = None,
+        above: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Conditional sampling (the engine's `ContinuousHead`): hidden [R, D] -> [R, width].
+        """Conditional sampling (the engine's `ContinuousHead`): hidden [R, D] -> [R, width];
+        `above` [R, width + 1] from `above_rows` for a head with `above`.
 
         Guidance needs unconditional rows, so it goes through `sample_guided`; a request
         that asks for a guidance scale other than 1 is refused here rather than ignored.
@@ -336,7 +391,7 @@ class _DenoisingHead(nn.Module):
                     f"requests[{i}]: guidance_scale={row.guidance_scale} needs unconditional "
                     "hidden states; call sample_guided"
                 )
-        return self._sample(hidden, None, None, generators, rows)
+        return self._sample(hidden, None, None, generators, rows, above)
 
     @torch.no_grad()
     def sample_guided(
@@ -347,13 +402,15 @@ class _DenoisingHead(nn.Module):
         generators: Sequence[torch.Generator | None],
         requests: Sequence[Any] | None = None,
         settings: Mapping[str, ContinuousSettings] | None = None,
+        above: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Classifier-free guided sampling: both hidden [R, D] -> vectors [R, width].
 
         Row i of `hidden_uncond` is the unconditional state of the same request as row i
         of `hidden_cond`; both see the same noise, and every step mixes the predictions as
         u + scale (c - u). `scale`: one float, per-row [R], or None for each request's
-        guidance_scale (else the head default). scale 1 equals `sample` exactly.
+        guidance_scale (else the head default). scale 1 equals `sample` exactly. `above`
+        (the cell above, generated already) is the same for both rows of a pair.
         """
         if hidden_uncond.shape != hidden_cond.shape:
             raise ValueError(
@@ -362,7 +419,7 @@ class _DenoisingHead(nn.Module):
             )
         rows = self._resolve(hidden_cond, generators, requests, settings)
         scales = self._scales(scale, rows, hidden_cond.shape[0])  # [R]
-        return self._sample(hidden_cond, hidden_uncond, scales, generators, rows)
+        return self._sample(hidden_cond, hidden_uncond, scales, generators, rows, above)
 
     def _scales(self, scale: float | torch.Tensor | None, rows: list[_Row], n: int) -> torch.Tensor:
         """Guidance scale per row [R] (CPU): the argument, else each row's setting."""
@@ -398,6 +455,7 @@ class _DenoisingHead(nn.Module):
         scales: torch.Tensor | None,
         generators: Sequence[torch.Generator | None],
         rows: list[_Row],
+        above: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Initial noise per row, then one scheduler loop per distinct step count."""
         n, device = z_c.shape[0], z_c.device
@@ -414,6 +472,7 @@ class _DenoisingHead(nn.Module):
                 None if z_u is None else z_u[sel],
                 None if scales is None else scales[idx],
                 num_steps,
+                None if above is None else above[sel],
             )
         return out
 
@@ -424,6 +483,7 @@ class _DenoisingHead(nn.Module):
         z_u: torch.Tensor | None,
         scale: torch.Tensor | None,
         num_steps: int,
+        above: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run one fresh scheduler from x [G, W] (noise) to the sample [G, W]."""
         scheduler = self._new_scheduler()
@@ -433,12 +493,13 @@ class _DenoisingHead(nn.Module):
         keep = None if z_u is None else (scale != 1).nonzero().flatten().to(x.device)
         for t in scheduler.timesteps:
             tt = torch.full((x.shape[0],), float(t), device=x.device)  # [G], [0, 1000] scale
-            out_c = self.net(x, tt, z_c).float()
+            out_c = self.net(x, tt, z_c, above).float()
             out_u = None
             if z_u is not None:
                 # only rows that need it; the rest copy out_c (masked off by `guided`)
                 out_u = out_c.clone()
-                out_u[keep] = self.net(x[keep], tt[keep], z_u[keep]).float()
+                above_u = None if above is None else above[keep]
+                out_u[keep] = self.net(x[keep], tt[keep], z_u[keep], above_u).float()
             x = self._step(scheduler, guided(out_c, out_u, scale), t, x)
         return x
 
@@ -499,18 +560,22 @@ class FlowHead(_DenoisingHead):
         return (1 - s) * x0 + s * noise
 
     def loss(
-        self, z: torch.Tensor, x0: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        z: torch.Tensor,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        above: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow-matching loss: MSE between predicted and true velocity (noise - x0).
 
-        z [R, D] hidden states, x0 [R, width] targets -> scalar.
+        z [R, D] hidden states, x0 [R, width] targets, above [R, width + 1] -> scalar.
         """
         r, device = x0.shape[0], x0.device
         normal = _randn((r,), generator, device)  # [R]
         sigma = torch.sigmoid(normal * self.config.logit_std + self.config.logit_mean)
         noise = _randn(tuple(x0.shape), generator, device)  # [R, W]
         x_t = self.noisy(x0.float(), noise, sigma)
-        pred = self.net(x_t, sigma * NUM_TRAIN_TIMESTEPS, z)
+        pred = self.net(x_t, sigma * NUM_TRAIN_TIMESTEPS, z, above)
         return F.mse_loss(pred.float(), noise - x0.float())
 
 
@@ -553,11 +618,15 @@ class DiffusionHead(_DenoisingHead):
         return self._train_scheduler
 
     def loss(
-        self, z: torch.Tensor, x0: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        z: torch.Tensor,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        above: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoising loss: MSE on epsilon (or v) at uniformly drawn timesteps -> scalar.
 
-        z [R, D] hidden states, x0 [R, width] targets.
+        z [R, D] hidden states, x0 [R, width] targets, above [R, width + 1].
         """
         r, device = x0.shape[0], x0.device
         uniform = torch.rand(r, generator=generator, device=_gen_device(generator, device))
@@ -566,7 +635,7 @@ class DiffusionHead(_DenoisingHead):
         ddpm, x0 = self.train_scheduler(), x0.float()
         x_t = ddpm.add_noise(x0, noise, t)
         target = noise if self.config.prediction == "epsilon" else ddpm.get_velocity(x0, noise, t)
-        pred = self.net(x_t, t.float(), z)
+        pred = self.net(x_t, t.float(), z, above)
         return F.mse_loss(pred.float(), target)
 
 

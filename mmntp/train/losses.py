@@ -17,7 +17,7 @@ from torch import nn
 
 from mmntp import sequence
 from mmntp.model.frame_head import FrameHead, FrameHeadConfig, frame_starts
-from mmntp.model.heads import head_from_spec, positive_int, register_head
+from mmntp.model.heads import above_in_sequence, head_from_spec, positive_int, register_head
 from mmntp.model.transformer import ContinuousInput, Transformer
 from mmntp.model.vocab import VocabLayout
 
@@ -81,7 +81,7 @@ def add_continuous_heads(model: Transformer, heads: dict) -> list[ContinuousLoss
         repeats = spec.pop("repeats", 1)
         positive_int(f"model.continuous_heads.{name}.repeats", repeats)
         denoiser = {"width": model.config.continuous_inputs[modality], "cond_dim": model.config.dim}
-        for key in ("hidden", "depth", "cells"):
+        for key in ("hidden", "depth", "cells", "above"):
             if key in spec:
                 denoiser[key] = spec.pop(key)
         try:
@@ -158,9 +158,15 @@ class TrainingLosses(nn.Module):
             keep = cols > 0  # a vector is predicted from the position before it
             z = hidden[rows[keep], cols[keep] - 1].float()
             x0 = values[keep]
+            above = None
+            if head.above:  # each vector's neighbour `above` positions back (row-major)
+                flat = rows * mask.shape[1] + cols
+                above = above_in_sequence(values, flat, head.above)[keep]
             if item.repeats > 1:  # the mean over draws keeps the loss's scale
                 z = z.repeat_interleave(item.repeats, 0)
                 x0 = x0.repeat_interleave(item.repeats, 0)
-            mse = head.loss(z, x0, generator)
+                if above is not None:
+                    above = above.repeat_interleave(item.repeats, 0)
+            mse = head.loss(z, x0, generator, above)
             total = total + item.weight * mse * int(keep.sum())
         return total
