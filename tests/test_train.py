@@ -240,6 +240,8 @@ def test_recipe_defaults_round_trip_and_json(tmp_path):
         ("[train]\nautocast = 'fp16'", r"train\.autocast must be one of .*got 'fp16'"),
         ("[train]\nexport = 1", r"train\.export must be a string, got 1"),
         ("[train]\nthreads = -1", r"train\.threads must be >= 0, got -1"),
+        ("[train]\ntrainable = 'heads'", r"train\.trainable must be a list of parameter-name"),
+        ("[train]\ntrainable = ['']", r"train\.trainable must be a list of parameter-name"),
         ("[optim\nlr = 1", r"invalid TOML"),
     ],
 )
@@ -313,6 +315,20 @@ def test_loss_decreases_on_a_learnable_source(tmp_path):
     assert result.step == 30 and len(result.losses) == 30 and result.start_step == 0
     assert result.losses[0] > math.log(320) - 0.5  # starts near uniform over the vocabulary
     assert sum(result.losses[-5:]) / 5 < 0.5 * result.losses[0]
+
+
+def test_trainable_prefixes_train_only_those_parameters(tmp_path):
+    recipe = make_recipe(tmp_path, optim={"max_steps": 3}, train={"trainable": ["layers.1"]})
+    result = train(recipe, build_pattern_data, None, progress=False)
+    torch.manual_seed(recipe.seed)  # the trainer's own start: same seed, same preset
+    start = Transformer(preset("test", 320)).state_dict()
+    end = weights(result.checkpoint)
+    changed = {n for n in start if not torch.equal(start[n], end[n])}
+    assert changed and all(n.startswith("layers.1.") for n in changed)
+    assert "layers.1.attn.q_proj.weight" in changed and "tok_embeddings.weight" not in changed
+    with pytest.raises(ValueError, match=r"train\.trainable: 'heads\.flow' names no parameter"):
+        recipe = make_recipe(tmp_path / "b", train={"trainable": ["heads.flow"]})
+        train(recipe, build_pattern_data, None, progress=False)
 
 
 def test_resume_continues_the_same_loss_curve(tmp_path):

@@ -236,10 +236,19 @@ class TrainSection:
     # torch.compile the trunk, token head and token cross-entropy (losses.py): ~1.6x a
     # step on the default-tiny trunk on CPU, after a compile of ~20 s at the first step.
     compile: bool = False
+    # Parameter-name prefixes that train (e.g. ["heads.flow", "heads.diffusion"]); the rest
+    # stay as loaded and get no gradient, which also skips the trunk's backward. [] = all.
+    trainable: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.compile, bool):
             raise ValueError(f"train.compile must be true or false, got {self.compile!r}")
+        if not isinstance(self.trainable, list) or not all(
+            isinstance(p, str) and p for p in self.trainable
+        ):
+            raise ValueError(
+                f"train.trainable must be a list of parameter-name prefixes, got {self.trainable!r}"
+            )
         self.checkpoint_every = _number(
             "train.checkpoint_every", self.checkpoint_every, integer=True, ge=0
         )

@@ -104,6 +104,26 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
+def freeze_except(model: nn.Module, prefixes: list[str]) -> int:
+    """Only parameters named by `prefixes` (a name or a dotted prefix) keep requires_grad;
+    returns how many tensors train. [] leaves everything trainable."""
+    if not prefixes:
+        return sum(1 for _ in model.parameters())
+    named = dict(model.named_parameters())
+    chosen = set()
+    for prefix in prefixes:
+        hits = {n for n in named if n == prefix or n.startswith(prefix + ".")}
+        if not hits:
+            heads = sorted({".".join(n.split(".")[:2]) for n in named if n.startswith("heads.")})
+            raise ValueError(
+                f"train.trainable: {prefix!r} names no parameter of the model (its heads: {heads})"
+            )
+        chosen |= hits
+    for name, p in named.items():
+        p.requires_grad_(name in chosen)
+    return len(chosen)
+
+
 def build_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.AdamW:
     groups = param_groups(model, optim.weight_decay)
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
@@ -355,6 +375,7 @@ def _setup(recipe: Recipe, vocab: VocabLayout, tokenizers, source: BatchSource, 
     frame_losses = add_frame_heads(core, vocab, tokenizers, recipe.model.frame_heads)
     continuous_losses = add_continuous_heads(core, recipe.model.continuous_heads)
     core = core.to(d.device)
+    freeze_except(core, recipe.train.trainable)
     optimizer = build_optimizer(core, recipe.optim)
     state = TrainerState(world_size=d.world_size, recipe=recipe.to_dict())
     checkpoint = resolve_resume(resume, recipe.out_dir)
