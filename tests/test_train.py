@@ -506,6 +506,18 @@ def test_export_hook_gets_the_final_model(tmp_path):
         assert torch.equal(tensor, exported[name]), name
 
 
+@pytest.mark.parametrize("avx512_bf16,amx", [(True, False), (False, True), (False, False)])
+def test_auto_autocast_picks_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx):
+    from mmntp.train.trainer import native_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert native_bf16(torch.device("cpu")) is (avx512_bf16 or amx)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert native_bf16(torch.device("cpu")) is False  # no probe: fp32, the safe choice
+
+
 def test_bf16_autocast_runs_on_cpu(tmp_path):
     steps = {"optim": {"max_steps": 2}}
     fp32 = train(make_recipe(tmp_path / "a", **steps), build_pattern_data, None, progress=False)

@@ -230,7 +230,8 @@ class TrainSection:
     checkpoint_every: int = 500  # 0 = only at the end
     keep_checkpoints: int = 2
     log_every: int = 10
-    autocast: str = "auto"  # "auto" = bf16 on CUDA, off on CPU; "off"; "bf16"
+    # "auto" = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), else off
+    autocast: str = "auto"  # or "off" / "bf16"
     export: str = ""  # final model folder written by the caller's export hook
     threads: int = 0  # 0 = leave torch's default
     # torch.compile the trunk, token head and token cross-entropy (losses.py): ~1.6x a

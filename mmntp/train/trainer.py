@@ -104,6 +104,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast pays on `device`: CUDA, or a CPU with AVX512-BF16 or AMX.
+    Elsewhere CPU bf16 is emulated: a default-tiny step took 55 s against 5.2 s in fp32 on
+    an AVX2-only EPYC (2 cores), where an AMX Xeon runs bf16 ~1.4x faster than fp32."""
+    if device.type == "cuda":
+        return True
+    cpu = torch.cpu  # private probes; a torch without them gets fp32, the safe choice
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return device.type == "cpu" and any(getattr(cpu, p, lambda: False)() for p in probes)
+
+
 def freeze_except(model: nn.Module, prefixes: list[str]) -> int:
     """Only parameters named by `prefixes` (a name or a dotted prefix) keep requires_grad;
     returns how many tensors train. [] leaves everything trainable."""
@@ -182,7 +193,7 @@ class _Run:
 
     def autocast(self):
         mode, device = self.recipe.train.autocast, self.dist.device
-        enabled = mode == "bf16" or (mode == "auto" and device.type == "cuda")
+        enabled = mode == "bf16" or (mode == "auto" and native_bf16(device))
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def fetch(self, step: int, rank: int, world: int):
@@ -375,6 +386,12 @@ def _setup(recipe: Recipe, vocab: VocabLayout, tokenizers, source: BatchSource, 
     frame_losses = add_frame_heads(core, vocab, tokenizers, recipe.model.frame_heads)
     continuous_losses = add_continuous_heads(core, recipe.model.continuous_heads)
     core = core.to(d.device)
+    if recipe.train.autocast == "bf16" and not native_bf16(d.device) and d.main:
+        tqdm.write(
+            "train.autocast = bf16 on a CPU without native bf16: expect ~10x slower "
+            'steps than fp32 ("auto" picks for you)',
+            file=sys.stderr,
+        )
     freeze_except(core, recipe.train.trainable)
     optimizer = build_optimizer(core, recipe.optim)
     state = TrainerState(world_size=d.world_size, recipe=recipe.to_dict())
