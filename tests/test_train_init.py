@@ -38,6 +38,15 @@ def test_weights_and_vocab_rows_carry_over_to_a_grown_vocabulary(tiny_model_dir)
             torch.testing.assert_close(tensor, old_state[name], msg=name)
 
 
+def test_an_unchanged_vocabulary_carries_every_row_padding_too(tiny_model_dir):
+    source = load_model(tiny_model_dir)
+    torch.manual_seed(1)
+    model = Transformer(preset("test", source.vocab.size))
+    init_from_model(model, source.vocab, tiny_model_dir)
+    assert source.vocab.size > 19 + 256 + 4096  # padded: the rows past the last code
+    assert torch.equal(model.tok_embeddings.weight, source.model.tok_embeddings.weight)
+
+
 def test_a_different_model_shape_is_refused(tiny_model_dir):
     vocab = load_model(tiny_model_dir).vocab
     model = Transformer(preset("test", vocab.size, dim=96))

@@ -111,8 +111,20 @@ def row_mapping(
                 f"there and {match[0].size} here"
             )
         pairs.extend(zip(range(r.start, r.stop), range(match[0].start, match[0].stop)))
+    # Padding ids (past the last code, up to a friendly multiple) that are padding in both
+    # stay where they are: a run on an unchanged vocabulary then starts bit-equal.
+    same = sorted(padding_ids(old) & padding_ids(new))
+    pairs.extend(zip(same, same))
     old_ids, new_ids = zip(*pairs)
     return torch.tensor(old_ids), torch.tensor(new_ids)
+
+
+def padding_ids(vocab: VocabLayout) -> set[int]:
+    """Ids that are neither a special token nor any codebook's code."""
+    used = set(vocab.specials.values())
+    for r in vocab.ranges:
+        used.update(range(r.start, r.stop))
+    return set(range(vocab.size)) - used
 
 
 def expand_layers(state: dict, layers: list[int], n_source: int, folder) -> dict:
