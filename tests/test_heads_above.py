@@ -4,6 +4,7 @@ and that a head uses it."""
 
 import pytest
 import torch
+from test_heads import _gens, _perturb, one_thread  # noqa: F401 - one_thread is autouse
 
 from mmntp.engine.engine import Engine, EngineConfig
 from mmntp.engine.plans import continuous_plan
@@ -26,26 +27,6 @@ HEADS = {
     "flow": lambda den, **kw: FlowHead(FlowHeadConfig(den, **kw)),
     "diffusion": lambda den, **kw: DiffusionHead(DiffusionHeadConfig(den, prediction="v", **kw)),
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny MLPs: one thread beats two contending ones
-    yield
-    torch.set_num_threads(before)
-
-
-def _gens(*seeds):
-    return [torch.Generator().manual_seed(s) for s in seeds]
-
-
-def _perturb(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return module
 
 
 # -- where the vector above comes from --------------------------------------------------

@@ -303,7 +303,7 @@ def above_in_sequence(values: torch.Tensor, positions: torch.Tensor, offset: int
     n, width = values.shape
     want = positions - offset
     idx = torch.searchsorted(positions, want).clamp_max(max(n - 1, 0))
-    found = (positions[idx] == want) if n else torch.zeros(0, dtype=torch.bool)
+    found = positions[idx] == want
     out = values.new_zeros(n, width + 1, dtype=torch.float32)
     out[found, :width] = values[idx[found]].float()
     out[found, width] = 1.0

@@ -115,11 +115,11 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and any(getattr(cpu, p, lambda: False)() for p in probes)
 
 
-def freeze_except(model: nn.Module, prefixes: list[str]) -> int:
+def freeze_except(model: nn.Module, prefixes: list[str]) -> None:
     """Only parameters named by `prefixes` (a name or a dotted prefix) keep requires_grad;
-    returns how many tensors train. [] leaves everything trainable."""
+    [] leaves everything trainable."""
     if not prefixes:
-        return sum(1 for _ in model.parameters())
+        return
     named = dict(model.named_parameters())
     chosen = set()
     for prefix in prefixes:
@@ -132,7 +132,6 @@ def freeze_except(model: nn.Module, prefixes: list[str]) -> int:
         chosen |= hits
     for name, p in named.items():
         p.requires_grad_(name in chosen)
-    return len(chosen)
 
 
 def build_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.AdamW:
