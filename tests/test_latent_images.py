@@ -115,24 +115,30 @@ def test_each_head_streams_previews_then_a_png_of_the_requested_size(latent_mode
 
 @pytest.mark.parametrize("head", ["flow", "diffusion"])
 def test_guidance_scale_one_equals_unguided_for_the_same_seed(latent_model, head):
-    """A guided pair (shadow row and all) at scale 1 draws exactly the unguided vectors."""
+    """A guided pair (shadow row and all) at scale 1 draws the unguided vectors."""
     from dataclasses import replace
 
     pipe = Pipeline.from_pretrained(latent_model)
     job = pipe.prepare(CAPTION, ImageOutput(head=head), SamplingParams(seed=5, num_steps=3))
     assert job.uncond_ids is not None  # guided by default
     outs = {}
-    for name, uncond in (("pair", job.uncond_ids), ("alone", None)):
-        job.sampling, job.uncond_ids = replace(job.sampling, guidance_scale=1.0), uncond
+    for name, uncond, scale in (
+        ("pair", job.uncond_ids, 1.0),
+        ("alone", None, 1.0),
+        ("guided", job.uncond_ids, 3.0),
+    ):
+        job.sampling, job.uncond_ids = replace(job.sampling, guidance_scale=scale), uncond
         (req,) = job.requests(name)
         pipe.engine.run_to_completion([req])
         outs[name] = torch.stack([req.output_vectors[k] for k in sorted(req.output_vectors)])
-    assert torch.equal(outs["pair"], outs["alone"])
-    guided = pipe(CAPTION, ImageOutput(head=head), SamplingParams(seed=5, num_steps=3))
-    alone = pipe(
-        CAPTION, ImageOutput(head=head), SamplingParams(seed=5, num_steps=3, guidance_scale=1.0)
-    )
-    assert not np.array_equal(guided.image, alone.image)
+    # Equal to float rounding, not bit for bit: the pair's conditional row runs through
+    # the trunk in a batch of two, and CPU GEMM kernels may block a 2-row product
+    # differently from a 1-row one (1 ulp seen on an AVX2 EPYC, none on a Xeon). The head
+    # itself returns the conditional prediction exactly at scale 1 (test_heads).
+    torch.testing.assert_close(outs["pair"], outs["alone"], rtol=1e-5, atol=1e-5)
+    # ...and the pair is really guided above 1. Compared as vectors: this fixture's
+    # untrained KL decoder can map both to the same uint8 pixels.
+    assert not torch.allclose(outs["guided"], outs["alone"])
 
 
 def test_over_grpc_every_head_streams_previews_then_the_final_png(latent_model):
