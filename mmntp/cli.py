@@ -328,7 +328,9 @@ def add_eval_parser(sub) -> None:
         "image", help="text-to-image prompt adherence (colour, shape) and speed, per head"
     )
     im.add_argument("--model", help="model or service folder (default: the bundled service)")
-    im.add_argument("--num-prompts", type=int, default=48, help="procedural captions (default 48)")
+    im.add_argument(
+        "--num-prompts", type=int, default=1000, help="procedural captions (default 1000)"
+    )
     im.add_argument("--heads", default="vq", help="comma-separated heads (default vq)")
     im.add_argument("--guidance", default="1,3", help="comma-separated guidance scales")
     im.add_argument("--seed", type=int, default=0)
