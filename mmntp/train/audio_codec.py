@@ -33,8 +33,9 @@ from tqdm import tqdm
 from mmntp.data.audio import TRAIN_VOICES, random_crop, speech_clips, tone_clips
 from mmntp.eval.audio import mel_spectrogram
 from mmntp.eval.audio_tokenizers import HELDOUT_TONE_SEED
-from mmntp.train.recipe import OptimSection, _number
-from mmntp.train.tokenizer_recipe import TokenizerRecipe, parse_sections, read_toml
+from mmntp.train.recipe import OptimSection
+from mmntp.train.tokenizer_recipe import TokenizerRecipe, parse_sections
+from mmntp.train.toml_fields import number, read_toml
 from mmntp.train.trainer import lr_at
 
 KIND = "codec"
@@ -51,11 +52,11 @@ class CodecData:
     max_peak: float = 0.95
 
     def __post_init__(self) -> None:
-        self.pool = _number("data.pool", self.pool, integer=True, gt=0)
-        self.tones = _number("data.tones", self.tones, ge=0, le=1)
-        self.crop_seconds = _number("data.crop_seconds", self.crop_seconds, gt=0)
-        self.min_peak = _number("data.min_peak", self.min_peak, gt=0, le=1)
-        self.max_peak = _number("data.max_peak", self.max_peak, gt=0, le=1)
+        self.pool = number("data.pool", self.pool, integer=True, gt=0)
+        self.tones = number("data.tones", self.tones, ge=0, le=1)
+        self.crop_seconds = number("data.crop_seconds", self.crop_seconds, gt=0)
+        self.min_peak = number("data.min_peak", self.min_peak, gt=0, le=1)
+        self.max_peak = number("data.max_peak", self.max_peak, gt=0, le=1)
         if self.min_peak > self.max_peak:
             raise ValueError("data.min_peak must not exceed data.max_peak")
         self._clips: list[np.ndarray] | None = None
@@ -112,16 +113,16 @@ class CodecLoss:
     restart_every: int = 25  # dead-code restart interval in steps (0 = never)
 
     def __post_init__(self) -> None:
-        self.mel_eps = _number("loss.mel_eps", self.mel_eps, gt=0)
+        self.mel_eps = number("loss.mel_eps", self.mel_eps, gt=0)
         for name in ("mel", "waveform", "waveform_mse", "codebook"):
-            setattr(self, name, _number(f"loss.{name}", getattr(self, name), ge=0))
+            setattr(self, name, number(f"loss.{name}", getattr(self, name), ge=0))
         if not isinstance(self.mel_ffts, (list, tuple)) or not self.mel_ffts:
             raise ValueError(f"loss.mel_ffts must be a list of STFT sizes, got {self.mel_ffts!r}")
         self.mel_ffts = [
-            _number(f"loss.mel_ffts[{i}]", n, integer=True, ge=16)
+            number(f"loss.mel_ffts[{i}]", n, integer=True, ge=16)
             for i, n in enumerate(self.mel_ffts)
         ]
-        self.restart_every = _number("loss.restart_every", self.restart_every, integer=True, ge=0)
+        self.restart_every = number("loss.restart_every", self.restart_every, integer=True, ge=0)
 
 
 def mel_bands(n_fft: int) -> int:

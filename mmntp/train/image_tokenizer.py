@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mmntp.data.images import ImageMixture
-from mmntp.train.recipe import OptimSection, _number
-from mmntp.train.tokenizer_recipe import TokenizerRecipe, parse_sections, read_toml
+from mmntp.train.recipe import OptimSection
+from mmntp.train.tokenizer_recipe import TokenizerRecipe, parse_sections
+from mmntp.train.toml_fields import number, read_toml
 from mmntp.train.trainer import lr_at
 
 KINDS = ("vq", "kl")
@@ -46,8 +47,8 @@ class LossSection:
 
     def __post_init__(self) -> None:
         for name in ("l1", "l2", "grad", "codebook", "kl"):
-            setattr(self, name, _number(f"loss.{name}", getattr(self, name), ge=0))
-        self.restart_every = _number("loss.restart_every", self.restart_every, integer=True, ge=0)
+            setattr(self, name, number(f"loss.{name}", getattr(self, name), ge=0))
+        self.restart_every = number("loss.restart_every", self.restart_every, integer=True, ge=0)
 
 
 @dataclass

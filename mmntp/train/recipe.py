@@ -8,67 +8,20 @@ checkpoints and model folders; `Recipe.from_dict` reads it back.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from mmntp.model.config import PRESETS, ModelConfig, preset
+from mmntp.train.toml_fields import number, read_toml, reject_unknown, string, table
 
 AUTOCAST_MODES = ("auto", "off", "bf16")
 
 
-def _number(
-    name: str,
-    value: Any,
-    *,
-    integer: bool = False,
-    gt: float | None = None,
-    ge: float | None = None,
-    lt: float | None = None,
-    le: float | None = None,
-) -> Any:
-    """Check one numeric field and return it as int or float; errors name the field."""
-    kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type:
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    for bound, op, holds in (
-        (gt, ">", lambda b: value > b),
-        (ge, ">=", lambda b: value >= b),
-        (lt, "<", lambda b: value < b),
-        (le, "<=", lambda b: value <= b),
-    ):
-        if bound is not None and not holds(bound):
-            raise ValueError(f"{name} must be {op} {bound:g}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def _string(name: str, value: Any, *, empty: bool = True) -> str:
-    if not isinstance(value, str) or (not empty and not value):
-        raise ValueError(f"{name} must be a {'' if empty else 'non-empty '}string, got {value!r}")
-    return value
-
-
-def _table(name: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a table, got {value!r}")
-    return value
-
-
-def _reject_unknown(prefix: str, table: dict[str, Any], known: set[str]) -> None:
-    unknown = sorted(set(table) - known)
-    if unknown:
-        where = ", ".join(f"{prefix}{key}" for key in unknown)
-        raise ValueError(
-            f"unknown recipe key {where} (expected one of: {', '.join(sorted(known))})"
-        )
-
-
 def _section(cls: type, prefix: str, value: Any) -> Any:
-    table = _table(prefix.rstrip("."), value)
-    _reject_unknown(prefix, table, {f.name for f in fields(cls)})
-    return cls(**table)
+    values = table(prefix.rstrip("."), value)
+    reject_unknown(prefix, values, {f.name for f in fields(cls)})
+    return cls(**values)
 
 
 @dataclass
@@ -96,19 +49,19 @@ class ModelSection:
         if not isinstance(self.init_from, str):
             raise ValueError(f"model.init_from must be a folder path, got {self.init_from!r}")
         self._check_init_layers()
-        _table("model.frame_heads", self.frame_heads)
+        table("model.frame_heads", self.frame_heads)
         for modality, head in self.frame_heads.items():
             where = f"model.frame_heads.{modality}."
-            _reject_unknown(where, _table(where[:-1], head), {"hidden", "depth", "group", "weight"})
+            reject_unknown(where, table(where[:-1], head), {"hidden", "depth", "group", "weight"})
             for key in ("hidden", "depth", "group"):
                 if key in head:
-                    _number(where + key, head[key], integer=True, ge=1)
+                    number(where + key, head[key], integer=True, ge=1)
             if "weight" in head:
-                _number(where + "weight", head["weight"], ge=0)
+                number(where + "weight", head["weight"], ge=0)
         widths = self.overrides.get("continuous_inputs", {})
-        for name, head in _table("model.continuous_heads", self.continuous_heads).items():
+        for name, head in table("model.continuous_heads", self.continuous_heads).items():
             where = f"model.continuous_heads.{name}"
-            _table(where, head)
+            table(where, head)
             if head.get("type") not in ("flow", "diffusion"):
                 raise ValueError(
                     f"{where}.type must be flow or diffusion, got {head.get('type')!r}"
@@ -123,7 +76,7 @@ class ModelSection:
         if "vocab_size" in self.overrides:
             raise ValueError("model.vocab_size is set by the vocabulary; remove it from the recipe")
         known = {f.name for f in fields(ModelConfig)} - {"vocab_size"}
-        _reject_unknown("model.", self.overrides, known | {"preset"})
+        reject_unknown("model.", self.overrides, known | {"preset"})
         try:
             preset(self.preset, 1, **self.overrides)  # the config checks shapes and values
         except (TypeError, ValueError) as err:
@@ -147,15 +100,15 @@ class ModelSection:
 
     @classmethod
     def from_table(cls, value: Any) -> ModelSection:
-        table = dict(_table("model", value))
-        preset_name = table.pop("preset", cls.preset)
+        rest = dict(table("model", value))
+        preset_name = rest.pop("preset", cls.preset)
         return cls(
             preset=preset_name,
-            init_from=table.pop("init_from", ""),
-            init_layers=table.pop("init_layers", []),
-            frame_heads=table.pop("frame_heads", {}),
-            continuous_heads=table.pop("continuous_heads", {}),
-            overrides=table,
+            init_from=rest.pop("init_from", ""),
+            init_layers=rest.pop("init_layers", []),
+            frame_heads=rest.pop("frame_heads", {}),
+            continuous_heads=rest.pop("continuous_heads", {}),
+            overrides=rest,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,16 +130,16 @@ class DataSection:
     mixture: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.seq_len = _number("data.seq_len", self.seq_len, integer=True, gt=0)
-        self.batch_size = _number("data.batch_size", self.batch_size, integer=True, gt=0)
+        self.seq_len = number("data.seq_len", self.seq_len, integer=True, gt=0)
+        self.batch_size = number("data.batch_size", self.batch_size, integer=True, gt=0)
         if not isinstance(self.mixture, list):
             raise ValueError(f"data.mixture must be an array of tables, got {self.mixture!r}")
         entries = []
         for i, entry in enumerate(self.mixture):
-            entry = dict(_table(f"data.mixture[{i}]", entry))
-            _string(f"data.mixture[{i}].source", entry.get("source"), empty=False)
+            entry = dict(table(f"data.mixture[{i}]", entry))
+            string(f"data.mixture[{i}].source", entry.get("source"), empty=False)
             if "weight" in entry:
-                entry["weight"] = _number(f"data.mixture[{i}].weight", entry["weight"], gt=0)
+                entry["weight"] = number(f"data.mixture[{i}].weight", entry["weight"], gt=0)
             entries.append(entry)
         self.mixture = entries
 
@@ -206,21 +159,21 @@ class OptimSection:
     grad_accum: int = 1
 
     def __post_init__(self) -> None:
-        self.lr = _number("optim.lr", self.lr, gt=0)
-        self.min_lr_ratio = _number("optim.min_lr_ratio", self.min_lr_ratio, ge=0, le=1)
-        self.weight_decay = _number("optim.weight_decay", self.weight_decay, ge=0)
+        self.lr = number("optim.lr", self.lr, gt=0)
+        self.min_lr_ratio = number("optim.min_lr_ratio", self.min_lr_ratio, ge=0, le=1)
+        self.weight_decay = number("optim.weight_decay", self.weight_decay, ge=0)
         if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
             raise ValueError(f"optim.betas must be two numbers, got {self.betas!r}")
         self.betas = tuple(
-            _number(f"optim.betas[{i}]", b, ge=0, lt=1) for i, b in enumerate(self.betas)
+            number(f"optim.betas[{i}]", b, ge=0, lt=1) for i, b in enumerate(self.betas)
         )
-        self.eps = _number("optim.eps", self.eps, gt=0)
-        self.max_steps = _number("optim.max_steps", self.max_steps, integer=True, gt=0)
-        self.warmup_steps = _number(
+        self.eps = number("optim.eps", self.eps, gt=0)
+        self.max_steps = number("optim.max_steps", self.max_steps, integer=True, gt=0)
+        self.warmup_steps = number(
             "optim.warmup_steps", self.warmup_steps, integer=True, ge=0, le=self.max_steps
         )
-        self.grad_clip = _number("optim.grad_clip", self.grad_clip, ge=0)
-        self.grad_accum = _number("optim.grad_accum", self.grad_accum, integer=True, ge=1)
+        self.grad_clip = number("optim.grad_clip", self.grad_clip, ge=0)
+        self.grad_accum = number("optim.grad_accum", self.grad_accum, integer=True, ge=1)
 
 
 @dataclass
@@ -250,19 +203,19 @@ class TrainSection:
             raise ValueError(
                 f"train.trainable must be a list of parameter-name prefixes, got {self.trainable!r}"
             )
-        self.checkpoint_every = _number(
+        self.checkpoint_every = number(
             "train.checkpoint_every", self.checkpoint_every, integer=True, ge=0
         )
-        self.keep_checkpoints = _number(
+        self.keep_checkpoints = number(
             "train.keep_checkpoints", self.keep_checkpoints, integer=True, ge=1
         )
-        self.log_every = _number("train.log_every", self.log_every, integer=True, ge=1)
+        self.log_every = number("train.log_every", self.log_every, integer=True, ge=1)
         if self.autocast not in AUTOCAST_MODES:
             raise ValueError(
                 f"train.autocast must be one of {AUTOCAST_MODES}, got {self.autocast!r}"
             )
-        self.export = _string("train.export", self.export)
-        self.threads = _number("train.threads", self.threads, integer=True, ge=0)
+        self.export = string("train.export", self.export)
+        self.threads = number("train.threads", self.threads, integer=True, ge=0)
 
 
 @dataclass
@@ -278,9 +231,9 @@ class Recipe:
     train: TrainSection = field(default_factory=TrainSection)
 
     def __post_init__(self) -> None:
-        self.name = _string("name", self.name, empty=False)
-        self.seed = _number("seed", self.seed, integer=True, ge=0)
-        self.out_dir = _string("out_dir", self.out_dir, empty=False)
+        self.name = string("name", self.name, empty=False)
+        self.seed = number("seed", self.seed, integer=True, ge=0)
+        self.out_dir = string("out_dir", self.out_dir, empty=False)
         for name, cls in (
             ("model", ModelSection),
             ("data", DataSection),
@@ -295,9 +248,9 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: str | Path | None = None) -> Recipe:
         """Build from the TOML tables; relative out_dir/export resolve against `base_dir`."""
-        data = _table("recipe", data)
+        data = table("recipe", data)
         sections = {"model", "data", "optim", "train"}
-        _reject_unknown("", data, {"name", "seed", "out_dir"} | sections)
+        reject_unknown("", data, {"name", "seed", "out_dir"} | sections)
         top = {k: v for k, v in data.items() if k not in sections}
         recipe = cls(
             **top,
@@ -339,9 +292,5 @@ class Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a TOML recipe; relative paths in it resolve against its folder."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: invalid TOML: {err}") from None
-    return Recipe.from_dict(data, base_dir=path.resolve().parent)
+    data, path = read_toml(path)
+    return Recipe.from_dict(data, base_dir=path.parent)
