@@ -10,8 +10,7 @@ import torch
 from mmntp.engine import Engine, EngineConfig, Request, frames_plan
 from mmntp.model.checkpoint import load_model, save_model
 from mmntp.model.config import preset
-from mmntp.model.frame_head import FrameHead, FrameHeadConfig, frame_starts
-from mmntp.model.heads import register_head
+from mmntp.model.heads import FrameHead, FrameHeadConfig, frame_starts, register_head
 from mmntp.model.sampling import SamplingParams
 from mmntp.model.transformer import Transformer
 from mmntp.model.vocab import VocabLayout

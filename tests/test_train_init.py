@@ -72,8 +72,7 @@ def test_recipe_resolves_init_from_against_its_folder(tmp_path):
 
 
 def _with_series_head(model: Transformer, vocab: VocabLayout) -> Transformer:
-    from mmntp.model.frame_head import FrameHead, FrameHeadConfig
-    from mmntp.model.heads import register_head
+    from mmntp.model.heads import FrameHead, FrameHeadConfig, register_head
 
     span = vocab.range("timeseries")
     config = FrameHeadConfig(model.config.dim, [[span.start, span.stop]], modality="timeseries")

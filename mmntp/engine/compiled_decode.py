@@ -107,11 +107,10 @@ class CompiledDecode:
         (a cached prefix's blocks, then its own) -> CompiledRow, or None when the model is
         not (or no longer) a FlatTrunk."""
         model = self.model
-        flat = model._flat.current() if model._flat is not None else None
+        flat = model.decode_trunk()
         if flat is None or self.failed:
             return None
-        token = model.heads["token"]
-        head = token._column_major() if token.column_major_copy else token.proj.weight
+        head = model.heads["token"].decode_weight()
         cos, sin = model.rope(positions[None])
         x = model.embed(ids[None], continuous)
         slot_t = torch.tensor([slot], device=ids.device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+TOKEN_HEAD = "token"  # the softmax head every model has
 Spans = tuple[tuple[int, int], ...]  # global [lo, hi) id ranges; () = nothing extra
 
 
@@ -64,6 +65,13 @@ class SegmentPlan:
 
     def is_continuous(self, step: int) -> bool:  # noqa: ARG002 - per-step in mixed plans
         return self.continuous
+
+    def head_at(self, step: int) -> str:
+        """Name of the head (in `Transformer.heads`) that produces output step `step`:
+        the frame head, the continuous head at a continuous step, else the token head."""
+        if self.frame_head is not None:
+            return self.frame_head
+        return self.head if self.is_continuous(step) else TOKEN_HEAD
 
     def finish_reason(self, output_ids: Sequence[int]) -> str | None:
         """'stop' after a stop id, 'length' at the step limit, else None (go on)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mmntp.engine.plans import SegmentPlan
+from mmntp.model.guidance import guidance_scale
 from mmntp.model.sampling import SamplingParams
 
 
@@ -117,7 +118,7 @@ class Request:
 
     @property
     def guidance_scale(self) -> float:
-        return 1.0 if self.params.guidance_scale is None else self.params.guidance_scale
+        return guidance_scale(self.params.guidance_scale)
 
     @property
     def finish_reason(self) -> str | None:

@@ -13,40 +13,15 @@ On GPU this backend is the place for FlexAttention / paged kernels and CUDA grap
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from mmntp.engine.request import Request
 from mmntp.engine.sampler import Sampler
-from mmntp.model.heads import above_rows
-from mmntp.model.sampling import guide
+from mmntp.model.heads import Guidance, StepRows, as_output_head
 from mmntp.model.transformer import ContinuousInput, Transformer
-
-
-class ContinuousHead(Protocol):
-    """A head that turns hidden states into vectors (flow / diffusion heads implement it)."""
-
-    def sample(
-        self, hidden: torch.Tensor, generators: list[torch.Generator], requests: list[Request]
-    ) -> torch.Tensor:
-        """hidden [R, D] -> vectors [R, width], drawing noise from each row's generator.
-        A head with a nonzero `above` attribute is also given `above=` [R, width + 1]:
-        each row's vector that many positions back (`heads.above_rows`)."""
-        ...
-
-    def sample_guided(
-        self,
-        hidden: torch.Tensor,
-        hidden_uncond: torch.Tensor,
-        scales: torch.Tensor,
-        generators: list[torch.Generator],
-        requests: list[Request],
-    ) -> torch.Tensor:
-        """Classifier-free guidance: the head's prediction mixed per row by scales [R]."""
-        ...
-
 
 # Decode rows with at least this many keys attend one by one, over their own slots (a
 # view where their blocks are consecutive): SDPA then takes its fused kernel and reads
@@ -222,97 +197,41 @@ class ModelRunner:
         return self.compiled.run(ids, positions, continuous, slots.start, keys)
 
     def _produce(self, requests: list[Request], hidden: torch.Tensor, row=None):
-        """Sample every primary row (shadows of guided pairs are mixed in, then copied)."""
-        out: dict[str, tuple[int, float, torch.Tensor | None]] = {}
+        """Every primary row's next output, one path for every head: rows grouped by the
+        head that produces it (`SegmentPlan.head_at`), each group one `step` of that head
+        (`heads.base.OutputHead`) with its guided rows' shadows as unconditional hidden
+        states; a shadow then gets its partner's output.
+        -> {request_id: (token id or a frame's ids, logprob(s), vector or None)}"""
+        out: dict[str, tuple[Any, Any, torch.Tensor | None]] = {}
         index = {r.request_id: i for i, r in enumerate(requests)}
         primary = [i for i, r in enumerate(requests) if not r.is_shadow]
         # The scheduler puts both rows of a guided pair in the same step when they sample.
         uncond = {i: index[requests[i].partner.request_id] for i in primary if requests[i].partner}
-        by_head: dict[str | None, list[int]] = {}
-        by_frame_head: dict[str, list[int]] = {}
+        groups: dict[str, list[int]] = {}
         for i in primary:
             r = requests[i]
-            if r.plan.frame_head is not None:
-                by_frame_head.setdefault(r.plan.frame_head, []).append(i)
-                continue
-            head = r.plan.head if r.plan.is_continuous(len(r.output_ids)) else None
-            by_head.setdefault(head, []).append(i)
-        for head, rows in by_frame_head.items():
-            out.update(self._frames(self.model.heads[head], rows, uncond, requests, hidden))
-        token_rows = by_head.pop(None, [])
-        if token_rows:
-            reqs = [requests[i] for i in token_rows]
-            if row is not None:  # a compiled row (one, so not guided): its logits
-                if self.sampler.is_plain_greedy(reqs):
-                    self.sampler.skip_draws(reqs)
-                    ids, lps = row.greedy_ids, row.greedy_logprobs
-                else:
-                    ids, lps = self.sampler.sample(row.logits, reqs)
-            else:
-                logits = self._guided_rows(token_rows, uncond, requests, hidden)  # [R, V]
-                ids, lps = self.sampler.sample(logits, reqs)
-            for r, t, lp in zip(reqs, ids.tolist(), lps.tolist()):
-                out[r.request_id] = (t, lp, None)
-        for head, rows in by_head.items():
+            groups.setdefault(r.plan.head_at(len(r.output_ids)), []).append(i)
+        for name, rows in groups.items():
             reqs = [requests[i] for i in rows]
-            vectors = self._head_vectors(self.model.heads[head], rows, uncond, requests, hidden)
-            for r, vec in zip(reqs, vectors):
-                out[r.request_id] = (r.plan.placeholder, 0.0, vec)
+            step_rows = StepRows(
+                _take(hidden, rows),
+                reqs,
+                self.sampler,
+                _guidance(rows, uncond, requests, hidden),
+                _history(reqs),
+                row,  # a compiled row: one row, so one group
+            )
+            produced = as_output_head(self.model.heads[name]).step(step_rows)
+            if produced.ids is None:  # vectors, fed back at the plan's placeholder id
+                ids, lps = [r.plan.placeholder for r in reqs], [0.0] * len(reqs)
+            else:
+                ids, lps = produced.ids.tolist(), produced.logprobs.tolist()
+            vectors = [None] * len(reqs) if produced.vectors is None else produced.vectors
+            for r, t, lp, vec in zip(reqs, ids, lps, vectors):
+                out[r.request_id] = (t, lp, vec)
         for i, j in uncond.items():
             out[requests[j].request_id] = out[requests[i].request_id]
         return out
-
-    def _frames(self, head, rows, uncond, requests, hidden):
-        """A whole frame per row from a multi-token head: {id: (ids, logprobs, None)}."""
-        reqs = [requests[i] for i in rows]
-
-        def pick(local: torch.Tensor, step: int):
-            return self.sampler.sample_span(local, reqs, head.config.spans[step][0], step)
-
-        partner_rows = [uncond.get(i, i) for i in rows]
-        guided = any(i in uncond for i in rows)
-        scales = torch.tensor(
-            [r.guidance_scale if i in uncond else 1.0 for i, r in zip(rows, reqs)],
-            device=hidden.device,
-        )
-        ids, lps = head.sample(
-            hidden[rows],
-            pick,
-            hidden[partner_rows] if guided else None,
-            scales if guided else None,
-        )
-        return {r.request_id: (t, lp, None) for r, t, lp in zip(reqs, ids.tolist(), lps.tolist())}
-
-    def _guided_rows(self, rows, uncond, requests, hidden) -> torch.Tensor:
-        """Token logits of `rows`, mixed with their shadows' logits where guided."""
-        logits = self.model.heads["token"](_take(hidden, rows))  # [R, V]
-        guided = [k for k, i in enumerate(rows) if i in uncond]
-        if guided:
-            shadows = self.model.heads["token"](hidden[[uncond[rows[k]] for k in guided]])
-            scales = torch.tensor([requests[rows[k]].guidance_scale for k in guided])
-            logits[guided] = guide(logits[guided], shadows, scales.to(logits.device))
-        return logits
-
-    def _head_vectors(self, head, rows, uncond, requests, hidden) -> torch.Tensor:
-        """Vectors [R, width] from a continuous head; guided rows mix their shadows' output."""
-        reqs = [requests[i] for i in rows]
-        generators = [r.generator for r in reqs]
-        extra = {}
-        if getattr(head, "above", 0):  # the vector `above` positions before the one sampled
-            at = [r.num_prompt_tokens + len(r.output_ids) - head.above for r in reqs]
-            vectors = [_vector_at(r, p) for r, p in zip(reqs, at)]
-            extra["above"] = above_rows(vectors, head.width, hidden.device)
-        if not any(i in uncond for i in rows):
-            return head.sample(hidden[rows], generators, reqs, **extra)
-        # Unguided rows of a guided batch use their own hidden state as the unconditional one
-        # at scale 1, which is exactly conditional sampling.
-        partner_rows = [uncond.get(i, i) for i in rows]
-        scales = torch.tensor(
-            [r.guidance_scale if i in uncond else 1.0 for i, r in zip(rows, reqs)]
-        )
-        return head.sample_guided(
-            hidden[rows], hidden[partner_rows], scales, generators, reqs, **extra
-        )
 
     # -- step inputs ---------------------------------------------------------------------
 
@@ -397,6 +316,26 @@ def _take(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
     if len(rows) == x.shape[0] and rows[0] == 0 and rows[-1] == len(rows) - 1:
         return x  # rows are distinct and ascending (primary rows in step order)
     return x[rows]
+
+
+def _guidance(rows, uncond, requests, hidden) -> Guidance | None:
+    """The guided rows of a group: their indices in it, their shadows' hidden states and
+    their scales; None when no row of the group has a shadow."""
+    guided = [k for k, i in enumerate(rows) if i in uncond]
+    if not guided:
+        return None
+    shadows = hidden[[uncond[rows[k]] for k in guided]]
+    scales = torch.tensor([requests[rows[k]].guidance_scale for k in guided])
+    return Guidance(guided, shadows, scales)
+
+
+def _history(reqs: list[Request]):
+    """`StepRows.history`: each request's vector k positions before its next output."""
+
+    def back(k: int) -> list[torch.Tensor | None]:
+        return [_vector_at(r, r.num_prompt_tokens + len(r.output_ids) - k) for r in reqs]
+
+    return back
 
 
 def _slots(table: list[int], start: int, end: int, bs: int) -> Slots:

@@ -13,19 +13,18 @@ transformers 1.92.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from mmntp.model.transformer import apply_rope, rms_norm
-
-if TYPE_CHECKING:
-    from mmntp.model.transformer import AttentionBackend, Transformer
+from mmntp.model.ops import apply_rope, rms_norm
 
 
 class FlatTrunk:
     """The layers of a Transformer laid out by `use_decode_layout`, as tuples of tensors.
+
+    The transformer builds it and hands it out (`Transformer.decode_trunk`); this module
+    reads the layers' modules and imports nothing of the transformer's.
 
     Holds the Parameters themselves, so in-place updates (an optimiser step) are seen;
     `current()` answers None once any of them was replaced or moved (`.to(dtype)`,
@@ -33,7 +32,7 @@ class FlatTrunk:
     the caller takes the module path.
     """
 
-    def __init__(self, model: Transformer) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self.eps = model.config.norm_eps
         self.n_heads, self.n_kv_heads = model.config.n_heads, model.config.n_kv_heads
         self.head_dim = model.config.head_dim
@@ -64,7 +63,7 @@ class FlatTrunk:
         ]
 
     @staticmethod
-    def applies_to(model: Transformer) -> bool:
+    def applies_to(model: nn.Module) -> bool:
         """Whether every layer has the fused layout the loop assumes (QK-norm layers do not)."""
         return all(
             b.attn.qkv is not None and b.attn.qkv.is_live() and b.mlp.gate_up is not None
@@ -82,8 +81,9 @@ class FlatTrunk:
                 return None
         return self
 
-    def __call__(self, x, cos, sin, backend: AttentionBackend) -> torch.Tensor:
-        """x [B, T, D] through every layer (the final norm is the caller's)."""
+    def __call__(self, x, cos, sin, backend) -> torch.Tensor:
+        """x [B, T, D] through every layer with attention through `backend` (an
+        `AttentionBackend`); the final norm is the caller's."""
         b, t, _ = x.shape
         h, hkv, dh, eps = self.n_heads, self.n_kv_heads, self.head_dim, self.eps
         for i, (an, wqkv, bqkv, wo, bo, mn, wgu, wd) in enumerate(self.layers):

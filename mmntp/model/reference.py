@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mmntp.model.sampling import SamplingParams, guide, sample_next, token_logprobs
+from mmntp.model.guidance import guidance_scale, guide
+from mmntp.model.sampling import SamplingParams, sample_next, token_logprobs
 from mmntp.model.transformer import ContinuousInput, Transformer
 
 AllowedFn = Callable[[int], "torch.Tensor | None"]
@@ -100,7 +101,7 @@ def iter_reference(
     uncond = None
     if uncond_prompt is not None:
         uncond = _Unconditional(model, uncond_prompt, num_rows, max_new_tokens, device)
-        logits = guide(logits, uncond.logits, _scale(params))
+        logits = guide(logits, uncond.logits, guidance_scale(params.guidance_scale))
 
     done = torch.zeros(num_rows, dtype=torch.bool, device=device)
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
@@ -117,11 +118,7 @@ def iter_reference(
         pos = torch.full((num_rows, 1), rows.shape[1] + step, device=device)
         logits = model(nxt[:, None], positions=pos, cache=cache)[:, -1]
         if uncond is not None:
-            logits = guide(logits, uncond.feed(nxt), _scale(params))
-
-
-def _scale(params: SamplingParams) -> float:
-    return 1.0 if params.guidance_scale is None else params.guidance_scale
+            logits = guide(logits, uncond.feed(nxt), guidance_scale(params.guidance_scale))
 
 
 class _Unconditional:

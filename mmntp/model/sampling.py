@@ -153,16 +153,6 @@ def sample_rows(logits: torch.Tensor, rows: RowParams, uniforms: torch.Tensor) -
     return torch.where(greedy, ids, sampled)
 
 
-def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """Classifier-free guidance: uncond + scale * (cond - uncond), rowwise ([R, ...], [R]).
-
-    Shared by token logits and continuous heads' velocity / noise; scale 1 is `cond`.
-    """
-    if isinstance(scale, torch.Tensor):
-        scale = scale.reshape(-1, *([1] * (cond.ndim - 1))).to(cond.dtype)
-    return uncond + scale * (cond - uncond)
-
-
 def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Natural-log probability of ids [R] under the model's raw distribution logits [R, V]."""
     return logits.float().log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1)

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmntp.model.config import ModelConfig
+from mmntp.model.flat_trunk import FlatTrunk
+from mmntp.model.heads.token import TokenHead
+from mmntp.model.ops import apply_rope, column_major, rms_norm, rope_factors
 
 
 class RMSNorm(nn.Module):
@@ -26,45 +29,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm of x over its last dim, scaled by weight (shared by `RMSNorm` and `FlatTrunk`)."""
-    if x.dtype == weight.dtype == torch.float32 and not torch.is_grad_enabled():
-        # Inference in fp32: the weight inside the same fused op (bitwise equal to the
-        # product below on this CPU; two dispatches fewer per norm on the decode path).
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    # Normalise in fp32 whatever the activation dtype (stability under autocast);
-    # F.rms_norm is one fused op where pow/mean/rsqrt/mul were four.
-    x32 = F.rms_norm(x.float(), (x.shape[-1],), eps=eps)
-    return weight * x32.to(x.dtype)
-
-
-def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables for integer positions [B, T] -> two tensors [B, T, head_dim]."""
-    inv_freq = 1.0 / theta ** (
-        torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
-    )
-    freqs = positions.to(torch.float32)[..., None] * inv_freq  # [B, T, head_dim/2]
-    emb = torch.cat((freqs, freqs), dim=-1)  # half-split layout, as in Hugging Face Llama
-    return emb.cos(), emb.sin()
-
-
-def rope_factors(
-    positions: torch.Tensor, head_dim: int, theta: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """What `apply_rope` multiplies by: cos and a signed sin, both [B, T, 1, head_dim].
-
-    Rotating the half-split pair (x1, x2) is x * cos + (-x2, x1) * sin; with the sign
-    folded into the table's first half that is x * cos + roll(x) * signed_sin, one op
-    fewer per call than negating and concatenating halves, and bitwise the same.
-    """
-    cos, sin = rope_cos_sin(positions, head_dim, theta)
-    half = head_dim // 2
-    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-    return cos[:, :, None], signed[:, :, None]
 
 
 class RopeTable:
@@ -94,13 +58,6 @@ class RopeTable:
         if positions.numel() and int(positions.max()) >= self.max_len:  # past max_seq_len
             return rope_factors(positions, self.head_dim, self.theta)
         return table[0][positions], table[1][positions]
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, H, Dh] by the `rope_factors` cos / signed sin [B, T, 1, Dh]."""
-    if cos.dtype != x.dtype:  # bf16 activations under autocast rotate in bf16
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 class AttentionBackend(Protocol):
@@ -299,35 +256,6 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-def column_major(w: torch.Tensor) -> torch.Tensor:
-    """The same values and shape as w [out, in], stored transposed (stride (1, out))."""
-    return w.t().contiguous().t()
-
-
-class TokenHead(nn.Module):
-    """Hidden state -> logits over the whole vocabulary (the discrete output head)."""
-
-    def __init__(self, dim: int, vocab_size: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(dim, vocab_size, bias=False)
-        self.column_major_copy = False  # see Transformer.use_decode_layout
-        self._copy: tuple[tuple, torch.Tensor] | None = None
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.column_major_copy and not torch.is_grad_enabled():
-            return F.linear(hidden, self._column_major())
-        return self.proj(hidden)
-
-    def _column_major(self) -> torch.Tensor:
-        """A column-major copy of a tied weight, made again whenever the weight changed
-        (an optimiser step bumps its version), moved or was cast."""
-        w = self.proj.weight
-        key = (w._version, w.data_ptr(), w.dtype, w.device)
-        if self._copy is None or self._copy[0] != key:
-            self._copy = (key, column_major(w.detach()))
-        return self._copy[1]
-
-
 @dataclass
 class ContinuousInput:
     """Vectors of one modality placed at the True positions of `mask` [B, T].
@@ -414,7 +342,7 @@ class Transformer(nn.Module):
             backend = cache.bind(positions) if cache is not None else CausalAttention()
         cos, sin = self.rope(positions)
         x = self.embed(ids, continuous)
-        flat = self._flat.current() if self._flat is not None else None
+        flat = self.decode_trunk()
         if flat is not None:
             x = flat(x, cos, sin, backend)
         else:
@@ -453,14 +381,18 @@ class Transformer(nn.Module):
                 attn.qkv = FusedLinears([attn.q_proj, attn.k_proj, attn.v_proj])
             if mlp.gate_up is None or not mlp.gate_up.is_live():
                 mlp.gate_up = FusedLinears([mlp.gate_proj, mlp.up_proj], True)
-        from mmntp.model.flat_trunk import FlatTrunk  # imports this module
-
         self._flat = FlatTrunk(self) if FlatTrunk.applies_to(self) else None
         head = self.heads["token"]
         if head.proj.weight is self.tok_embeddings.weight:  # tied: a copy, without autograd
             head.column_major_copy = True
         elif head.proj.weight.stride(0) != 1:  # idempotent
             head.proj.weight.data = column_major(head.proj.weight.data)
+
+    def decode_trunk(self) -> FlatTrunk | None:
+        """The layers as one flat loop (`FlatTrunk`) while the decode layout is on and
+        its weights current, else None (the module path): what `hidden_states` runs
+        and a compiled decode step traces."""
+        return self._flat.current() if self._flat is not None else None
 
     def new_cache(
         self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None

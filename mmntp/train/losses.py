@@ -16,8 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmntp import sequence
-from mmntp.model.frame_head import FrameHead, FrameHeadConfig, frame_starts
-from mmntp.model.heads import above_in_sequence, head_from_spec, positive_int, register_head
+from mmntp.model.heads import (
+    FrameHead,
+    FrameHeadConfig,
+    above_in_sequence,
+    frame_starts,
+    head_from_spec,
+    positive_int,
+    register_head,
+)
 from mmntp.model.transformer import ContinuousInput, Transformer
 from mmntp.model.vocab import VocabLayout
 

@@ -12,8 +12,9 @@ next trunk forward takes the whole frame as one chunk.
 
 Training is teacher-forced (`loss`); sampling goes through a `pick` callback so the
 engine's sampler (per-request temperature / top-k / top-p and generators) draws every
-token. Classifier-free guidance mixes the conditional and unconditional logits at each
-step; both rows then continue with the same drawn token.
+token; `step` is the engine's per-step call (`heads.base.OutputHead`). Classifier-free
+guidance mixes the conditional and unconditional logits at each step
+(`mmntp.model.guidance.guide`); both rows then continue with the same drawn token.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmntp.model.sampling import guide
+from mmntp.model.guidance import guide
+from mmntp.model.heads.base import StepOutput, StepRows
+from mmntp.model.heads.config import positive_int
 
 Pick = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -44,9 +47,7 @@ class FrameHeadConfig:
 
     def __post_init__(self) -> None:
         for name in ("cond_dim", "hidden", "depth"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, getattr(self, name))
         spans = [list(s) for s in self.spans] if isinstance(self.spans, (list, tuple)) else None
         if not spans or any(len(s) != 2 or not 0 <= s[0] < s[1] for s in spans):
             raise ValueError(
@@ -134,6 +135,18 @@ class FrameHead(nn.Module):
             logits = self._logits(context[:, j], j).float()
             total = total + F.cross_entropy(logits, local[:, j], reduction="sum")
         return total
+
+    def step(self, rows: StepRows) -> StepOutput:
+        """A whole frame per row (`OutputHead`): ids and logprobs [R, group], each step's
+        tokens drawn by the engine's sampler within that step's span."""
+        reqs = rows.requests
+
+        def pick(local: torch.Tensor, j: int):
+            return rows.sampler.sample_span(local, reqs, self.config.spans[j][0], j)
+
+        uncond, scales = rows.paired() if rows.guidance is not None else (None, None)
+        ids, logprobs = self.sample(rows.hidden, pick, uncond, scales)
+        return StepOutput(ids, logprobs)
 
     @torch.no_grad()
     def sample(
