@@ -79,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=cmd_inspect)
 
-    tr = sub.add_parser("train", help="train a model from a TOML recipe")
-    tr.add_argument("recipe")
+    tr = sub.add_parser("train", help="train a model from a TOML recipe or curriculum")
+    tr.add_argument("recipe", help="a recipe, or a curriculum ([[stages]]: all unfinished ones)")
+    tr.add_argument("--stage", help="a curriculum's stage to train (alone)")
+    tr.add_argument("--write-card", action="store_true", help="regenerate CARD.md's stage list")
     tr.add_argument(
         "--resume",
         default="auto",
@@ -523,10 +525,13 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from mmntp.train.curriculum import is_curriculum, train_command
     from mmntp.train.data import build_data, export_model
     from mmntp.train.recipe import load_recipe
     from mmntp.train.trainer import train
 
+    if is_curriculum(args.recipe) or args.stage or args.write_card:
+        return train_command(args)
     recipe = load_recipe(args.recipe)
     if args.max_steps is not None:
         recipe.optim.max_steps = args.max_steps

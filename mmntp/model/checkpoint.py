@@ -85,6 +85,10 @@ def save_model(
     """Write a model folder; `dtype` optionally narrows the stored weights (e.g. bf16)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    # An old config.json goes first and the new one comes last, each file whole (written
+    # beside, then renamed): a folder with a config.json is complete (what
+    # `mmntp.train.curriculum.model_complete` checks).
+    (directory / "config.json").unlink(missing_ok=True)
     if vocab.size != model.config.vocab_size:
         raise ValueError(
             f"vocabulary size {vocab.size} != model vocab_size {model.config.vocab_size}"
@@ -109,8 +113,12 @@ def save_model(
         if name == TIED_KEY and model.config.tie_embeddings:
             continue  # shared with tok_embeddings.weight; safetensors refuses aliases
         state[name] = tensor.detach().to(dtype or tensor.dtype).contiguous().cpu()
-    save_file(state, str(directory / WEIGHTS), metadata={"format": FORMAT})
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    weights = directory / (WEIGHTS + ".tmp")
+    save_file(state, str(weights), metadata={"format": FORMAT})
+    weights.replace(directory / WEIGHTS)
+    config_tmp = directory / "config.json.tmp"
+    config_tmp.write_text(json.dumps(config, indent=2) + "\n")
+    config_tmp.replace(directory / "config.json")
     return directory
 
 
