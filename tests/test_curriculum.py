@@ -23,7 +23,7 @@ from mmntp.train.curriculum import (
     model_complete,
     run_curriculum,
 )
-from mmntp.train.recipe import Recipe, load_recipe
+from mmntp.train.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "services" / "default"
@@ -56,16 +56,6 @@ def test_resolved_stage_recipes_equal_the_frozen_ones_resolved():
         assert stage.recipe.model.init_from == before.recipe.train.export
     assert curriculum.stages[-1].model_dir == DEFAULT / "model"
     assert curriculum.stages[0].model_dir == ROOT / "runs" / "default-base" / "model"
-
-
-@pytest.mark.parametrize("frozen", FROZEN["stages"], ids=lambda s: s["stage"])
-def test_frozen_recipes_are_the_old_recipe_files(frozen):
-    """Only while the old files exist: the freeze is what they parse to."""
-    path = DEFAULT / frozen["file"]
-    old = Recipe.from_dict(tomllib.loads(path.read_text()))
-    assert canonical(old) == canonical(Recipe.from_dict(frozen["recipe"]))
-    resolved = Recipe.from_dict(frozen["recipe"], base_dir=DEFAULT)
-    assert canonical(load_recipe(path)) == canonical(resolved)
 
 
 def test_the_card_lists_the_curriculum_stages():
