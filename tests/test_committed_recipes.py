@@ -1,4 +1,5 @@
-"""Every committed recipe parses: the tokenizer cards' and the bundled model's stages."""
+"""Every committed recipe parses: the tokenizer cards' and the experiments beside the bundled
+model (its stages are services/default/curriculum.toml: tests/test_curriculum.py)."""
 
 from pathlib import Path
 
