@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from mmntp.model.heads.config import LEGACY_FIELDS, DenoiserConfig, as_denoiser, check_settings
 from mmntp.model.heads.latent import NUM_TRAIN_TIMESTEPS, DenoisingHead, randn
@@ -87,17 +86,8 @@ class DiffusionHead(DenoisingHead):
             self._train_scheduler = DDPMScheduler(**self._scheduler_kwargs())
         return self._train_scheduler
 
-    def loss(
-        self,
-        z: torch.Tensor,
-        x0: torch.Tensor,
-        generator: torch.Generator | None = None,
-        above: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Denoising loss: MSE on epsilon (or v) at uniformly drawn timesteps -> scalar.
-
-        z [R, D] hidden states, x0 [R, width] targets, above [R, width + 1].
-        """
+    def _training_pair(self, x0: torch.Tensor, generator: torch.Generator | None):
+        """Uniformly drawn timesteps; the target is epsilon (or v)."""
         r, device = x0.shape[0], x0.device
         uniform = torch.rand(r, generator=generator, device=_gen_device(generator, device))
         t = (uniform * NUM_TRAIN_TIMESTEPS).long().clamp_max(NUM_TRAIN_TIMESTEPS - 1).to(device)
@@ -105,8 +95,7 @@ class DiffusionHead(DenoisingHead):
         ddpm, x0 = self.train_scheduler(), x0.float()
         x_t = ddpm.add_noise(x0, noise, t)
         target = noise if self.config.prediction == "epsilon" else ddpm.get_velocity(x0, noise, t)
-        pred = self.net(x_t, t.float(), z, above)
-        return F.mse_loss(pred.float(), target)
+        return x_t, t.float(), target
 
 
 def _gen_device(generator: torch.Generator | None, device) -> torch.device | str:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from mmntp.model.heads.config import (
     LEGACY_FIELDS,
@@ -66,21 +65,11 @@ class FlowHead(DenoisingHead):
         s = sigma[:, None].to(x0.dtype)  # s: [R, 1]
         return (1 - s) * x0 + s * noise
 
-    def loss(
-        self,
-        z: torch.Tensor,
-        x0: torch.Tensor,
-        generator: torch.Generator | None = None,
-        above: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Flow-matching loss: MSE between predicted and true velocity (noise - x0).
-
-        z [R, D] hidden states, x0 [R, width] targets, above [R, width + 1] -> scalar.
-        """
+    def _training_pair(self, x0: torch.Tensor, generator: torch.Generator | None):
+        """Logit-normal sigma; the target is the velocity noise - x0."""
         r, device = x0.shape[0], x0.device
         normal = randn((r,), generator, device)  # [R]
         sigma = torch.sigmoid(normal * self.config.logit_std + self.config.logit_mean)
         noise = randn(tuple(x0.shape), generator, device)  # [R, W]
         x_t = self.noisy(x0.float(), noise, sigma)
-        pred = self.net(x_t, sigma * NUM_TRAIN_TIMESTEPS, z, above)
-        return F.mse_loss(pred.float(), noise - x0.float())
+        return x_t, sigma * NUM_TRAIN_TIMESTEPS, noise - x0.float()

@@ -30,6 +30,7 @@ from dataclasses import asdict
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmntp.model.guidance import guidance_scale, guided
@@ -80,7 +81,27 @@ class DenoisingHead(nn.Module):
         """The engine's per-step call (`OutputHead`): the rows' vectors."""
         return continuous_step(self, rows)
 
-    # subclass hooks: a fresh sampling scheduler, and its step
+    def loss(
+        self,
+        z: torch.Tensor,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        above: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Training loss: MSE between the net's prediction and the family's target (flow:
+        the velocity; diffusion: epsilon or v) at a randomly drawn noise level -> scalar.
+
+        z [R, D] hidden states, x0 [R, width] targets, above [R, width + 1].
+        """
+        x_t, t, target = self._training_pair(x0, generator)
+        pred = self.net(x_t, t, z, above)
+        return F.mse_loss(pred.float(), target)
+
+    # subclass hooks: the training pair (noised x0 [R, W], net time [R] on the [0, 1000]
+    # scale, target [R, W]), a fresh sampling scheduler, and its step
+    def _training_pair(self, x0: torch.Tensor, generator: torch.Generator | None):
+        raise NotImplementedError
+
     def _new_scheduler(self):
         raise NotImplementedError
 
