@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_generate(args) -> int:
-    from mmntp.pipeline import Pipeline
+    from mmntp.generation import Pipeline
 
     if args.server:
         return run_remote_generate(args)
@@ -118,32 +118,21 @@ def cmd_generate(args) -> int:
         return _generate_image(pipe, args)
     if modality == "audio":
         return _generate_audio(pipe, args)
-    sampling = token_sampling(args)
+    sampling = sampling_from_args(args)
     if modality == "tokens":
         return _generate_tokens(pipe, args, sampling)
     return _generate_text(pipe, args, sampling)
 
 
-def token_sampling(args):
-    """SamplingParams for text and raw tokens from `generate`'s options (local and --server)."""
-    from mmntp.model.sampling import SamplingParams
+def sampling_from_args(args, **extra):
+    """SamplingParams from `generate`'s --temperature/--top-k/--top-p/--seed (local and
+    --server alike); an option not given stays None: the modality's default, filled by
+    the validation step."""
+    from mmntp.api import SamplingParams
 
     return SamplingParams(
-        temperature=1.0 if args.temperature is None else args.temperature,
-        top_k=args.top_k or 0,
-        top_p=1.0 if args.top_p is None else args.top_p,
-        seed=args.seed,
-    )
-
-
-def sampling_from_args(args, defaults, **extra):
-    """SamplingParams from `generate`'s --temperature/--top-k/--top-p/--seed, with the
-    modality's defaults where an option is not given."""
-    from mmntp.model.sampling import SamplingParams
-
-    return SamplingParams(
-        temperature=defaults.temperature if args.temperature is None else args.temperature,
-        top_k=defaults.top_k if args.top_k is None else args.top_k,
+        temperature=args.temperature,
+        top_k=args.top_k,
         top_p=1.0 if args.top_p is None else args.top_p,
         seed=args.seed,
         **extra,
@@ -171,7 +160,7 @@ def prompt_ids(args) -> list[int]:
 
 
 def _generate_tokens(pipe, args, sampling) -> int:
-    from mmntp.pipeline import TokenIdsPart, TokensOutput
+    from mmntp.generation import TokenIdsPart, TokensOutput
 
     ids = prompt_ids(args)
     result = pipe(TokenIdsPart(ids), TokensOutput(max_tokens=args.max_tokens), sampling)
@@ -186,7 +175,7 @@ def _generate_tokens(pipe, args, sampling) -> int:
 
 
 def _generate_text(pipe, args, sampling) -> int:
-    from mmntp.pipeline import GenerationOutput, TextDelta, TextOutput
+    from mmntp.generation import GenerationOutput, TextChunk, TextOutput
 
     if args.prompt is None:
         raise ValueError("--prompt is required for text generation")
@@ -203,7 +192,7 @@ def _generate_text(pipe, args, sampling) -> int:
         _emit(json.dumps(payload) if args.json else result.text, args.output)
         return 0
     for chunk in pipe.stream(args.prompt, output, sampling):
-        if isinstance(chunk, TextDelta):
+        if isinstance(chunk, TextChunk):
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
         elif isinstance(chunk, GenerationOutput):
@@ -213,19 +202,18 @@ def _generate_text(pipe, args, sampling) -> int:
 
 def forecast_request(args):
     """(context values, SamplingParams) from `generate`'s options (local and --server alike)."""
-    from mmntp.data.series_io import read_series
-    from mmntp.schema import FORECAST_SAMPLING
+    from mmntp.api.series_io import read_series
 
     if not args.context:
         raise ValueError("--context FILE is required for --modality timeseries")
     values, _ = read_series(args.context)
-    sampling = sampling_from_args(args, FORECAST_SAMPLING)
+    sampling = sampling_from_args(args)
     return values, sampling
 
 
 def _generate_forecast(pipe, args) -> int:
-    from mmntp.data.series_io import write_forecast_csv
-    from mmntp.pipeline import TimeSeriesOutput, TimeSeriesPart
+    from mmntp.api.series_io import write_forecast_csv
+    from mmntp.generation import TimeSeriesOutput, TimeSeriesPart
 
     values, sampling = forecast_request(args)
     output = TimeSeriesOutput(horizon=args.horizon, num_samples=args.num_samples)
@@ -248,46 +236,46 @@ def _generate_forecast(pipe, args) -> int:
 
 def image_request(args):
     """(ImageOutput, SamplingParams) from `generate`'s options (local and --server alike)."""
-    from mmntp.schema import IMAGE_SAMPLING, ImageOutput
+    from mmntp.api import ImageOutput
 
     if args.prompt is None:
         raise ValueError("--prompt is required for --modality image (the caption)")
     if not args.output:
         raise ValueError("-o/--output FILE.png is required for --modality image")
     sampling = sampling_from_args(
-        args, IMAGE_SAMPLING, guidance_scale=args.guidance, num_steps=args.steps
+        args, guidance_scale=args.guidance, num_steps=args.steps
     )
     return ImageOutput(args.width, args.height, args.head), sampling
 
 
 def _generate_image(pipe, args) -> int:
-    from mmntp.schema import ImageStep
+    from mmntp.api import ImageChunk
 
     output, sampling = image_request(args)
     for chunk in pipe.stream(args.prompt, output, sampling):
-        if isinstance(chunk, ImageStep):
+        if isinstance(chunk, ImageChunk):
             print(f"rows {chunk.rows_done}/{chunk.total_rows}", file=sys.stderr)
             if chunk.final:
-                Path(args.output).write_bytes(chunk.png())
+                Path(args.output).write_bytes(chunk.png)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
 def audio_request(args):
     """(AudioOutput, SamplingParams) from `generate`'s options (local and --server alike)."""
-    from mmntp.schema import AUDIO_SAMPLING, AudioOutput
+    from mmntp.api import AudioOutput
 
     if args.prompt is None:
         raise ValueError('--prompt is required for --modality audio ("a sine tone at 440 Hz")')
     if not args.output or not args.output.endswith(".wav"):
         raise ValueError("-o/--output FILE.wav is required for --modality audio")
-    sampling = sampling_from_args(args, AUDIO_SAMPLING, guidance_scale=args.guidance)
+    sampling = sampling_from_args(args, guidance_scale=args.guidance)
     return AudioOutput(seconds=args.seconds), sampling
 
 
 def _generate_audio(pipe, args) -> int:
+    from mmntp.api import AudioChunk, GenerationOutput
     from mmntp.data.audio import wav_bytes
-    from mmntp.schema import AudioChunk, GenerationOutput
 
     output, sampling = audio_request(args)
     for chunk in pipe.stream(args.prompt, output, sampling):
@@ -364,7 +352,7 @@ def cmd_eval(args) -> int:
         select_series,
         stderr_progress,
     )
-    from mmntp.pipeline import Pipeline, default_service_dir
+    from mmntp.generation import Pipeline, default_service_dir
 
     names = None
     if args.datasets is not None:
@@ -406,7 +394,7 @@ def _eval_progress(message: str) -> None:
 
 def cmd_eval_image(args) -> int:
     from mmntp.eval.text_to_image import ImageEvalSettings, evaluate, format_table
-    from mmntp.pipeline import Pipeline
+    from mmntp.generation import Pipeline
 
     guidance = _guidance_scales(args.guidance)
     heads = tuple(h.strip() for h in args.heads.split(",") if h.strip())
@@ -417,7 +405,7 @@ def cmd_eval_image(args) -> int:
 
 def cmd_eval_audio(args) -> int:
     from mmntp.eval.text_to_audio import AudioEvalSettings, evaluate, format_table
-    from mmntp.pipeline import Pipeline
+    from mmntp.generation import Pipeline
 
     guidance = _guidance_scales(args.guidance)
     settings = AudioEvalSettings(
@@ -453,7 +441,7 @@ def cmd_serve(args) -> int:
     import asyncio
     import logging
 
-    from mmntp.pipeline import Pipeline
+    from mmntp.generation import Pipeline
     from mmntp.serve.auth import load_api_keys
     from mmntp.serve.server import Server, TlsFiles, serve_until_signal, server_config_for
 
@@ -669,7 +657,7 @@ def _read_signal(modality: str, path: Path) -> tuple[object, dict]:
     if modality == "text":
         return path.read_text(encoding="utf-8"), {}
     if modality == "timeseries":
-        from mmntp.data.series_io import read_series
+        from mmntp.api.series_io import read_series
 
         values, timestamps = read_series(path)
         return values, ({"timestamps": timestamps} if timestamps else {})

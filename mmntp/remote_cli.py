@@ -204,12 +204,12 @@ def run_remote_generate(args: argparse.Namespace) -> int:
 
 
 def _remote_tokens(client, args: argparse.Namespace) -> int:
-    from mmntp.cli import _emit, prompt_ids, token_sampling
+    from mmntp.api import TokenIdsPart, TokensOutput
+    from mmntp.cli import _emit, prompt_ids, sampling_from_args
     from mmntp.client import TokensChunk
-    from mmntp.schema import TokenIdsPart, TokensOutput
 
     ids = prompt_ids(args)
-    sampling = token_sampling(args)
+    sampling = sampling_from_args(args)
     out_ids: list[int] = []
     logprobs: list[float] = []
     for chunk in client.generate(TokenIdsPart(ids), TokensOutput(args.max_tokens), sampling):
@@ -227,16 +227,16 @@ def _remote_tokens(client, args: argparse.Namespace) -> int:
 
 
 def _remote_text(client, args: argparse.Namespace) -> int:
-    from mmntp.cli import _emit, token_sampling
+    from mmntp.api import TextOutput
+    from mmntp.cli import _emit, sampling_from_args
     from mmntp.client import Final, TextChunk
-    from mmntp.schema import TextOutput
 
     if args.prompt is None:
         raise ValueError("--prompt is required for text generation")
     if args.json and (args.logprobs):
         # The API streams text as deltas only; ask for raw ids with --modality tokens.
         raise ValueError("--logprobs with text output is not available with --server")
-    sampling = token_sampling(args)
+    sampling = sampling_from_args(args)
     chunks = client.generate(args.prompt, TextOutput(max_tokens=args.max_tokens), sampling)
     if args.json or args.output:
         parts: list[str] = []
@@ -283,7 +283,7 @@ def _remote_audio(client, args: argparse.Namespace) -> int:
     chunks = []
     for chunk in client.generate(args.prompt, output, sampling):
         if isinstance(chunk, AudioChunk):
-            end = (chunk.first_sample + len(chunk.pcm) // 2) / chunk.sample_rate
+            end = (chunk.first_sample + len(chunk.samples)) / chunk.sample_rate
             print(f"audio {end:.2f} s", file=sys.stderr)
             chunks.append(chunk)
     save_wav(chunks, args.output)

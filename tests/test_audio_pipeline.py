@@ -16,16 +16,16 @@ import soundfile as sf
 import torch
 from serving import ServerThread
 
+from mmntp.api import SamplingParams
+from mmntp.api.chunks import pcm16
+from mmntp.api.sampling import defaults as sampling_defaults
 from mmntp.cli import main
 from mmntp.client import AudioChunk as WireChunk
 from mmntp.client import Client, ClientError
-from mmntp.data.audio import pcm16
+from mmntp.generation import AudioChunk, AudioOutput, GenerationOutput, Pipeline
 from mmntp.model.checkpoint import save_model
 from mmntp.model.config import preset
-from mmntp.model.sampling import SamplingParams
 from mmntp.model.transformer import Transformer
-from mmntp.pipeline import AudioChunk, AudioOutput, GenerationOutput, Pipeline
-from mmntp.schema import AUDIO_SAMPLING
 from mmntp.tokenizers.audio_codec import CodecTokenizer
 from mmntp.train.data import build_tokenizers, build_vocab
 from mmntp.train.losses import add_frame_heads
@@ -101,7 +101,7 @@ def test_same_seed_same_audio_and_guidance_one_is_unguided(pipe):
     plain = pipe.prepare(CAPTION, AudioOutput(), SamplingParams(guidance_scale=1.0))
     assert guided.uncond_ids is not None and plain.uncond_ids is None
     default = pipe.prepare(CAPTION, AudioOutput()).sampling.guidance_scale
-    assert default == AUDIO_SAMPLING.guidance_scale > 1
+    assert default == sampling_defaults("audio").guidance_scale > 1
 
 
 @pytest.mark.parametrize(
@@ -172,8 +172,8 @@ def test_grpc_first_chunk_before_the_second_frame_and_equal_to_offline(audio_mod
         # The second frame is made by the second engine step of this request.
         assert first < slow.ends[1]
     assert pieces[0].first_sample == 0 and pieces[0].sample_rate == 16000
-    assert len(pieces[0].pcm) == 2 * 320  # one frame
-    assert b"".join(c.pcm for c in pieces) == pcm16(offline.audio)
+    assert len(pieces[0].pcm16()) == 2 * 320  # one frame
+    assert b"".join(c.pcm16() for c in pieces) == pcm16(offline.audio)
 
 
 def test_grpc_audio_errors_and_the_server_keeps_serving(audio_model_dir):
@@ -196,7 +196,7 @@ def test_concurrent_audio_streams_stay_independent(audio_model_dir):
         def run(seed):
             with Client(server.target) as client:
                 chunks = client.generate(CAPTION, output, SamplingParams(seed=seed, top_k=8))
-                results[seed] = b"".join(c.pcm for c in chunks if isinstance(c, WireChunk))
+                results[seed] = b"".join(c.pcm16() for c in chunks if isinstance(c, WireChunk))
 
         threads = [threading.Thread(target=run, args=(s,)) for s in (1, 2)]
         for t in threads:

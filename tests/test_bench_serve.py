@@ -10,7 +10,7 @@ import pytest
 from serving import DEFAULT_SERVICE, ServerThread
 
 from mmntp.cli import main
-from mmntp.pipeline import Pipeline
+from mmntp.generation import Pipeline
 
 MODALITIES = ("text", "timeseries")
 

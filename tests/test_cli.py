@@ -167,7 +167,7 @@ def test_train_export_and_resume(tmp_path, capsys):
     assert main(["train", str(recipe), "--max-steps", "3"]) == 0  # resumes from step 2
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
-    from mmntp.pipeline import Pipeline, TimeSeriesOutput, TimeSeriesPart
+    from mmntp.generation import Pipeline, TimeSeriesOutput, TimeSeriesPart
 
     pipe = Pipeline.from_pretrained(tmp_path / "model")
     assert pipe.limits.timeseries_max_horizon == 8

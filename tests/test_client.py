@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from mmntp.api import TextOutput, TimeSeriesOutput, TimeSeriesPart
 from mmntp.client import (
     AudioChunk,
     ImageChunk,
@@ -15,7 +16,6 @@ from mmntp.client import (
     save_png,
     save_wav,
 )
-from mmntp.schema import TextOutput, TimeSeriesOutput, TimeSeriesPart
 from mmntp.serve.auth import ApiKeyInterceptor, bearer_token, load_api_keys
 
 
@@ -88,14 +88,29 @@ def test_build_request_maps_outputs_and_rejects_empty_prompts():
 def test_save_wav_joins_chunks_in_sample_order(tmp_path):
     a = np.arange(4, dtype="<i2")
     b = np.arange(4, 10, dtype="<i2")
-    chunks = [AudioChunk(b.tobytes(), 16000, 4), AudioChunk(a.tobytes(), 16000, 0)]
+    chunks = [
+        AudioChunk.from_pcm16(b.tobytes(), 16000, 4),
+        AudioChunk.from_pcm16(a.tobytes(), 16000, 0),
+    ]
     path = save_wav(chunks, tmp_path / "out.wav")
     data, rate = soundfile.read(path, dtype="int16")
     assert rate == 16000 and data.tolist() == list(range(10))
     with pytest.raises(ValueError, match="does not follow"):
-        save_wav([AudioChunk(a.tobytes(), 16000, 0), AudioChunk(b.tobytes(), 16000, 9)], path)
+        save_wav(
+            [
+                AudioChunk.from_pcm16(a.tobytes(), 16000, 0),
+                AudioChunk.from_pcm16(b.tobytes(), 16000, 9),
+            ],
+            path,
+        )
     with pytest.raises(ValueError, match="different sample rates"):
-        save_wav([AudioChunk(a.tobytes(), 16000, 0), AudioChunk(b.tobytes(), 8000, 4)], path)
+        save_wav(
+            [
+                AudioChunk.from_pcm16(a.tobytes(), 16000, 0),
+                AudioChunk.from_pcm16(b.tobytes(), 8000, 4),
+            ],
+            path,
+        )
 
 
 def test_save_png_prefers_the_final_image(tmp_path):

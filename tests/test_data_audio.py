@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
+from mmntp.api.chunks import pcm16
 from mmntp.data.audio import (
     SAMPLE_RATE,
     caption,
     espeak_available,
-    pcm16,
     read_wav,
     speech_clips,
     tone,

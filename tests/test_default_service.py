@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmntp.api import SamplingParams
 from mmntp.data import bundled_series, default_horizon, evaluation_origins
-from mmntp.model.sampling import SamplingParams
-from mmntp.pipeline import Pipeline, TimeSeriesOutput, TimeSeriesPart
+from mmntp.generation import Pipeline, TimeSeriesOutput, TimeSeriesPart
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from mmntp.api import SamplingParams
 from mmntp.engine import (
     AsyncEngine,
     Engine,
@@ -20,7 +21,7 @@ from mmntp.engine import (
 )
 from mmntp.model.config import preset
 from mmntp.model.reference import generate_reference
-from mmntp.model.sampling import SamplingParams
+from mmntp.model.sampling import make_generator
 from mmntp.model.transformer import ContinuousInput, Transformer
 
 VOCAB = 300
@@ -510,8 +511,8 @@ def test_span_constrained_sampling_equals_the_full_vocabulary_draw(monkeypatch):
         Request(f"s{i}", [1], codes_plan(8, [(lo, hi)], "x"), p) for i, p in enumerate(params)
     ]
     for r in requests:
-        r.generator = r.params.make_generator()
-    references = [p.make_generator() for p in params]
+        r.generator = make_generator(r.params)
+    references = [make_generator(p) for p in params]
     sampler = Sampler(vocab)
     for _ in range(8):
         logits = 3 * torch.randn(len(params), vocab)

@@ -7,11 +7,11 @@ import random
 import pytest
 import torch
 
+from mmntp.api import SamplingParams
 from mmntp.engine import Engine, EngineConfig, Request, frames_plan
 from mmntp.model.checkpoint import load_model, save_model
 from mmntp.model.config import preset
 from mmntp.model.heads import FrameHead, FrameHeadConfig, frame_starts, register_head
-from mmntp.model.sampling import SamplingParams
 from mmntp.model.transformer import Transformer
 from mmntp.model.vocab import VocabLayout
 

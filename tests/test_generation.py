@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
+from mmntp.api import SamplingParams
 from mmntp.model.config import preset
 from mmntp.model.reference import generate_reference
-from mmntp.model.sampling import SamplingParams, sample_next, top_k_filter, top_p_filter
+from mmntp.model.sampling import make_generator, sample_next, top_k_filter, top_p_filter
 from mmntp.model.transformer import Transformer
 
 
@@ -95,7 +96,7 @@ def test_sampling_follows_the_distribution():
     """Empirical frequencies of sample_next match softmax(logits / T) (chi-square bound)."""
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(20000, -1)
     params = SamplingParams(temperature=0.7, seed=5)
-    draws = sample_next(logits, params, params.make_generator())
+    draws = sample_next(logits, params, make_generator(params))
     counts = torch.bincount(draws, minlength=4).double()
     expected = (logits[0] / 0.7).softmax(-1).double() * 20000
     chi2 = float(((counts - expected) ** 2 / expected).sum())

@@ -7,13 +7,13 @@ import random
 import pytest
 import torch
 
+from mmntp.api import SamplingParams
 from mmntp.engine import Engine, EngineConfig, Request, codes_plan, free_plan
 from mmntp.engine.kv_cache import KVCacheManager
 from mmntp.engine.request import shadow_of
 from mmntp.engine.scheduler import Scheduler, SchedulerConfig
 from mmntp.model.config import preset
 from mmntp.model.reference import generate_reference
-from mmntp.model.sampling import SamplingParams
 from mmntp.model.transformer import Transformer
 
 VOCAB = 300

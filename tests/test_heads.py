@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from mmntp.api import SamplingParams
 from mmntp.engine.engine import Engine, EngineConfig
 from mmntp.engine.plans import continuous_plan
 from mmntp.engine.request import Request
@@ -25,7 +26,6 @@ from mmntp.model.heads import (
     head_from_spec,
     register_head,
 )
-from mmntp.model.sampling import SamplingParams
 from mmntp.model.transformer import ContinuousInput, Transformer
 from mmntp.model.vocab import VocabLayout
 

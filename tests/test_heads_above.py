@@ -6,6 +6,7 @@ import pytest
 import torch
 from test_heads import _gens, _perturb, one_thread  # noqa: F401 - one_thread is autouse
 
+from mmntp.api import SamplingParams
 from mmntp.engine.engine import Engine, EngineConfig
 from mmntp.engine.plans import continuous_plan
 from mmntp.engine.request import Request
@@ -20,7 +21,6 @@ from mmntp.model.heads import (
     above_rows,
     register_head,
 )
-from mmntp.model.sampling import SamplingParams
 from mmntp.model.transformer import ContinuousInput, Transformer
 
 HEADS = {

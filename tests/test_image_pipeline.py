@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 from serving import ServerThread
 
+from mmntp.api import SamplingParams
 from mmntp.client import Client, Final, ImageChunk
+from mmntp.generation import GenerationOutput, ImageOutput, Pipeline
 from mmntp.model.checkpoint import save_model
 from mmntp.model.config import preset
-from mmntp.model.sampling import SamplingParams
 from mmntp.model.transformer import Transformer
-from mmntp.pipeline import GenerationOutput, ImageOutput, ImageStep, Pipeline
 from mmntp.tokenizers.image import VQImageTokenizer
 from mmntp.train.data import build_tokenizers, build_vocab
 from mmntp.v1 import generation_pb2 as pb
@@ -48,18 +48,18 @@ def pipe(image_model_dir):
 
 def test_stream_previews_rows_then_the_final_image(pipe):
     chunks = list(pipe.stream(CAPTION, ImageOutput(preview_every_rows=1), SamplingParams(seed=1)))
-    steps = [c for c in chunks if isinstance(c, ImageStep)]
+    steps = [c for c in chunks if isinstance(c, ImageChunk)]
     result = chunks[-1]
     assert isinstance(result, GenerationOutput) and result.modality == "image"
     assert [s.rows_done for s in steps] == [1, 2, 3, 4]  # a 4x4 grid, preview every row
     assert [s.final for s in steps] == [False, False, False, True]
-    assert steps[0].image.shape == (16, 16, 3) and steps[0].image.dtype == np.uint8
-    assert (steps[0].image[4:] == 128).all()  # rows not generated yet are gray
-    np.testing.assert_array_equal(steps[-1].image, result.image)
+    assert steps[0].image().shape == (16, 16, 3) and steps[0].image().dtype == np.uint8
+    assert (steps[0].image()[4:] == 128).all()  # rows not generated yet are gray
+    np.testing.assert_array_equal(steps[-1].image(), result.image)
     span = pipe.vocab.range("image")
     assert len(result.token_ids) == 16
     assert all(span.start <= t < span.stop for t in result.token_ids)
-    png = Image.open(io.BytesIO(steps[-1].png()))
+    png = Image.open(io.BytesIO(steps[-1].png))
     assert png.format == "PNG" and png.size == (16, 16)
 
 
@@ -137,7 +137,7 @@ def test_generate_image_cli_locally_and_over_grpc(image_model_dir, tmp_path, cap
 
 
 def test_generate_many_equals_one_at_a_time(pipe):
-    from mmntp.schema import TextOutput
+    from mmntp.api import TextOutput
 
     items = [(CAPTION, ImageOutput(), SamplingParams(seed=i)) for i in range(5)]
     items.append(("The ", TextOutput(max_tokens=6), SamplingParams(seed=9)))

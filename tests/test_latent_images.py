@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from serving import ServerThread
 
+from mmntp.api import SamplingParams
 from mmntp.client import Client, ImageChunk
-from mmntp.model.sampling import SamplingParams
-from mmntp.pipeline import GenerationOutput, ImageOutput, ImageStep, Pipeline
-from mmntp.sequence import from_cells, latent_image_document, to_cells
+from mmntp.format.sequence import from_cells, latent_image_document, to_cells
+from mmntp.generation import GenerationOutput, ImageOutput, Pipeline
 from mmntp.tokenizers.image_kl import KLImageTokenizer
 from mmntp.train.data import IGNORE, build_data, export_model
 from mmntp.train.recipe import Recipe
@@ -103,12 +103,12 @@ def test_each_head_streams_previews_then_a_png_of_the_requested_size(latent_mode
     output = ImageOutput(width=24, height=20, head=head, preview_every_rows=2)
     sampling = SamplingParams(seed=3, num_steps=4)
     chunks = list(pipe.stream(CAPTION, output, sampling))
-    steps = [c for c in chunks if isinstance(c, ImageStep)]
+    steps = [c for c in chunks if isinstance(c, ImageChunk)]
     result = chunks[-1]
     assert isinstance(result, GenerationOutput) and result.image.shape == (20, 24, 3)
     assert [s.rows_done for s in steps] == [2, 4]  # 4 latent rows: a preview at 2, then final
     assert [s.final for s in steps] == [False, True]
-    png = Image.open(io.BytesIO(steps[-1].png()))
+    png = Image.open(io.BytesIO(steps[-1].png))
     assert png.format == "PNG" and png.size == (24, 20)
     assert len(result.token_ids) == 4  # four 2x2 cells of a 4x4 latent grid
 

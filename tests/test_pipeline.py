@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from mmntp.model.reference import generate_reference
-from mmntp.model.sampling import SamplingParams
-from mmntp.pipeline import (
+from mmntp.api import FieldError, SamplingParams
+from mmntp.generation import (
     GenerationOutput,
     Pipeline,
-    SeriesStep,
-    TextDelta,
+    SeriesChunk,
+    TextChunk,
     TextOutput,
     TimeSeriesOutput,
     TimeSeriesPart,
     TokenIdsPart,
     TokensOutput,
 )
+from mmntp.model.reference import generate_reference
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_text_stream_equals_one_shot(pipe):
     final = chunks[-1]
     assert isinstance(final, GenerationOutput)
     assert final.token_ids == one.token_ids and final.text == one.text
-    streamed = "".join(c.text for c in chunks if isinstance(c, TextDelta))
+    streamed = "".join(c.text for c in chunks if isinstance(c, TextChunk))
     assert streamed == one.text
     text_range = pipe.vocab.range("text")
     eos = pipe.vocab.special("<eos>")
@@ -67,9 +67,9 @@ def test_forecast_shapes_quantiles_and_stream(pipe):
     assert np.all(np.abs(fc.samples) <= 15 * scale + 1e-6)
 
     chunks = list(pipe.stream(TimeSeriesPart(_series()), spec, params))
-    steps = [c for c in chunks if isinstance(c, SeriesStep)]
+    steps = [c for c in chunks if isinstance(c, SeriesChunk)]
     assert [s.step for s in steps] == list(range(12))
-    np.testing.assert_allclose(np.stack([s.values for s in steps], 1), fc.samples)
+    np.testing.assert_allclose(np.stack([s.samples for s in steps], 1), fc.samples)
     np.testing.assert_allclose([s.quantiles[0.9] for s in steps], fc.quantiles[0.9])
     np.testing.assert_allclose(chunks[-1].forecast.median, fc.median)
 
@@ -84,51 +84,88 @@ def test_forecast_context_with_missing_values(pipe):
 
 
 @pytest.mark.parametrize(
-    ("prompt", "spec", "message"),
+    ("prompt", "spec", "field", "message"),
     [
         (
             TimeSeriesPart(_series()),
             TimeSeriesOutput(horizon=33),
+            "output.timeseries.horizon",
             r"horizon must be an integer in \[1, 32\]",
         ),
-        (TimeSeriesPart(_series()), TimeSeriesOutput(horizon=0), "horizon must be"),
+        (
+            TimeSeriesPart(_series()),
+            TimeSeriesOutput(horizon=0),
+            "output.timeseries.horizon",
+            "must be",
+        ),
         (
             TimeSeriesPart(_series()),
             TimeSeriesOutput(horizon=4, num_samples=0),
+            "output.timeseries.num_samples",
             "num_samples must be",
         ),
         (
             TimeSeriesPart(_series()),
             TimeSeriesOutput(horizon=4, quantiles=(0.5, 1.0)),
-            "quantiles must lie",
+            "output.timeseries.quantiles[1]",
+            r"must lie strictly in \(0, 1\)",
+        ),
+        (
+            TimeSeriesPart(_series()),
+            TimeSeriesOutput(horizon=4, quantiles=(0.5, 0.2, 0.5)),
+            "output.timeseries.quantiles[2]",
+            "level 0.5 is given twice",
         ),
         (
             TimeSeriesPart([1.0, 2.0, 3.0]),
             TimeSeriesOutput(horizon=4),
+            "prompt[0].timeseries",
             "context has 3 observed values; at least 8",
         ),
         (
             TimeSeriesPart([np.nan] * 20),
             TimeSeriesOutput(horizon=4),
-            "context has 0 observed values",
+            "prompt[0].timeseries.values",
+            "every value is NaN",
         ),
-        (TimeSeriesPart([1.0] * 10 + [np.inf]), TimeSeriesOutput(horizon=4), "inf"),
+        (
+            TimeSeriesPart([1.0] * 10 + [np.inf]),
+            TimeSeriesOutput(horizon=4),
+            "prompt[0].timeseries.values[10]",
+            "inf",
+        ),
         (
             [TimeSeriesPart(_series()), "hi"],
             TimeSeriesOutput(horizon=4),
-            "exactly one time-series part",
+            "prompt",
+            "a forecast takes exactly one timeseries part",
         ),
-        (TokenIdsPart([1, 99999]), TokensOutput(), r"prompt ids must lie in \[0, "),
-        (TokenIdsPart([]), TokensOutput(), "empty prompt"),
-        ("hi", TextOutput(max_tokens=0), "max_tokens must be a positive integer"),
-        ("hi", TextOutput(max_tokens=5000), "exceeds max_output_tokens"),
-        (TimeSeriesPart(_series()), TextOutput(), "cannot be mixed in here"),
-        (42, TextOutput(), "unsupported prompt part int"),
+        (
+            TokenIdsPart([1, 99999]),
+            TokensOutput(),
+            "prompt[0].token_ids.ids[1]",
+            r"outside the vocabulary \[0, ",
+        ),
+        (TokenIdsPart([]), TokensOutput(), "prompt", "empty prompt"),
+        ("hi", TextOutput(max_tokens=0), "output.text.max_tokens", "must be an integer in"),
+        ("hi", TextOutput(max_tokens=5000), "output.text.max_tokens", "must be an integer in"),
+        (
+            TimeSeriesPart(_series()),
+            TextOutput(),
+            "prompt[0].timeseries",
+            "can only be forecast",
+        ),
+        (42, TextOutput(), "prompt", "unsupported prompt part int"),
+        ("hi", TextOutput(), "sampling.guidance_scale", "applies to image"),
     ],
 )
-def test_bad_requests_name_the_problem(pipe, prompt, spec, message):
-    with pytest.raises(ValueError, match=message):
-        pipe(prompt, spec)
+def test_bad_requests_name_the_problem(pipe, prompt, spec, field, message):
+    """The one validation step: every error carries its field path as data."""
+    sampling = SamplingParams(guidance_scale=2.0) if field.startswith("sampling") else None
+    with pytest.raises(FieldError, match=message) as err:
+        pipe(prompt, spec, sampling)
+    assert err.value.field == field
+    assert str(err.value).startswith(field)
 
 
 def test_long_context_keeps_most_recent_values(pipe):
@@ -181,7 +218,7 @@ def test_async_stream_equals_sync_and_cancels_cleanly(tiny_model_dir):
     async def main():
         pipe = Pipeline.from_pretrained(tiny_model_dir)
         chunks = [c async for c in pipe.astream(TimeSeriesPart(_series()), spec, params)]
-        steps = [c for c in chunks if isinstance(c, SeriesStep)]
+        steps = [c for c in chunks if isinstance(c, SeriesChunk)]
         assert len(steps) == 6
         np.testing.assert_allclose(chunks[-1].forecast.samples, expected.forecast.samples)
         assert chunks[-1].output_tokens == 24 and chunks[-1].prompt_tokens > 0
@@ -189,7 +226,7 @@ def test_async_stream_equals_sync_and_cancels_cleanly(tiny_model_dir):
         before = pipe.engine.kv.usage
         stream = pipe.astream("Hello", TextOutput(max_tokens=500), SamplingParams(seed=1))
         async for chunk in stream:
-            if isinstance(chunk, TextDelta):
+            if isinstance(chunk, TextChunk):
                 break
         await stream.aclose()
         for _ in range(200):
@@ -206,14 +243,14 @@ def test_async_stream_equals_sync_and_cancels_cleanly(tiny_model_dir):
 
 
 def test_tokens_stream_deltas_equal_one_shot(pipe):
-    from mmntp.pipeline import TokensDelta
+    from mmntp.generation import TokensChunk
 
     params = SamplingParams(temperature=0.8, seed=2)
     one = pipe(TokenIdsPart([3, 4, 5]), TokensOutput(max_tokens=9), params)
     deltas = [
         c
         for c in pipe.stream(TokenIdsPart([3, 4, 5]), TokensOutput(max_tokens=9), params)
-        if isinstance(c, TokensDelta)
+        if isinstance(c, TokensChunk)
     ]
     assert [i for d in deltas for i in d.ids] == one.token_ids
     assert [x for d in deltas for x in d.logprobs] == pytest.approx(one.logprobs)
@@ -221,7 +258,7 @@ def test_tokens_stream_deltas_equal_one_shot(pipe):
 
 def test_a_slow_async_consumer_gets_every_token(tiny_model_dir):
     """The engine may finish while the consumer sits in a yield: no tail is dropped."""
-    from mmntp.pipeline import TokensDelta
+    from mmntp.generation import TokensChunk
 
     async def main():
         pipe = Pipeline.from_pretrained(tiny_model_dir)
@@ -230,7 +267,7 @@ def test_a_slow_async_consumer_gets_every_token(tiny_model_dir):
             TokenIdsPart([3, 4, 5]), TokensOutput(max_tokens=40), SamplingParams(seed=3)
         )
         async for chunk in stream:
-            if isinstance(chunk, TokensDelta):
+            if isinstance(chunk, TokensChunk):
                 got.extend(chunk.ids)
                 await asyncio.sleep(0.05)  # the engine runs ahead meanwhile
             else:

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from mmntp.data.series_io import (
+from mmntp.api.series_io import (
     check_context,
     read_forecast_csv,
     read_series,

@@ -20,6 +20,16 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 from serving import DEFAULT_SERVICE, ServerThread, wait_until
 
+from mmntp.api import (
+    ImageOutput,
+    SamplingParams,
+    TextOutput,
+    TimeSeriesOutput,
+    TimeSeriesPart,
+    TokenIdsPart,
+    TokensOutput,
+)
+from mmntp.api.series_io import read_series
 from mmntp.client import (
     Client,
     ClientError,
@@ -30,18 +40,8 @@ from mmntp.client import (
     TokensChunk,
 )
 from mmntp.data.audio import tone, wav_bytes
-from mmntp.data.series_io import read_series
 from mmntp.engine import EngineConfig
-from mmntp.model.sampling import SamplingParams
-from mmntp.pipeline import Pipeline
-from mmntp.schema import (
-    ImageOutput,
-    TextOutput,
-    TimeSeriesOutput,
-    TimeSeriesPart,
-    TokenIdsPart,
-    TokensOutput,
-)
+from mmntp.generation import Pipeline
 from mmntp.serve.server import ServerConfig
 from mmntp.v1 import generation_pb2 as pb
 from mmntp.v1 import generation_pb2_grpc

@@ -16,10 +16,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving import ROOT, wait_until
 
+from mmntp.api import SamplingParams, TextOutput, TokenIdsPart, TokensOutput
 from mmntp.cli import main
 from mmntp.client import Client, ClientError, Final, TokensChunk
-from mmntp.model.sampling import SamplingParams
-from mmntp.schema import TextOutput, TokenIdsPart, TokensOutput
 
 LISTENING = re.compile(r"serving '(\w+)' on grpc://127\.0\.0\.1:(\d+)")
 

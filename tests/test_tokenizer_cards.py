@@ -141,8 +141,8 @@ def test_model_tokenizers_build_on_first_use_and_bad_cards_fail_at_load(tmp_path
     a second lookup returns the same object, and a malformed card still fails the load."""
     import shutil
 
+    from mmntp.generation import default_service_dir
     from mmntp.model.checkpoint import LazyTokenizers, load_model
-    from mmntp.pipeline import default_service_dir
 
     model_dir = default_service_dir() / "model"
     bundle = load_model(model_dir)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmntp import sequence
 from mmntp.data import bundled_series, default_horizon, holdout_length
+from mmntp.format import sequence
 from mmntp.train.data import (
     IGNORE,
     TextSource,

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from mmntp.api import SamplingParams
 from mmntp.bench import add_engine_arguments
 from mmntp.bench.common import (
     Row,
@@ -42,7 +43,6 @@ from mmntp.bench.common import (
 from mmntp.engine import Engine, EngineConfig, Request, free_plan
 from mmntp.model.checkpoint import load_model
 from mmntp.model.hf_import import import_hf
-from mmntp.model.sampling import SamplingParams
 from mmntp.model.transformer import Transformer
 
 GREEDY = SamplingParams(temperature=0.0)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import math
 import os
@@ -106,8 +105,7 @@ def synthetic_series(rng: random.Random, length: int = CONTEXT_LENGTH) -> list[f
 
 def make_jobs(args: argparse.Namespace) -> list[Job]:
     """`args.requests` jobs alternating over `args.modalities`, all drawn from `args.seed`."""
-    from mmntp.model.sampling import SamplingParams
-    from mmntp.schema import FORECAST_SAMPLING, TextOutput, TimeSeriesOutput, TimeSeriesPart
+    from mmntp.api import SamplingParams, TextOutput, TimeSeriesOutput, TimeSeriesPart
 
     rng = random.Random(f"{args.seed}:prompts")  # a stream apart from the arrivals'
     jobs = []
@@ -121,7 +119,7 @@ def make_jobs(args: argparse.Namespace) -> list[Job]:
         else:
             prompt = TimeSeriesPart(synthetic_series(rng))
             output = TimeSeriesOutput(horizon=args.horizon, num_samples=FORECAST_SAMPLES)
-            sampling = dataclasses.replace(FORECAST_SAMPLING, seed=seed)
+            sampling = SamplingParams(seed=seed)
         jobs.append(Job(i, modality, prompt, output, sampling))
     return jobs
 

@@ -1,7 +1,7 @@
 """The Python SDK for an mmntp server: typed, streamed generation over gRPC.
 
     from mmntp.client import Client
-    from mmntp.schema import TextOutput
+    from mmntp.api import TextOutput
 
     with Client("localhost:50051", api_key="...", timeout=30) as client:
         for chunk in client.generate("Once upon a time", TextOutput(max_tokens=64)):
@@ -31,7 +31,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mmntp.client.messages import (  # noqa: F401 - re-exported as the SDK's surface
+from mmntp.api import (  # noqa: F401 - re-exported as the SDK's surface
+    DEFAULT_QUANTILES,
     AudioChunk,
     AudioOutput,
     AudioPart,
@@ -39,28 +40,38 @@ from mmntp.client.messages import (  # noqa: F401 - re-exported as the SDK's sur
     Final,
     ForecastResult,
     ImageChunk,
+    ImageOutput,
     ImagePart,
     ModelInfo,
     MotionChunk,
     MotionOutput,
     MotionPart,
+    SamplingParams,
     SeriesChunk,
     TextChunk,
+    TextOutput,
+    TextPart,
+    TimeSeriesOutput,
+    TimeSeriesPart,
+    TokenIdsPart,
     TokensChunk,
-    _chunks,
-    _forecast_request,
-    _ForecastCollector,
-    _model_info,
+    TokensOutput,
+)
+from mmntp.client.messages import (
+    ForecastCollector,
     build_request,
+    chunks_of,
+    forecast_request,
+    model_info,
 )
 from mmntp.client.save import save_forecast_csv, save_png, save_wav  # noqa: F401
-from mmntp.model.sampling import SamplingParams
-from mmntp.schema import DEFAULT_QUANTILES, TextOutput
 from mmntp.v1 import generation_pb2 as pb
 from mmntp.v1 import generation_pb2_grpc
 
 __all__ = [
+    "DEFAULT_QUANTILES",
     "AsyncClient",
+    "Chunk",
     "AudioChunk",
     "AudioOutput",
     "AudioPart",
@@ -75,9 +86,16 @@ __all__ = [
     "MotionChunk",
     "MotionOutput",
     "MotionPart",
+    "SamplingParams",
     "SeriesChunk",
     "TextChunk",
+    "TextOutput",
+    "TextPart",
+    "TimeSeriesOutput",
+    "TimeSeriesPart",
+    "TokenIdsPart",
     "TokensChunk",
+    "TokensOutput",
     "build_request",
     "save_forecast_csv",
     "save_png",
@@ -239,7 +257,7 @@ class Client(_Base):
             try:
                 for response in call:
                     received = True
-                    yield from _chunks(response)
+                    yield from chunks_of(response)
                 return
             except grpc.RpcError as err:
                 delay = attempts.retry_delay(err, received)
@@ -276,10 +294,10 @@ class Client(_Base):
 
         `seed` alone keeps the server's forecasting sampling (temperature 1, top-k 50).
         """
-        part, output, params = _forecast_request(
+        part, output, params = forecast_request(
             values, horizon, num_samples, quantiles, seed, sampling
         )
-        collector = _ForecastCollector()
+        collector = ForecastCollector()
         for chunk in self.generate(
             part, output, params, timeout=timeout, return_samples=return_samples
         ):
@@ -306,7 +324,7 @@ class Client(_Base):
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         response = self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
-        return [_model_info(m) for m in response.models]
+        return [model_info(m) for m in response.models]
 
 
 class AsyncClient(_Base):
@@ -382,7 +400,7 @@ class AsyncClient(_Base):
             try:
                 async for response in call:
                     received = True
-                    for chunk in _chunks(response):
+                    for chunk in chunks_of(response):
                         yield chunk
                 return
             except grpc.RpcError as err:
@@ -417,10 +435,10 @@ class AsyncClient(_Base):
         return_samples: bool = False,
     ) -> ForecastResult:
         """Forecast `horizon` steps after `values` (see Client.forecast)."""
-        part, output, params = _forecast_request(
+        part, output, params = forecast_request(
             values, horizon, num_samples, quantiles, seed, sampling
         )
-        collector = _ForecastCollector()
+        collector = ForecastCollector()
         async for chunk in self.generate(
             part, output, params, timeout=timeout, return_samples=return_samples
         ):
@@ -452,4 +470,4 @@ class AsyncClient(_Base):
     async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         self._open()
         response = await self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
-        return [_model_info(m) for m in response.models]
+        return [model_info(m) for m in response.models]

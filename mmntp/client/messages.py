@@ -1,170 +1,41 @@
-"""The SDK's data: prompt parts and output specs, typed chunks, and their wire form."""
+"""The SDK's wire form: api requests -> proto messages, proto responses -> api chunks."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from mmntp.model.sampling import SamplingParams
-from mmntp.schema import (
-    FORECAST_SAMPLING,
+from mmntp.api import (
+    AudioChunk,
     AudioOutput,
+    AudioPart,
+    Chunk,
+    Final,
+    ForecastResult,
+    ImageChunk,
     ImageOutput,
+    ImagePart,
+    ModelInfo,
+    MotionChunk,
+    MotionOutput,
+    MotionPart,
+    SamplingParams,
+    SeriesChunk,
+    TextChunk,
     TextOutput,
     TextPart,
     TimeSeriesOutput,
     TimeSeriesPart,
     TokenIdsPart,
+    TokensChunk,
     TokensOutput,
 )
 from mmntp.v1 import generation_pb2 as pb
 
 _UINT64_MAX = 2**64 - 1
-
-
-# -- client-side prompt parts and output specs (text, ids and series come from schema) --
-
-
-@dataclass
-class ImagePart:
-    """An image prompt: PNG or JPEG file bytes."""
-
-    data: bytes
-
-
-@dataclass
-class AudioPart:
-    """An audio prompt: a WAV file, or signed 16-bit little-endian mono PCM at sample_rate."""
-
-    wav: bytes | None = None
-    pcm: bytes | None = None
-    sample_rate: int = 16000
-
-    def __post_init__(self) -> None:
-        if (self.wav is None) == (self.pcm is None):
-            raise ValueError("AudioPart needs exactly one of wav or pcm")
-        if self.pcm is not None and self.sample_rate <= 0:
-            raise ValueError(f"sample_rate must be > 0 for pcm, got {self.sample_rate}")
-
-
-@dataclass
-class MotionPart:
-    """A motion prompt shaped (frames, features)."""
-
-    values: np.ndarray
-
-    def __post_init__(self) -> None:
-        values = np.asarray(self.values)
-        if values.ndim != 2 or values.shape[1] == 0:
-            raise ValueError(f"MotionPart.values must be (frames, features), got {values.shape}")
-
-
-@dataclass
-class MotionOutput:
-    frames: int
-
-
-# -- streamed chunks ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TextChunk:
-    """New text since the previous chunk."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class TokensChunk:
-    """New raw token ids and their natural-log probabilities."""
-
-    ids: list[int]
-    logprobs: list[float]
-
-
-@dataclass(frozen=True)
-class SeriesChunk:
-    """One forecast step: its median, quantiles by level and (if asked) every path's value."""
-
-    step: int
-    median: float
-    quantiles: dict[float, float]
-    samples: list[float]
-
-
-@dataclass(frozen=True)
-class ImageChunk:
-    """PNG bytes: a preview (rows_done < total_rows) or, when `final`, the finished image."""
-
-    png: bytes
-    rows_done: int
-    total_rows: int
-    final: bool
-
-
-@dataclass(frozen=True)
-class AudioChunk:
-    """Signed 16-bit little-endian mono PCM starting at sample `first_sample` of the output."""
-
-    pcm: bytes
-    sample_rate: int
-    first_sample: int
-
-    def samples(self) -> np.ndarray:
-        """The PCM as int16 shaped (num_samples,)."""
-        return np.frombuffer(self.pcm, dtype="<i2").astype(np.int16)
-
-
-@dataclass(frozen=True)
-class MotionChunk:
-    """Frames from `first_frame` on: values shaped (frames, features)."""
-
-    first_frame: int
-    values: np.ndarray
-
-
-@dataclass(frozen=True)
-class Final:
-    """The end of a stream: why it ended, token usage and the server's timings."""
-
-    finish_reason: str  # "stop" | "length" | "abort" | "deadline" | "unspecified"
-    prompt_tokens: int
-    output_tokens: int
-    queue_seconds: float
-    first_chunk_seconds: float
-    total_seconds: float
-    request_id: str = ""
-
-
-Chunk = TextChunk | TokensChunk | SeriesChunk | ImageChunk | AudioChunk | MotionChunk | Final
-
-
-@dataclass
-class ForecastResult:
-    """A collected forecast: arrays shaped (steps,); `samples` (num_samples, steps) if asked."""
-
-    median: np.ndarray
-    quantiles: dict[float, np.ndarray]
-    steps: int
-    samples: np.ndarray | None = None
-    final: Final | None = None
-
-
-@dataclass
-class ModelInfo:
-    """One served model: modalities by name ("text", "timeseries", ...) and its limits."""
-
-    name: str
-    output_modalities: list[str]
-    input_modalities: list[str]
-    parameters: int
-    max_seq_len: int
-    vocab_size: int
-    limits: dict[str, float] = field(default_factory=dict)
 
 
 # -- requests --------------------------------------------------------------------------
@@ -274,17 +145,15 @@ def _output_spec(output: Any, return_samples: bool) -> pb.OutputSpec:
 def _sampling(
     params: SamplingParams | None, guidance_scale: float | None, num_steps: int | None
 ) -> pb.SamplingParams:
-    """Proto sampling: fields equal to the proto's documented "unset" meaning stay unset.
-
-    temperature and top_k are the exceptions: unset means the *modality's* default (top-k
-    50 for forecasts, temperature 0.7 for audio), so a given SamplingParams always sends
-    them; the request then samples exactly as the local pipeline would with the same
-    SamplingParams.
-    """
+    """Proto sampling: a field left None (the modality's default) or equal to the proto's
+    documented "unset" meaning stays unset, so the server fills exactly the defaults the
+    local pipeline would fill for the same SamplingParams."""
     msg = pb.SamplingParams()
     if params is not None:
-        msg.temperature = params.temperature
-        msg.top_k = params.top_k
+        if params.temperature is not None:
+            msg.temperature = params.temperature
+        if params.top_k is not None:
+            msg.top_k = params.top_k
         if params.top_p != 1.0:
             msg.top_p = params.top_p
         if params.min_p != 0.0:
@@ -305,7 +174,7 @@ def _sampling(
     return msg
 
 
-def _forecast_request(
+def forecast_request(
     values: Any,
     horizon: int,
     num_samples: int,
@@ -314,7 +183,7 @@ def _forecast_request(
     sampling: SamplingParams | None,
 ) -> tuple[TimeSeriesPart, TimeSeriesOutput, SamplingParams | None]:
     if seed is not None:
-        sampling = dataclasses.replace(sampling or FORECAST_SAMPLING, seed=seed)
+        sampling = dataclasses.replace(sampling or SamplingParams(), seed=seed)
     output = TimeSeriesOutput(horizon=horizon, num_samples=num_samples, quantiles=tuple(quantiles))
     return TimeSeriesPart(values), output, sampling
 
@@ -341,10 +210,13 @@ _CONVERT: dict[str, Callable[[Any], Chunk]] = {
     "text": lambda m: TextChunk(m.delta),
     "tokens": lambda m: TokensChunk(list(m.ids), list(m.logprobs)),
     "series": lambda m: SeriesChunk(
-        m.step, m.median, dict(zip(m.quantile_levels, m.quantile_values)), list(m.samples)
+        m.step,
+        m.median,
+        dict(zip(m.quantile_levels, m.quantile_values)),
+        np.asarray(m.samples, dtype=np.float64),
     ),
     "image": lambda m: ImageChunk(m.png, m.rows_done, m.total_rows, m.final),
-    "audio": lambda m: AudioChunk(m.pcm, m.sample_rate, m.first_sample),
+    "audio": lambda m: AudioChunk.from_pcm16(m.pcm, m.sample_rate, m.first_sample),
     "motion": _motion,
 }
 
@@ -361,7 +233,7 @@ def _final(f: pb.Final, request_id: str) -> Final:
     )
 
 
-def _chunks(response: pb.GenerateResponse) -> Iterator[Chunk]:
+def chunks_of(response: pb.GenerateResponse) -> Iterator[Chunk]:
     """The typed chunks of one response: its chunk (if any), then Final on the last one."""
     kind = response.WhichOneof("chunk")
     if kind is not None:
@@ -370,7 +242,7 @@ def _chunks(response: pb.GenerateResponse) -> Iterator[Chunk]:
         yield _final(response.final, response.request_id)
 
 
-def _model_info(m: pb.ModelInfo) -> ModelInfo:
+def model_info(m: pb.ModelInfo) -> ModelInfo:
     def names(values: Iterable[int]) -> list[str]:
         return [pb.Modality.Name(v).removeprefix("MODALITY_").lower() for v in values]
 
@@ -386,7 +258,7 @@ def _model_info(m: pb.ModelInfo) -> ModelInfo:
     )
 
 
-class _ForecastCollector:
+class ForecastCollector:
     """Accumulates SeriesChunks (in step order) into a ForecastResult."""
 
     def __init__(self) -> None:
@@ -404,7 +276,7 @@ class _ForecastCollector:
         levels = sorted({q for c in steps for q in c.quantiles})
         quantiles = {q: np.array([c.quantiles[q] for c in steps], dtype=np.float64) for q in levels}
         samples = None
-        if steps and steps[0].samples:
+        if steps and len(steps[0].samples):
             samples = np.array([c.samples for c in steps], dtype=np.float64).T  # [paths, steps]
         median = np.array([c.median for c in steps], dtype=np.float64)
         return ForecastResult(median, quantiles, len(steps), samples, self.final)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmntp.client.messages import AudioChunk, Chunk, ForecastResult, ImageChunk
-from mmntp.data.series_io import write_forecast_csv
+from mmntp.api import AudioChunk, Chunk, ForecastResult, ImageChunk
+from mmntp.api.series_io import write_forecast_csv
 
 
 def save_png(chunks_or_bytes: bytes | Iterable[Chunk], path: str | Path) -> Path:
@@ -44,8 +44,9 @@ def save_wav(audio_chunks: Iterable[Chunk], path: str | Path) -> Path:
             raise ValueError(
                 f"save_wav: chunk at sample {c.first_sample} does not follow sample {expected}"
             )
-        expected += len(c.pcm) // 2
-    samples = np.concatenate([c.samples() for c in chunks])  # samples: [num_samples]
+        expected += len(c.samples)
+    pcm = b"".join(c.pcm16() for c in chunks)
+    samples = np.frombuffer(pcm, dtype="<i2")  # samples: [num_samples], exactly the wire's
     path = Path(path)
     soundfile.write(path, samples, rates.pop(), subtype="PCM_16", format="WAV")
     return path

@@ -203,11 +203,6 @@ def wav_bytes(clip: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     return buf.getvalue()
 
 
-def pcm16(clip: np.ndarray) -> bytes:
-    """A float clip in [-1, 1] as raw little-endian signed 16-bit PCM (the stream format)."""
-    return (np.clip(clip, -1, 1) * 32767).round().astype("<i2").tobytes()
-
-
 def resample(clip: np.ndarray, rate: int, target: int) -> np.ndarray:
     """Polyphase resampling (scipy) from `rate` to `target` Hz; float32."""
     if rate == target:

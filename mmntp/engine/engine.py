@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from mmntp.api import SamplingParams
 from mmntp.engine.compiled_decode import CompiledDecode, warm_up_prompts
 from mmntp.engine.kv_cache import KVCacheManager, num_blocks_for_budget
 from mmntp.engine.plans import free_plan
@@ -16,7 +17,7 @@ from mmntp.engine.request import Request, check_ids_in_vocab, shadow_of
 from mmntp.engine.runner import BlockStore, ModelRunner
 from mmntp.engine.sampler import Sampler
 from mmntp.engine.scheduler import Scheduler, SchedulerConfig
-from mmntp.model.sampling import SamplingParams
+from mmntp.model.sampling import make_generator
 from mmntp.model.transformer import Transformer
 
 
@@ -185,7 +186,7 @@ class Engine:
                 )
         if self.scheduler.get(request.request_id) is not None:
             raise ValueError(f"request_id {request.request_id!r} is already in flight")
-        request.generator = request.params.make_generator(self.runner.device)
+        request.generator = make_generator(request.params, self.runner.device)
         self.scheduler.add_request(request)
         self._emitted[request.request_id] = 0
 

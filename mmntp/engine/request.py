@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mmntp.api import SamplingParams
+from mmntp.api.sampling import neutral
 from mmntp.engine.plans import SegmentPlan
 from mmntp.model.guidance import guidance_scale
-from mmntp.model.sampling import SamplingParams
 
 
 class QueueFullError(RuntimeError):
@@ -82,6 +83,9 @@ class Request:
     is_shadow: bool = False  # the unconditional row of a guided pair (engine-internal)
 
     def __post_init__(self) -> None:
+        # Requests built below the validation step (tests, benchmarks) get the raw-token
+        # sampling defaults; the validation step has filled the modality's already.
+        self.params = neutral(self.params)
         validate_request(self)
         self.prompt_ids = [int(i) for i in self.prompt_ids]
         if self.uncond_prompt_ids is not None:

@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from mmntp import sequence
+from mmntp.api import AudioChunk, AudioOutput, GenerationOutput
+from mmntp.api.sampling import defaults as sampling_defaults
 from mmntp.data.audio import caption, random_tone, tone
 from mmntp.eval.audio import estimate_pitch, semitones
 from mmntp.eval.audio_tokenizers import round_trip_pitch
-from mmntp.schema import AUDIO_SAMPLING, AudioChunk, AudioOutput, GenerationOutput
+from mmntp.format import sequence
 
 Progress = Callable[[str], None]
 HELDOUT_SEED = 77_001  # prompts are drawn from a stream training never uses
@@ -41,7 +42,7 @@ HELDOUT_SEED = 77_001  # prompts are drawn from a stream training never uses
 class AudioEvalSettings:
     num_prompts: int = 48
     seconds: float = 1.0
-    guidance: tuple[float, ...] = (1.0, AUDIO_SAMPLING.guidance_scale, 3.0)
+    guidance: tuple[float, ...] = (1.0, sampling_defaults("audio").guidance_scale, 3.0)
     seed: int = 0
     grpc: bool = True
 
@@ -68,7 +69,7 @@ def adherence(
     frame_head: bool = True,
 ) -> dict:
     """Pitch accuracy of one guidance scale and layout over `prompts`."""
-    sampling = replace(AUDIO_SAMPLING, guidance_scale=scale)
+    sampling = replace(sampling_defaults("audio"), guidance_scale=scale)
     output = AudioOutput(seconds=seconds, frame_head=frame_head)
     items = [
         (text, output, replace(sampling, seed=seed + i)) for i, (text, _) in enumerate(prompts)
@@ -105,7 +106,7 @@ def _accuracy(errors: list[float]) -> dict:
 def speed_local(pipe: Any, prompt: str, seconds: float, frame_head: bool = True) -> dict:
     """One request alone: first chunk, whole clip, real-time factor; and decode-at-end."""
     output = AudioOutput(seconds=seconds, frame_head=frame_head)
-    sampling = replace(AUDIO_SAMPLING, seed=0)
+    sampling = replace(sampling_defaults("audio"), seed=0)
     start, first, result = time.perf_counter(), None, None
     for chunk in pipe.stream(prompt, output, sampling):
         if isinstance(chunk, AudioChunk) and first is None:
@@ -142,7 +143,7 @@ def speed_grpc(pipe: Any, prompt: str, seconds: float) -> dict:
     from mmntp.serve.server import ServerConfig
 
     output = AudioOutput(seconds=seconds)
-    sampling = replace(AUDIO_SAMPLING, seed=0)
+    sampling = replace(sampling_defaults("audio"), seed=0)
     threads, serve_threads = torch.get_num_threads(), ServerConfig().torch_threads
     try:
         if serve_threads:
@@ -153,9 +154,9 @@ def speed_grpc(pipe: Any, prompt: str, seconds: float) -> dict:
 
 
 def _grpc_run(pipe: Any, prompt: str, output: AudioOutput, sampling) -> dict:
+    from mmntp.api.chunks import pcm16
     from mmntp.client import AudioChunk as WireChunk
     from mmntp.client import Client
-    from mmntp.data.audio import pcm16
     from mmntp.serve.thread import ServerThread
 
     with ServerThread(pipe) as server, Client(server.target) as client:
@@ -182,7 +183,7 @@ def evaluate(pipe: Any, settings: AudioEvalSettings, progress: Progress = lambda
     rows = []
     for frame_head in (True, False):
         # the flattened layout at the default scale only (or the last one asked for)
-        default = AUDIO_SAMPLING.guidance_scale
+        default = sampling_defaults("audio").guidance_scale
         flat = [default] if default in settings.guidance else settings.guidance[-1:]
         scales = settings.guidance if frame_head else flat
         for scale in scales:
@@ -200,7 +201,7 @@ def evaluate(pipe: Any, settings: AudioEvalSettings, progress: Progress = lambda
             "seconds": settings.seconds,
             "guidance": list(settings.guidance),
             "seed": settings.seed,
-            "sampling": {"temperature": AUDIO_SAMPLING.temperature, "top_k": AUDIO_SAMPLING.top_k},
+            "sampling": {"temperature": sampling_defaults("audio").temperature, "top_k": sampling_defaults("audio").top_k},
         },
         "adherence": rows,
         "card_ceiling": card_ceiling(pipe.tokenizer("audio"), prompts, settings.seconds),

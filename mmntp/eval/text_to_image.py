@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from mmntp.api import ImageChunk, ImageOutput
+from mmntp.api.sampling import defaults as sampling_defaults
 from mmntp.data.images import COLORS, SHAPES
 from mmntp.eval.adherence import check
-from mmntp.schema import IMAGE_SAMPLING, ImageOutput, ImageStep
 
 Progress = Callable[[str], None]
 
@@ -55,7 +56,7 @@ def captions(n: int, seed: int) -> list[str]:
 
 def adherence(pipe: Any, prompts: Sequence[str], head: str, scale: float, seed: int) -> dict:
     """Colour / shape / both accuracy of one head at one guidance scale."""
-    sampling = replace(IMAGE_SAMPLING, guidance_scale=scale)
+    sampling = replace(sampling_defaults("image"), guidance_scale=scale)
     items = [
         (p, ImageOutput(head=head), replace(sampling, seed=seed + i)) for i, p in enumerate(prompts)
     ]
@@ -74,10 +75,10 @@ def adherence(pipe: Any, prompts: Sequence[str], head: str, scale: float, seed: 
 
 def speed(pipe: Any, head: str, scale: float, batch: int, prompt: str) -> dict:
     """Seconds to the first preview and the final image alone; images/s for `batch` at once."""
-    sampling = replace(IMAGE_SAMPLING, guidance_scale=scale, seed=0)
+    sampling = replace(sampling_defaults("image"), guidance_scale=scale, seed=0)
     start, first = time.perf_counter(), None
     for chunk in pipe.stream(prompt, ImageOutput(head=head), sampling):
-        if isinstance(chunk, ImageStep) and first is None:
+        if isinstance(chunk, ImageChunk) and first is None:
             first = time.perf_counter() - start
     alone = time.perf_counter() - start
     items = [(prompt, ImageOutput(head=head), replace(sampling, seed=i)) for i in range(batch)]
@@ -109,7 +110,7 @@ def evaluate(pipe: Any, settings: ImageEvalSettings, progress: Progress = lambda
             "heads": list(settings.heads),
             "guidance": list(settings.guidance),
             "seed": settings.seed,
-            "sampling": {"temperature": IMAGE_SAMPLING.temperature, "top_k": IMAGE_SAMPLING.top_k},
+            "sampling": {"temperature": sampling_defaults("image").temperature, "top_k": sampling_defaults("image").top_k},
         },
         "adherence": rows,
         "speed": timings,

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from mmntp.api import DEFAULT_QUANTILES, TimeSeriesOutput, TimeSeriesPart
+from mmntp.api.sampling import defaults as sampling_defaults
 from mmntp.data.timeseries import (
     HOLDOUT_WINDOWS,
     Series,
@@ -50,7 +52,6 @@ from mmntp.eval.metrics import (
     seasonal_naive,
     weighted_quantile_loss,
 )
-from mmntp.schema import DEFAULT_QUANTILES, FORECAST_SAMPLING, TimeSeriesOutput, TimeSeriesPart
 
 MODELS = ("mmntp", "ets", "seasonal_naive")
 BASELINE = "seasonal_naive"
@@ -110,8 +111,8 @@ class EvalSettings:
             "windows_per_series": self.windows,
             "quantile_levels": list(self.levels),
             "sampling": {
-                "temperature": FORECAST_SAMPLING.temperature,
-                "top_k": FORECAST_SAMPLING.top_k,
+                "temperature": sampling_defaults("timeseries").temperature,
+                "top_k": sampling_defaults("timeseries").top_k,
             },
         }
 
@@ -182,7 +183,7 @@ def forecast_mmntp(
         (
             TimeSeriesPart(w.context),
             TimeSeriesOutput(w.horizon, num_samples, tuple(levels)),
-            replace(FORECAST_SAMPLING, seed=window_seed(seed, w)),
+            replace(sampling_defaults("timeseries"), seed=window_seed(seed, w)),
         )
         for w in windows
     ]

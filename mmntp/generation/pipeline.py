@@ -9,6 +9,7 @@ pipeline: both would step the same engine.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import uuid
@@ -19,36 +20,38 @@ from typing import Any
 
 import torch
 
-from mmntp import sequence
-from mmntp.engine import AsyncEngine, Engine, EngineConfig, Request
-from mmntp.jobs import Job, build_job, check_ids
-from mmntp.model.checkpoint import ModelBundle, load_model
-from mmntp.model.sampling import SamplingParams
-from mmntp.schema import (  # noqa: F401 - re-exported as the public API
+from mmntp.api import (  # noqa: F401 - re-exported as the public API
     DEFAULT_QUANTILES,
-    FORECAST_SAMPLING,
     AudioChunk,
     AudioOutput,
     Forecast,
     GenerationOutput,
+    ImageChunk,
     ImageOutput,
-    ImageStep,
     Limits,
+    ModelInfo,
     OutputSpec,
     PromptPart,
-    SeriesStep,
-    TextDelta,
+    SamplingParams,
+    SeriesChunk,
+    TextChunk,
     TextOutput,
     TextPart,
     TimeSeriesOutput,
     TimeSeriesPart,
     TokenIdsPart,
-    TokensDelta,
+    TokensChunk,
     TokensOutput,
 )
+from mmntp.engine import AsyncEngine, Engine, EngineConfig, Request
+from mmntp.generation import tokens
+from mmntp.generation.context import ModelContext
+from mmntp.generation.jobs import Job, build_job
+from mmntp.generation.validate import Capabilities, ValidRequest, validate
+from mmntp.model.checkpoint import ModelBundle, load_model
 
 Prompt = str | PromptPart | Sequence[PromptPart]
-Chunk = TextDelta | TokensDelta | SeriesStep | ImageStep | AudioChunk | GenerationOutput
+Chunk = TextChunk | TokensChunk | SeriesChunk | ImageChunk | AudioChunk | GenerationOutput
 
 
 @dataclass
@@ -92,16 +95,55 @@ class Pipeline:
             self._async = AsyncEngine(self.engine)
         return self._async
 
+    @property
+    def context(self) -> ModelContext:
+        """What jobs see of the model: vocabulary, tokenizers, heads, limits."""
+        return ModelContext(
+            self.bundle.vocab, self.bundle.tokenizers, self.bundle.model.heads, self.limits
+        )
+
     def tokenizer(self, modality: str):
-        if modality not in self.bundle.tokenizers:
-            raise ValueError(f"this model has no {modality} tokenizer")
-        return self.bundle.tokenizers[modality]
+        return self.context.tokenizer(modality)
+
+    def capabilities(self) -> Capabilities:
+        return self.context.capabilities()
+
+    def model_info(self) -> ModelInfo:
+        caps, cfg = self.capabilities(), self.bundle.model.config
+        prompts = [m for m in ("text", "timeseries") if m in caps.tokenizers] + ["token_ids"]
+        return ModelInfo(
+            self.name,
+            caps.output_modalities,
+            prompts,
+            self.bundle.model.num_parameters(),
+            cfg.max_seq_len,
+            cfg.vocab_size,
+            dataclasses.asdict(self.limits),
+        )
+
+    def tokenize(self, part: PromptPart) -> tuple[list[int], float | None]:
+        """One part -> (global ids, the series scale or None); see `generation.tokens`."""
+        return tokens.tokenize(self.context, part)
+
+    def detokenize(self, modality, ids: list[int], scale: float = 0.0, got: str = ""):
+        """Global ids of `modality` -> text or series values; see `generation.tokens`."""
+        return tokens.detokenize(self.context, modality, ids, scale, got)
 
     # -- requests -----------------------------------------------------------------------
 
+    def validate(
+        self, prompt: Prompt, output: OutputSpec | None = None, sampling=None
+    ) -> ValidRequest:
+        """The one validation step: check a request and fill its defaults (FieldError
+        naming the field if it is bad)."""
+        return validate(prompt, output, sampling, self.capabilities())
+
     def prepare(self, prompt: Prompt, output: OutputSpec | None = None, sampling=None) -> Job:
-        """Validate and encode a request (ValueError naming the field if it is bad)."""
-        return build_job(self, prompt, output, sampling)
+        """Validate and encode a request (FieldError naming the field if it is bad)."""
+        request = (
+            prompt if isinstance(prompt, ValidRequest) else self.validate(prompt, output, sampling)
+        )
+        return build_job(self.context, request)
 
     def __call__(
         self,
@@ -222,41 +264,6 @@ class Pipeline:
         finally:
             progress.set()
 
-    # -- validation shared by jobs -----------------------------------------------------
-
-    def prompt_ids(self, parts: Sequence[PromptPart]) -> list[int]:
-        """Encode prompt parts (text and raw ids) into global ids."""
-        ids: list[int] = []
-        for part in parts:
-            if isinstance(part, TokenIdsPart):
-                ids.extend(check_ids(part.ids, self.vocab.size))
-            elif isinstance(part, TextPart):
-                if not ids:
-                    ids.append(self.vocab.special("<bos>"))
-                ids.extend(sequence.text_ids(self.vocab, self.tokenizer("text"), part.text))
-            else:
-                raise ValueError(f"prompt: a {type(part).__name__} cannot be mixed in here")
-        if not ids:
-            raise ValueError("prompt: empty prompt")
-        return self.prompt_ids_checked(ids)
-
-    def prompt_ids_checked(self, ids: list[int]) -> list[int]:
-        """`ids` if they fit max_prompt_tokens (ValueError naming the limit otherwise)."""
-        if len(ids) > self.limits.max_prompt_tokens:
-            raise ValueError(
-                f"prompt: {len(ids)} tokens exceeds max_prompt_tokens {self.limits.max_prompt_tokens}"
-            )
-        return ids
-
-    def check_max_tokens(self, max_tokens: int) -> int:
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-        if max_tokens > self.limits.max_output_tokens:
-            raise ValueError(
-                f"max_tokens {max_tokens} exceeds max_output_tokens {self.limits.max_output_tokens}"
-            )
-        return max_tokens
-
 
 class _Steps:
     """Tracks a job's rows: yields each output step once every row has produced it."""
@@ -314,7 +321,7 @@ def _finish_job(job: Job, requests: list[Request]) -> GenerationOutput:
 def default_service_dir() -> Path:
     """The bundled default service: $MMNTP_SERVICE, else services/default in the checkout."""
     env = os.environ.get("MMNTP_SERVICE")
-    path = Path(env) if env else Path(__file__).resolve().parents[1] / "services" / "default"
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "services" / "default"
     if not path.is_dir():
         raise FileNotFoundError(
             f"no default service at {path}; pass a model folder or set MMNTP_SERVICE"

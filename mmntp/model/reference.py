@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from mmntp.api import SamplingParams
+from mmntp.api.sampling import neutral
 from mmntp.model.guidance import guidance_scale, guide
-from mmntp.model.sampling import SamplingParams, sample_next, token_logprobs
+from mmntp.model.sampling import make_generator, sample_next, token_logprobs
 from mmntp.model.transformer import ContinuousInput, Transformer
 
 AllowedFn = Callable[[int], "torch.Tensor | None"]
@@ -79,7 +81,7 @@ def iter_reference(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (ids [num_rows], logprobs [num_rows]) per step; stops once every row has
     produced a stop id. Arguments as for `generate_reference`."""
-    params = params or SamplingParams()
+    params = neutral(params)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     ids = torch.as_tensor(prompt, dtype=torch.long).flatten()
@@ -92,7 +94,7 @@ def iter_reference(
             f"model's max_seq_len {model.config.max_seq_len}"
         )
     device = model.tok_embeddings.weight.device
-    generator = params.make_generator(device)
+    generator = make_generator(params, device)
     cache = model.new_cache(num_rows, max_len=total)
     rows = ids.to(device).expand(num_rows, -1)
     continuous = [_repeat_rows(c, num_rows) for c in continuous or ()]

@@ -8,70 +8,19 @@ else is in the batch — and the reference loop and the engine draw identical sa
 
 from __future__ import annotations
 
-import math
 import secrets
 from dataclasses import dataclass
 
 import torch
 
-
-@dataclass
-class SamplingParams:
-    """How the next token is drawn. temperature 0 means greedy (argmax)."""
-
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    min_p: float = 0.0  # 0 = off; drops tokens below min_p x the top probability
-    repetition_penalty: float = 1.0  # 1 = off; >1 discourages ids already in prompt/output
-    seed: int | None = None  # None = a fresh random seed per request
-    # Continuous (flow / diffusion) heads and classifier-free guidance; None = the head's
-    # or model's default. Token sampling ignores them.
-    guidance_scale: float | None = None  # 1 = conditional only; > 1 pushes from unconditional
-    num_steps: int | None = None  # flow / diffusion sampling steps
-
-    def __post_init__(self) -> None:
-        _finite("temperature", self.temperature)
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
-        _finite("top_p", self.top_p)
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        _finite("min_p", self.min_p)
-        if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
-        _finite("repetition_penalty", self.repetition_penalty)
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.guidance_scale is not None:
-            _finite("guidance_scale", self.guidance_scale)
-            if self.guidance_scale < 0:
-                raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-        if self.num_steps is not None and (
-            isinstance(self.num_steps, bool)
-            or not isinstance(self.num_steps, int)
-            or not 1 <= self.num_steps <= 1000
-        ):
-            raise ValueError(f"num_steps must be an integer in [1, 1000], got {self.num_steps!r}")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
-        ):
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def make_generator(self, device: torch.device | str = "cpu") -> torch.Generator:
-        seed = self.seed if self.seed is not None else secrets.randbits(63)
-        return torch.Generator(device=device).manual_seed(seed)
+from mmntp.api import SamplingParams
+from mmntp.api.sampling import neutral
 
 
-def _finite(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+def make_generator(params: SamplingParams, device: torch.device | str = "cpu") -> torch.Generator:
+    """The row's generator, seeded by `params.seed` (a fresh random seed when None)."""
+    seed = params.seed if params.seed is not None else secrets.randbits(63)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 @dataclass
@@ -86,6 +35,8 @@ class RowParams:
 
     @classmethod
     def stack(cls, params: list[SamplingParams], device=None) -> RowParams:
+        params = [neutral(p) for p in params]  # no-op for validated requests
+
         def col(name, dtype):
             return torch.tensor([getattr(p, name) for p in params], dtype=dtype, device=device)
 

@@ -20,9 +20,8 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mmntp.api import SamplingParams, TimeSeriesOutput, TimeSeriesPart, TokenIdsPart, TokensOutput
 from mmntp.engine.compiled_decode import warm_up_prompts
-from mmntp.model.sampling import SamplingParams
-from mmntp.schema import TimeSeriesOutput, TimeSeriesPart, TokenIdsPart, TokensOutput
 from mmntp.serve.auth import ApiKeyInterceptor
 from mmntp.serve.metrics import ServiceMetrics
 from mmntp.serve.servicer import GenerationServicer
@@ -202,7 +201,7 @@ def server_config_for(service_dir: str | Path | None, **overrides: Any) -> Serve
     """The "server" section of a service folder's service.json, with non-None overrides."""
     import json
 
-    from mmntp.pipeline import default_service_dir
+    from mmntp.generation import default_service_dir
 
     path = Path(service_dir) if service_dir is not None else default_service_dir()
     data: dict[str, Any] = {}

@@ -16,10 +16,10 @@ from typing import Any
 
 import grpc
 
+from mmntp.api import FieldError, GenerationOutput
 from mmntp.engine import QueueFullError
-from mmntp.schema import GenerationOutput
+from mmntp.generation.validate import check_request_id
 from mmntp.serve import convert
-from mmntp.serve.convert import InvalidArgument
 from mmntp.serve.metrics import RequestRecord, ServiceMetrics
 from mmntp.v1 import generation_pb2 as pb
 from mmntp.v1 import generation_pb2_grpc
@@ -35,8 +35,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     def _check_model(self, name: str) -> None:
         if name and name != self.pipe.name:
-            raise InvalidArgument(
-                f"model: unknown model {name!r} (this server serves {self.pipe.name!r})"
+            raise FieldError(
+                "model", f"unknown model {name!r} (this server serves {self.pipe.name!r})"
             )
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
@@ -47,7 +47,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             async for response in self._generate(request, context, record):
                 yield response
                 record.sent()
-        except InvalidArgument as err:
+        except FieldError as err:
             status = "INVALID_ARGUMENT"
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         except QueueFullError as err:
@@ -65,17 +65,16 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             record.finish(status)
 
     async def _generate(self, request, context, record: RequestRecord):
-        convert.check_request_id(request.request_id)
+        check_request_id(request.request_id)
         self._check_model(request.model)
-        args = convert.generate_args(request, self.pipe)
+        args = convert.generate_args(request)
+        valid = self.pipe.validate(args.prompt, args.output, args.sampling)
         left = context.time_remaining()
         deadline = None if left is None else time.monotonic() + left
         # The engine's ids must be unique even when two callers pick the same request_id.
         tag = f"{record.request_id}.{uuid.uuid4().hex[:8]}"
         stream = self.pipe.astream(
-            args.prompt,
-            args.output,
-            args.sampling,
+            valid,
             request_id=tag,
             priority=request.priority,
             deadline=deadline,
@@ -86,10 +85,6 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                     yield self._final(chunk, record)
                 else:
                     yield convert.chunk_response(chunk, args, record.request_id)
-        except ValueError as err:
-            if isinstance(err, InvalidArgument):
-                raise
-            raise InvalidArgument(convert.with_field_path(str(err), args.modality)) from None
         finally:
             await stream.aclose()
 
@@ -108,7 +103,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         )
 
     async def ListModels(self, request, context):
-        return pb.ListModelsResponse(models=[convert.model_info(self.pipe)])
+        return pb.ListModelsResponse(models=[convert.model_info(self.pipe.model_info())])
 
     async def Tokenize(self, request, context):
         return await self._unary(convert.tokenize, request, context)
@@ -120,10 +115,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         try:
             self._check_model(request.model)
             return fn(request, self.pipe)
-        except InvalidArgument as err:
+        except FieldError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        except ValueError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"part: {err}")
 
 
 def _expired(context: grpc.aio.ServicerContext) -> bool:

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmntp import sequence
 from mmntp.data import (
     SeriesSampler,
     bundled_series,
@@ -24,6 +23,7 @@ from mmntp.data import (
     text_windows,
     train_part,
 )
+from mmntp.format import sequence
 from mmntp.model.checkpoint import save_model
 from mmntp.model.vocab import VocabLayout
 from mmntp.tokenizers import ByteTokenizer, DiscreteTokenizer, MeanScaleUniformBins, load_tokenizer

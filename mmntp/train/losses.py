@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmntp import sequence
+from mmntp.format import sequence
 from mmntp.model.heads import (
     FrameHead,
     FrameHeadConfig,

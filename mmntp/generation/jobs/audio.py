@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmntp import sequence
+from mmntp.api import AudioChunk, AudioOutput, FieldError, GenerationOutput
 from mmntp.engine import frames_plan
-from mmntp.jobs import Job, caption_of, guided_sampling
-from mmntp.schema import AUDIO_SAMPLING, AudioChunk, AudioOutput, GenerationOutput
+from mmntp.format import sequence
+from mmntp.generation.jobs.base import Job, guidance_prompt
 
 
 @dataclass
@@ -37,33 +37,30 @@ class AudioJob(Job):
     pieces: list[np.ndarray] = field(default_factory=list)
 
     @classmethod
-    def build(cls, pipe, parts, output: AudioOutput, sampling):
-        caption = caption_of(parts, "audio")
-        tok, text, vocab = pipe.tokenizer("audio"), pipe.tokenizer("text"), pipe.vocab
-        frames = _frames(output, tok.frame_rate, pipe.limits)
-        for name in ("first_chunk_frames", "chunk_frames"):
-            value = getattr(output, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"output.audio.{name} must be an integer >= 0, got {value!r}")
+    def build(cls, ctx, parts, output: AudioOutput, sampling):
+        """`parts` is the validated caption; the clip's token count is checked here, where
+        the codec's frame rate is known."""
+        tok, text, vocab = ctx.tokenizer("audio"), ctx.tokenizer("text"), ctx.vocab
+        # round first: a float32 0.3 from the wire is 0.30000001 s, not 16 frames but 15
+        frames = max(1, math.ceil(round(output.seconds * tok.frame_rate, 4)))
         spans = sequence.frame_spans(vocab, tok, "audio")
-        head = "audio" if output.frame_head and "audio" in pipe.bundle.model.heads else None
+        head = "audio" if output.frame_head and "audio" in ctx.heads else None
         # A head may emit several codec frames per forward (e.g. 4 cochlear tokens): the
         # clip is then rounded up to whole groups of frames.
-        per_forward = len(pipe.bundle.model.heads[head].config.spans) if head else len(spans)
+        per_forward = len(ctx.heads[head].config.spans) if head else len(spans)
         group = per_forward // len(spans)
         frames = -(-frames // group) * group
         tokens = frames * len(spans)
-        if tokens > pipe.limits.max_output_tokens:
-            raise ValueError(
-                f"output.audio.seconds: {output.seconds} s is {tokens} tokens, "
-                f"more than max_output_tokens {pipe.limits.max_output_tokens}"
+        if tokens > ctx.limits.max_output_tokens:
+            raise FieldError(
+                "output.audio.seconds",
+                f"{output.seconds} s is {tokens} tokens, "
+                f"more than max_output_tokens {ctx.limits.max_output_tokens}",
             )
         segment = frames_plan(frames // group, spans * group, "audio", head)
-        ids = pipe.prompt_ids_checked(sequence.audio_prompt(vocab, text, caption))
-        sampling, uncond = guided_sampling(
-            sampling, AUDIO_SAMPLING, lambda: sequence.audio_prompt(vocab, text, None)
-        )
-        job = cls(pipe, ids, segment, sampling, uncond_ids=uncond, frame_size=len(spans))
+        ids = ctx.checked_prompt(sequence.audio_prompt(vocab, text, parts[0].text))
+        uncond = guidance_prompt(sampling, lambda: sequence.audio_prompt(vocab, text, None))
+        job = cls(ctx, ids, segment, sampling, uncond_ids=uncond, frame_size=len(spans))
         job.first = output.first_chunk_frames or group
         job.every = output.chunk_frames or max(1, round(0.1 * tok.frame_rate))
         job.decoder, job.sample_rate = tok.stream_decoder(), int(tok.sample_rate)
@@ -71,7 +68,7 @@ class AudioJob(Job):
 
     def _codes(self, frames: list[list[int]]) -> torch.Tensor:
         """Global ids of whole frames -> local codes (n, levels)."""
-        return sequence.frame_codes(self.pipe.vocab, "audio", frames, self.frame_size)
+        return sequence.frame_codes(self.ctx.vocab, "audio", frames, self.frame_size)
 
     def _decode(self, frames: list[list[int]]) -> AudioChunk:
         samples = self.decoder.push(self._codes(frames)).detach().cpu().numpy()
@@ -108,15 +105,3 @@ class AudioJob(Job):
         return GenerationOutput(
             "audio", ids, lps, reason, audio=audio, sample_rate=self.sample_rate
         )
-
-
-def _frames(output: AudioOutput, frame_rate: float, limits) -> int:
-    seconds = output.seconds
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise ValueError(f"output.audio.seconds must be a number, got {seconds!r}")
-    if not 0 < seconds <= limits.max_audio_seconds:  # also false for NaN
-        raise ValueError(
-            f"output.audio.seconds must lie in (0, {limits.max_audio_seconds:g}], got {seconds}"
-        )
-    # round first: a float32 0.3 from the wire is 0.30000001 s, not 16 frames but 15
-    return max(1, math.ceil(round(seconds * frame_rate, 4)))

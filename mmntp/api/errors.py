@@ -1,0 +1,35 @@
+"""Errors of the user-facing API: the field a problem is about travels as data."""
+
+from __future__ import annotations
+
+# Problems that read as a sentence after the field name ("horizon must be ..."); any other
+# problem follows a colon ("prompt[0]: unsupported prompt part ...").
+_VERBS = ("must ", "is ", "has ", "needs ", "exceeds ", "applies ", "cannot ", "does ")
+
+
+class FieldError(ValueError):
+    """A request field is wrong: `field` is its path ("sampling.temperature",
+    "prompt[0].timeseries.values"), `problem` what is wrong with it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(render(field, problem))
+
+    def under(self, prefix: str) -> FieldError:
+        """The same problem seen from an enclosing message: `prefix` + "." + field."""
+        return FieldError(join(prefix, self.field), self.problem)
+
+
+def join(prefix: str, field: str) -> str:
+    if not prefix:
+        return field
+    if not field:
+        return prefix
+    return f"{prefix}{field}" if field.startswith("[") else f"{prefix}.{field}"
+
+
+def render(field: str, problem: str) -> str:
+    if not field:
+        return problem
+    return f"{field} {problem}" if problem.startswith(_VERBS) else f"{field}: {problem}"
