@@ -232,22 +232,22 @@ def _part_name(part: PromptPart) -> str:
 
 def _output(output: OutputSpec, modality: str, caps: Capabilities) -> OutputSpec:
     field = f"output.{modality}"
+    try:
+        checked = _check_spec(output, caps)  # a malformed spec is named before the capability
+    except FieldError as err:
+        raise err.under(field) from None
     if (
         modality == "image"
         and not caps.image_heads
         or modality == "motion"
         or (modality in _OUTPUT_TOKENIZER and _OUTPUT_TOKENIZER[modality] not in caps.tokenizers)
     ):
-        _check_spec(output, caps)  # a malformed spec is named before the capability
         raise FieldError(
             field,
             f"this model cannot generate {modality} "
             f"(output modalities: {', '.join(caps.output_modalities)})",
         )
-    try:
-        return _check_spec(output, caps)
-    except FieldError as err:
-        raise err.under(field) from None
+    return checked
 
 
 def _check_spec(output: OutputSpec, caps: Capabilities) -> OutputSpec:
@@ -307,7 +307,7 @@ def _image_spec(spec: ImageOutput, caps: Capabilities) -> ImageOutput:
         )
     if spec.head not in IMAGE_HEADS:
         raise FieldError("head", f"must be vq, flow or diffusion, got {spec.head!r}")
-    if spec.head not in caps.image_heads:
+    if caps.image_heads and spec.head not in caps.image_heads:  # none: refused by modality
         raise FieldError(
             "head",
             f"{spec.head!r} is not available on this model (heads: {', '.join(caps.image_heads)})",
