@@ -17,7 +17,7 @@ from mmntp.bench.engine import main  # noqa: E402
 
 SCENARIOS = {
     "decode_tiny",
-    "decode_50m",
+    "decode_0.2m",  # --quick's second model: the label names the model measured
     "load_throughput",
     "load_ttft_p50",
     "load_ttft_p99",
@@ -55,6 +55,8 @@ def test_quick_json_lines_have_the_row_shape(quick_run):
             assert isinstance(r[key], float) and r[key] > 0, (r["scenario"], key)
     by_name = {r["scenario"]: r for r in rows}
     assert isinstance(by_name["decode_tiny"]["tokens_agree"], bool)
+    assert round(by_name["decode_0.2m"]["params_m"], 1) == 0.2
+    assert "target" in by_name["decode_tiny"] and "target" not in by_name["decode_0.2m"]
     assert isinstance(by_name["load_ttft_p99"]["p99_over_idle"], float)
     assert by_name["load_ttft_p99"]["slowdown_p99"] >= by_name["load_ttft_p99"]["slowdown_p50"]
     floor = by_name["decode_tiny"]["weight_floor_ms_per_token"]
@@ -110,8 +112,15 @@ def test_ratio_direction_and_percentile():
         percentile([1.0], 101)
 
 
+def test_full_settings_keep_their_labels():
+    from mmntp.bench.engine_pair import Settings
+
+    assert list(Settings().models) == ["tiny", "50m"] and Settings().reference == "tiny"
+    assert list(Settings.quick().models) == ["tiny", "0.2m"]
+
+
 def test_max_ttft_lower_bound_is_the_worst_burst_of_prefill_work():
-    from mmntp.bench.engine import max_ttft_lower_bound
+    from mmntp.bench.engine_load import max_ttft_lower_bound
 
     # three prompts arriving within 8 ms: the last one served waits for all their work
     burst = max_ttft_lower_bound([0.0, 0.005, 0.008], [0.018, 0.023, 0.025])

@@ -71,11 +71,11 @@ class Row:
     def to_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
-            "mmntp": _round(self.mmntp),
-            "baseline": _round(self.baseline),
-            "ratio": _round(self.ratio),
+            "mmntp": round_figures(self.mmntp),
+            "baseline": round_figures(self.baseline),
+            "ratio": round_figures(self.ratio),
             "unit": self.unit,
-            **{k: _round(v) for k, v in self.extra.items()},
+            **{k: round_figures(v) for k, v in self.extra.items()},
         }
 
 
@@ -83,16 +83,16 @@ def _div(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
-def _round(value: Any) -> Any:
+def round_figures(value: Any) -> Any:
     """4 significant digits for floats (JSON stays readable); nan/inf become null."""
     if isinstance(value, float):
         if not math.isfinite(value):
             return None
         return float(f"{value:.4g}")
     if isinstance(value, dict):
-        return {k: _round(v) for k, v in value.items()}
+        return {k: round_figures(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_round(v) for v in value]
+        return [round_figures(v) for v in value]
     return value
 
 

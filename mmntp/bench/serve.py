@@ -18,14 +18,13 @@ import json
 import math
 import os
 import random
-import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmntp.bench.common import _round, machine_info, now, percentile, progress
+from mmntp.bench.common import machine_info, now, percentile, progress, round_figures
 
 DEFAULT_RATE = 4.0  # requests/s when neither --rate nor --concurrency is given
 CONTEXT_LENGTH = 96  # forecast history length (8 seasons of 12)
@@ -451,7 +450,7 @@ def write_payload(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # 4 significant digits; nan (a figure with no samples) becomes null
-    path.write_text(json.dumps(_round(payload), indent=2) + "\n")
+    path.write_text(json.dumps(round_figures(payload), indent=2) + "\n")
     return path
 
 
@@ -473,23 +472,9 @@ def run(args: argparse.Namespace) -> int:
     payload["idle"] = idle_section(idle, args.modalities)
     payload["load_over_idle"] = load_over_idle(payload)
     if args.json:
-        print(json.dumps(_round(payload)), flush=True)
+        print(json.dumps(round_figures(payload)), flush=True)
     else:
         print(format_report(payload), flush=True)
     path = write_payload(args.out, payload)
     progress(f"wrote {path}")
     return 0 if payload["overall"]["ok"] else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m mmntp.bench.serve ...`: the same options as `mmntp bench serve`."""
-    from mmntp.remote_cli import add_bench_serve_parser
-
-    parser = argparse.ArgumentParser(prog="mmntp bench")
-    add_bench_serve_parser(parser.add_subparsers())
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    return run(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
