@@ -42,8 +42,9 @@ def test_cli_forecast_on_a_bundled_real_series(tmp_path):
     ]
     subprocess.run(cmd, check=True, capture_output=True)
     rows = list(csv.reader(out.open()))
-    assert rows[0] == ["median"] + [f"q0.{i}" for i in range(1, 10)]
-    values = np.array(rows[1:], dtype=float)
+    assert rows[0] == ["timestamp", "median"] + [f"q0.{i}" for i in range(1, 10)]
+    assert [r[0] for r in rows[1:3]] == ["2016-06", "2016-07"]  # the input's months go on
+    values = np.array([r[1:] for r in rows[1:]], dtype=float)
     assert values.shape == (12, 10) and np.isfinite(values).all()
     assert np.all(np.diff(values[:, 1:], axis=1) >= 0)  # quantiles monotone in each row
     history = np.loadtxt(ROOT / "examples" / "elec_equip.csv", delimiter=",", skiprows=1, usecols=1)

@@ -78,7 +78,9 @@ def test_cli_health_and_remote_generate_write_what_the_local_form_writes(served,
     assert main([*common, "--server", served.target, "-o", str(remote)]) == 0
     assert main([*common, "-o", str(local)]) == 0
     assert remote.read_text() == local.read_text()
-    assert remote.read_text().splitlines()[0].startswith("median,q0.1,")
+    # the input's timestamps continue into the forecast (elec_equip is monthly, to 2016-05)
+    assert remote.read_text().splitlines()[0].startswith("timestamp,median,q0.1,")
+    assert remote.read_text().splitlines()[1].startswith("2016-06,")
     assert len(remote.read_text().splitlines()) == 13
 
 

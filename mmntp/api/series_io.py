@@ -20,6 +20,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -70,7 +71,35 @@ def _finish(values: list[float], timestamps: list[str] | None, path: Path):
     return arr, timestamps
 
 
-def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
+_TIME_NAMES = frozenset(
+    {"t", "time", "timestamp", "date", "datetime", "ds", "year", "month", "week", "day"}
+)
+
+
+def _time_like(name: str) -> bool:
+    name = name.strip().lower()
+    return name in _TIME_NAMES or "date" in name or "time" in name
+
+
+def _pick_column(spec: str | int | None, names: list[str] | None, width: int, where: str):
+    """A column given by header name or 0-based index (negative from the end) -> index."""
+    if spec is None:
+        return None
+    try:
+        index = int(spec)
+    except ValueError:
+        if names is None or str(spec) not in names:
+            known = ", ".join(repr(n) for n in names) if names else "the file has no header"
+            raise ValueError(f"{where} {spec!r} is not a column ({known})") from None
+        return names.index(str(spec))
+    if not -width <= index < width:
+        raise ValueError(f"{where} {index} is out of range for {width} columns")
+    return index % width
+
+
+def _read_csv(
+    path: Path, column: str | int | None = None, timestamp_column: str | int | None = None
+) -> tuple[np.ndarray, list[str] | None]:
     with path.open(newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.reader(fh))
     while rows and not any(c.strip() for c in rows[-1]):
@@ -78,13 +107,41 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
     if not rows:
         raise ValueError(f"{path}: empty file")
     width = len(rows[0])
-    if width > 2:
+    if column is None and timestamp_column is None and width > 2:
         raise ValueError(
             f"{path}: line 1 has {width} columns; expected 1 (value) or 2 (timestamp,value)"
+            f" — pick the series with --column NAME|INDEX (columns: {', '.join(rows[0])})"
         )
-    header = not _is_number_or_missing(rows[0][-1])
+    named = any(not str(c).lstrip("-").isdigit() for c in (column, timestamp_column) if c)
+    header = named or not _is_number_or_missing(rows[0][-1])
+    names = [c.strip() for c in rows[0]] if header else None
+    where = f"{path}: --column"
+    value_at = _pick_column(column, names, width, where)
+    stamp_at = _pick_column(timestamp_column, names, width, f"{path}: --timestamp-column")
+    first = rows[1] if header and len(rows) > 1 else rows[0]
+    if value_at is None:
+        if width == 1:
+            value_at = 0
+        elif stamp_at is not None and width == 2:
+            value_at = 1 - stamp_at
+        elif stamp_at is not None:
+            raise ValueError(f"{path}: {width} columns; pick the series with --column NAME|INDEX")
+        else:
+            value_at, stamp_at = 1, 0
+            if names and not _time_like(names[0]) and _is_number_or_missing(first[0]):
+                raise ValueError(
+                    f"{path}: columns {names[0]!r} and {names[1]!r} both hold numbers; pick the "
+                    f"series with --column {names[1]} (or --column {names[0]}), and "
+                    "--timestamp-column if one of them holds the times"
+                )
+    elif stamp_at is None and width == 2:
+        other = 1 - value_at
+        if (names and _time_like(names[other])) or not _is_number_or_missing(first[other]):
+            stamp_at = other
+    if stamp_at == value_at:
+        raise ValueError(f"{path}: the series and its timestamps are the same column")
     values: list[float] = []
-    timestamps: list[str] | None = [] if width == 2 else None
+    timestamps: list[str] | None = [] if stamp_at is not None else None
     for lineno, row in enumerate(rows, start=1):
         if lineno == 1 and header:
             continue
@@ -94,11 +151,11 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
                 f"{path}: line {lineno} has {len(cells)} columns but line 1 has {width}"
             )
         if timestamps is not None:
-            stamp = cells[0].strip()
+            stamp = cells[stamp_at].strip()
             if not stamp:
                 raise ValueError(f"{path}: line {lineno}: empty timestamp")
             timestamps.append(stamp)
-        values.append(_parse_cell(cells[-1], f"{path}: line {lineno}"))
+        values.append(_parse_cell(cells[value_at], f"{path}: line {lineno}"))
     if not values:
         raise ValueError(f"{path}: header but no values")
     return _finish(values, timestamps, path)
@@ -149,13 +206,24 @@ def _read_json(path: Path) -> tuple[np.ndarray, list[str] | None]:
     return _finish(values, timestamps, path)
 
 
-def read_series(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
+def read_series(
+    path: str | Path,
+    column: str | int | None = None,
+    timestamp_column: str | int | None = None,
+) -> tuple[np.ndarray, list[str] | None]:
     """A user's series: values float64 shaped (length,) with NaN for missing, and the
-    timestamps as given (strings) or None when the file has none."""
+    timestamps as given (strings) or None when the file has none.
+
+    For a CSV, `column` and `timestamp_column` pick columns by header name or 0-based
+    index; two numeric columns under a header neither of which names a time are refused
+    unless `column` picks one.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return _read_csv(path)
+        return _read_csv(path, column, timestamp_column)
+    if column is not None or timestamp_column is not None:
+        raise ValueError(f"{path}: --column and --timestamp-column apply to CSV files")
     if suffix == ".json":
         return _read_json(path)
     raise ValueError(f"{path}: unknown extension {path.suffix!r}; expected .csv or .json")
@@ -184,7 +252,7 @@ def _quantile_column(level: float) -> str:
 
 
 def write_forecast_csv(
-    path: str | Path,
+    path: str | Path | TextIO,
     median: np.ndarray,
     quantiles: Mapping[float, np.ndarray],
     timestamps: list[str] | None = None,
@@ -212,12 +280,19 @@ def write_forecast_csv(
         if len(timestamps) != horizon:
             raise ValueError(f"{len(timestamps)} timestamps for a horizon of {horizon}")
         header = ["timestamp", *header]
+    if hasattr(path, "write"):  # an open text stream (stdout, a StringIO)
+        _write_rows(path, header, columns, timestamps)
+        return
     with Path(path).open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(header)
-        for step in range(horizon):
-            row = [repr(float(col[step])) for col in columns]
-            writer.writerow(row if timestamps is None else [timestamps[step], *row])
+        _write_rows(fh, header, columns, timestamps)
+
+
+def _write_rows(fh, header: list[str], columns: list[np.ndarray], timestamps) -> None:
+    writer = csv.writer(fh, lineterminator="\n")
+    writer.writerow(header)
+    for step in range(len(columns[0])):
+        row = [repr(float(col[step])) for col in columns]
+        writer.writerow(row if timestamps is None else [timestamps[step], *row])
 
 
 def read_forecast_csv(path: str | Path) -> ForecastTable:

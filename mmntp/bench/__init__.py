@@ -7,6 +7,7 @@ subcommands and each benchmark module is imported only when it runs.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 
 DEFAULT_ENGINE_OUT = "bench-results/engine.json"
 ENGINE_SCENARIOS = (1, 2, 3)
@@ -46,8 +47,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    """Add `bench` (with `bench engine`) to a CLI's subparsers; each sets func -> exit code."""
+def add_bench_parser(
+    subparsers,
+    more: Sequence[Callable[[object], object]] = (),
+    common: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.ArgumentParser:
+    """Add `bench` (with `bench engine`) to a CLI's subparsers; each sets func -> exit code.
+
+    `more` are called with bench's subparsers (the CLI adds `bench serve` so); `common`
+    with every benchmark's parser (the CLI's shared options)."""
     bench = subparsers.add_parser("bench", help="benchmarks against a reference implementation")
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
     kinds = bench.add_subparsers(dest="bench_command")
@@ -56,6 +64,11 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_engine_arguments(engine)
     engine.set_defaults(func=_run_engine)
+    for add in more:
+        add(kinds)
+    if common is not None:
+        for parser in kinds.choices.values():
+            common(parser)
     return bench
 
 

@@ -33,6 +33,7 @@ def plot_forecast(
     band: tuple[float, float] = (0.1, 0.9),
     max_history: int | None = None,
     title: str | None = None,
+    times: Sequence | None = None,
 ) -> Path:
     """Draw history, median forecast and the ``band`` quantile range; save to ``path``.
 
@@ -59,6 +60,10 @@ def plot_forecast(
     start = history.size - shown.size
     t_hist = np.arange(start, history.size)
     t_fut = np.arange(history.size, history.size + median.size)
+    if times is not None:  # x values for history then forecast (e.g. datetimes)
+        if len(times) != history.size + median.size:
+            raise ValueError(f"{len(times)} times for {history.size + median.size} points")
+        t_hist, t_fut = list(times[start : history.size]), list(times[history.size :])
     fig, ax = plt.subplots(figsize=(9, 4.4), dpi=110)
     try:
         ax.plot(t_hist, shown, color="#1f4e79", lw=1.3, label="history")
@@ -68,13 +73,16 @@ def plot_forecast(
         )  # fmt: skip
         # Join the median to the last observed point so the forecast reads as a continuation.
         last = np.flatnonzero(np.isfinite(history))
-        t_med, v_med = t_fut, median
+        t_med, v_med = list(t_fut), median
         if last.size and last[-1] == history.size - 1:
-            t_med = np.concatenate([[history.size - 1], t_fut])
+            t_med = [t_hist[-1], *t_fut]
             v_med = np.concatenate([[history[-1]], median])
         ax.plot(t_med, v_med, color="#d1495b", lw=1.8, label="median forecast")
-        ax.axvline(history.size - 0.5, color="0.6", lw=0.8, ls="--")
-        ax.set_xlabel("time step")
+        if times is None:
+            ax.axvline(history.size - 0.5, color="0.6", lw=0.8, ls="--")
+        else:
+            ax.axvline(t_hist[-1], color="0.6", lw=0.8, ls="--")
+        ax.set_xlabel("time step" if times is None else "time")
         ax.set_ylabel("value")
         ax.set_title(title or f"{median.size}-step forecast")
         ax.grid(True, alpha=0.3)

@@ -301,7 +301,7 @@ def _forecast_spec(spec: TimeSeriesOutput, limits: Limits) -> TimeSeriesOutput:
 def _image_spec(spec: ImageOutput, caps: Capabilities) -> ImageOutput:
     width = int_in("width", spec.width, 0)
     height = int_in("height", spec.height, 0)
-    if width * height > caps.limits.max_image_pixels:
+    if (width or height) * (height or width) > caps.limits.max_image_pixels:
         raise FieldError(
             "", f"{width}x{height} exceeds max_image_pixels {caps.limits.max_image_pixels}"
         )

@@ -47,7 +47,9 @@ class ImageJob(Job):
             placeholder = vocab.special(sequence.LATENT_PLACEHOLDER)
             segment = continuous_plan(positions, output.head, placeholder, "image")
         uncond = guidance_prompt(sampling, lambda: sequence.image_prompt(vocab, text, None))
-        size = (output.width or tok.image_size, output.height or tok.image_size)
+        # One side alone keeps the native (square) aspect: --width 64 is 64 x 64.
+        width, height = output.width or output.height, output.height or output.width
+        size = (width or tok.image_size, height or tok.image_size)
         every = output.preview_every_rows or 2
         job = cls(ctx, ids, segment, sampling, uncond_ids=uncond, size=size, every=every)
         job.grid, job.cells = tuple(tok.grid), cells

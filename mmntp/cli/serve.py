@@ -1,0 +1,109 @@
+"""`mmntp serve` (a service folder over gRPC) and `mmntp health` (ask a running server)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mmntp.cli.options import (
+    add_connection_arguments,
+    add_torch_threads,
+    make_client,
+    set_torch_threads,
+)
+
+
+def add_serve_parser(sub) -> None:
+    srv = sub.add_parser("serve", help="serve a service folder over gRPC")
+    srv.add_argument("service", nargs="?", help="service or model folder (default: bundled)")
+    srv.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    srv.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
+    srv.add_argument("--api-keys-file", help="one API key per line (else $MMNTP_API_KEYS)")
+    srv.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (with --tls-key)")
+    srv.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    srv.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    srv.add_argument("--grace", type=float, help="seconds in-flight calls get after SIGTERM")
+    srv.add_argument("--no-warmup", action="store_true", help="report SERVING without warm-up")
+    add_torch_threads(
+        srv, "torch intra-op threads (service.json server.torch_threads, default 1; 0 = torch's)"
+    )
+    srv.set_defaults(func=cmd_serve, own_threads=True)
+
+
+def cmd_serve(args) -> int:
+    import asyncio
+    import logging
+
+    from mmntp.serve.auth import load_api_keys
+    from mmntp.serve.server import server_config_for
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    config = server_config_for(
+        args.service,
+        host=args.host,
+        port=args.port,
+        grace_seconds=args.grace,
+        warmup=False if args.no_warmup else None,
+        torch_threads=args.torch_threads,
+    )
+    set_torch_threads(config.torch_threads or 0)
+    keys = load_api_keys(args.api_keys_file)
+    if not keys:
+        logging.getLogger("mmntp.serve").warning("no API keys configured: the server is open")
+    try:
+        asyncio.run(_serve(args, config, keys))
+    except OSError as err:  # a busy --port or --metrics-port: one line, not a traceback
+        what = f"metrics port {args.metrics_port}" if _metrics_failed(err) else "bind"
+        print(f"mmntp serve: error: {what}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(args, config, keys) -> None:
+    from mmntp.generation import Pipeline
+    from mmntp.serve.server import Server, TlsFiles, serve_until_signal
+
+    tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
+    pipe = Pipeline.from_pretrained(args.service)
+    server = Server(pipe, config, keys, tls, args.metrics_port)
+    try:
+        await serve_until_signal(server)
+    except OSError as err:
+        err.add_note("metrics" if server.port is not None else "grpc")
+        await server.grpc.stop(0)  # close the bound gRPC port inside the running loop
+        raise
+
+
+def _metrics_failed(err: OSError) -> bool:
+    return "metrics" in getattr(err, "__notes__", ())
+
+
+def add_health_parser(subparsers) -> argparse.ArgumentParser:
+    """`mmntp health --server HOST:PORT`: print the server's health; exit 0 if SERVING."""
+    parser = subparsers.add_parser(
+        "health", help="check a server's health (exit 0 if SERVING, else 1)"
+    )
+    parser.add_argument("--server", required=True, metavar="HOST:PORT")
+    parser.add_argument(
+        "--service", default="", help="service to check (default: the whole server)"
+    )
+    add_connection_arguments(parser, timeout=5.0)
+    add_torch_threads(parser)
+    parser.set_defaults(func=cmd_health)
+    return parser
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from mmntp.client import ClientError
+
+    try:
+        with make_client(args) as client:
+            status = client.health(args.service)
+    except ClientError as err:
+        print(f"mmntp health: error: {err.code.name}: {err.details}", file=sys.stderr)
+        return 1
+    print(status)
+    return 0 if status == "SERVING" else 1
