@@ -5,6 +5,7 @@ import pytest
 import torch
 from test_heads import _perturb, one_thread  # noqa: F401 - one_thread is autouse
 
+from mmntp.api import SamplingParams
 from mmntp.engine import Engine, EngineConfig, Request, continuous_plan, frames_plan, free_plan
 from mmntp.model.config import preset
 from mmntp.model.guidance import guidance_scale
@@ -18,7 +19,6 @@ from mmntp.model.heads import (
     head_from_spec,
     register_head,
 )
-from mmntp.model.sampling import SamplingParams
 from mmntp.model.transformer import Transformer
 
 SPANS = [[100, 116], [116, 132], [132, 148]]
