@@ -64,7 +64,13 @@ from mmntp.client.messages import (
     forecast_request,
     model_info,
 )
-from mmntp.client.save import save_forecast_csv, save_png, save_wav  # noqa: F401
+from mmntp.client.save import (  # noqa: F401
+    save_forecast_csv,
+    save_forecast_json,
+    save_image,
+    save_png,
+    save_wav,
+)
 from mmntp.v1 import generation_pb2 as pb
 from mmntp.v1 import generation_pb2_grpc
 
