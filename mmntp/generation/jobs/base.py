@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from mmntp.api import GenerationOutput, SamplingParams
+from mmntp.api import GenerationOutput, OutputSpec, PromptPart, SamplingParams
 from mmntp.engine import Request, SegmentPlan
 from mmntp.generation.context import ModelContext
 
@@ -26,6 +26,18 @@ class Job:
     sampling: SamplingParams
     rows: int = 1
     uncond_ids: list[int] | None = None  # classifier-free guidance: the unconditional prompt
+
+    @classmethod
+    def build(
+        cls,
+        ctx: ModelContext,
+        parts: list[PromptPart],
+        output: OutputSpec,
+        sampling: SamplingParams,
+    ) -> Job:
+        """Encode a request that `generation.validate` passed: parts, output and sampling
+        are checked and complete; only what needs the tokenizers can still fail."""
+        raise NotImplementedError
 
     def requests(
         self, tag: str | None = None, priority: int = 0, deadline: float | None = None
