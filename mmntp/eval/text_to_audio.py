@@ -165,7 +165,7 @@ def _grpc_run(pipe: Any, prompt: str, output: AudioOutput, sampling) -> dict:
         for chunk in client.generate(prompt, output, sampling):
             if isinstance(chunk, WireChunk):
                 first = first if first is not None else time.perf_counter() - start
-                pieces.append(chunk.pcm)
+                pieces.append(chunk.pcm16())  # the wire bytes, as the server sent them
         total = time.perf_counter() - start
     offline = pipe(prompt, output, sampling)
     pcm = b"".join(pieces)
@@ -201,7 +201,10 @@ def evaluate(pipe: Any, settings: AudioEvalSettings, progress: Progress = lambda
             "seconds": settings.seconds,
             "guidance": list(settings.guidance),
             "seed": settings.seed,
-            "sampling": {"temperature": sampling_defaults("audio").temperature, "top_k": sampling_defaults("audio").top_k},
+            "sampling": {
+                "temperature": sampling_defaults("audio").temperature,
+                "top_k": sampling_defaults("audio").top_k,
+            },
         },
         "adherence": rows,
         "card_ceiling": card_ceiling(pipe.tokenizer("audio"), prompts, settings.seconds),
