@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmntp.api import DEFAULT_NUM_SAMPLES
 from mmntp.cli import writers
 from mmntp.cli.inputs import future_timestamps, read_context, warn_if_unknown_prompt
 from mmntp.cli.options import add_connection_arguments, add_torch_threads, make_client
@@ -40,7 +41,11 @@ def add_generate_parser(sub) -> None:
         "--timestamp-column", help="--context CSV: the timestamps' column (name or index)"
     )
     gen.add_argument("--horizon", type=int, default=24, help="forecast steps")
-    gen.add_argument("--num-samples", type=int, default=20, help="forecast sample paths")
+    gen.add_argument(
+        "--num-samples",
+        type=int,
+        help=f"forecast sample paths (default {DEFAULT_NUM_SAMPLES}, capped by the service)",
+    )
     gen.add_argument("--max-tokens", type=int, default=128)
     gen.add_argument("--head", choices=["vq", "flow", "diffusion"], default="vq", help="image head")
     gen.add_argument("--guidance", type=float, help="image/audio: classifier-free guidance scale")

@@ -288,7 +288,7 @@ class Client(_Base):
         self,
         values: Sequence[float] | np.ndarray,
         horizon: int,
-        num_samples: int = 20,
+        num_samples: int | None = None,  # None: the server's default (DEFAULT_NUM_SAMPLES)
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
         seed: int | None = None,
         *,
@@ -432,7 +432,7 @@ class AsyncClient(_Base):
         self,
         values: Sequence[float] | np.ndarray,
         horizon: int,
-        num_samples: int = 20,
+        num_samples: int | None = None,  # None: the server's default (DEFAULT_NUM_SAMPLES)
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
         seed: int | None = None,
         *,

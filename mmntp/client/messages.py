@@ -177,7 +177,7 @@ def _sampling(
 def forecast_request(
     values: Any,
     horizon: int,
-    num_samples: int,
+    num_samples: int | None,
     quantiles: Sequence[float],
     seed: int | None,
     sampling: SamplingParams | None,

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from mmntp.api import DEFAULT_QUANTILES, TimeSeriesOutput, TimeSeriesPart
+from mmntp.api import DEFAULT_NUM_SAMPLES, DEFAULT_QUANTILES, TimeSeriesOutput, TimeSeriesPart
 from mmntp.api.sampling import defaults as sampling_defaults
 from mmntp.data.timeseries import (
     HOLDOUT_WINDOWS,
@@ -97,7 +97,7 @@ class QuantileForecast:
 class EvalSettings:
     """What to evaluate and how; ``datasets`` None means every bundled dataset."""
 
-    num_samples: int = 20
+    num_samples: int = DEFAULT_NUM_SAMPLES
     seed: int = 0
     datasets: tuple[str, ...] | None = None
     windows: int = HOLDOUT_WINDOWS
