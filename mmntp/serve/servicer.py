@@ -68,7 +68,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         check_request_id(request.request_id)
         self._check_model(request.model)
         args = convert.generate_args(request)
-        valid = self.pipe.validate(args.prompt, args.output, args.sampling)
+        # Validation decodes images and audio and sorts long lists: off the event loop, so
+        # one large request cannot stall health checks and other streams.
+        valid = await asyncio.to_thread(self.pipe.validate, args.prompt, args.output, args.sampling)
         left = context.time_remaining()
         deadline = None if left is None else time.monotonic() + left
         # The engine's ids must be unique even when two callers pick the same request_id.
@@ -114,7 +116,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     async def _unary(self, fn, request, context):
         try:
             self._check_model(request.model)
-            return fn(request, self.pipe)
+            return await asyncio.to_thread(fn, request, self.pipe)  # tokenizing is CPU work
         except FieldError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
 
