@@ -99,12 +99,12 @@ def resolve(params: SamplingParams | None, modality: str) -> SamplingParams:
     """
     params = params if params is not None else SamplingParams()
     table = DEFAULTS[modality]
-    for name, takes in (
-        ("guidance_scale", table.guidance_scale is not None),
-        ("num_steps", table.takes_steps),
+    for name, takes, outputs in (
+        ("guidance_scale", table.guidance_scale is not None, "image and audio"),
+        ("num_steps", table.takes_steps, "image"),
     ):
         if not takes and getattr(params, name) is not None:
-            raise FieldError(name, f"applies to image (and audio) outputs only, not {modality}")
+            raise FieldError(name, f"applies to {outputs} outputs only, not {modality}")
     return _fill(params, table)
 
 

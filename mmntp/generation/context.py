@@ -22,6 +22,7 @@ class ModelContext:
     tokenizers: Mapping[str, Any]  # modality -> tokenizer (built on first use)
     heads: Mapping[str, Any]  # the model's output heads by name ("token", "flow", "audio")
     limits: Limits
+    max_seq_len: int  # the model's context: a prompt and its output must fit in it
 
     def tokenizer(self, modality: str):
         if modality not in self.tokenizers:

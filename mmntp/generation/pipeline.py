@@ -76,6 +76,7 @@ class Pipeline:
             name = path.name
         bundle = load_model(path, device=device)
         limits = Limits.from_dict({**bundle.meta.get("limits", {}), **service.get("limits", {})})
+        limits = limits.for_model(bundle.model.config.max_seq_len)
         return cls(bundle, limits, EngineConfig.from_dict(service.get("engine", {})), name)
 
     @property
@@ -99,7 +100,11 @@ class Pipeline:
     def context(self) -> ModelContext:
         """What jobs see of the model: vocabulary, tokenizers, heads, limits."""
         return ModelContext(
-            self.bundle.vocab, self.bundle.tokenizers, self.bundle.model.heads, self.limits
+            self.bundle.vocab,
+            self.bundle.tokenizers,
+            self.bundle.model.heads,
+            self.limits,
+            self.bundle.model.config.max_seq_len,
         )
 
     def tokenizer(self, modality: str):
@@ -197,7 +202,9 @@ class Pipeline:
         both before the first chunk. Closing or cancelling the iterator aborts the
         engine requests within one step.
         """
-        job = self.prepare(prompt, output, sampling)
+        # Encoding (tokenizers) and, for images and audio, decoding (a VQ or codec decoder,
+        # PNG) are CPU work: they run in a worker thread so the event loop only routes.
+        job = await asyncio.to_thread(self.prepare, prompt, output, sampling)
         requests = job.requests(request_id, priority, deadline)
         steps = _Steps(requests)
         progress = asyncio.Event()
@@ -212,15 +219,14 @@ class Pipeline:
                 # Read "done" before the outputs: a pump may finish while a slow consumer
                 # holds a yield below, and its last tokens must still go out.
                 done = all(p.done() for p in pumps)
-                for k, ids, lps, vectors in steps.ready():
-                    for chunk in job.chunks(k, ids, lps, vectors):
-                        yield chunk
+                for chunk in await _off_loop(job, _decode_ready, job, steps):
+                    yield chunk
                 if done:
                     break
         finally:
             for p in pumps:
                 p.cancel()
-        for chunk in job.flush():
+        for chunk in await _off_loop(job, lambda j: list(j.flush()), job):
             yield chunk
         yield steps.finish(job)
 
@@ -296,6 +302,19 @@ class _Steps:
         if started:
             result.queue_seconds = min(started) - min(r.arrival_time for r in self.requests)
         return result
+
+
+def _decode_ready(job: Job, steps: _Steps) -> list[Chunk]:
+    """The chunks of every step that completed since the last call."""
+    return [c for k, ids, lps, vectors in steps.ready() for c in job.chunks(k, ids, lps, vectors)]
+
+
+async def _off_loop(job: Job, fn, *args):
+    """`fn(*args)` in a worker thread for jobs whose stream decoding is heavy (images,
+    audio); in place for the rest, where a thread hop would cost more than the work."""
+    if job.heavy_decode:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
 
 
 def _rows(active: dict[int, list[Request]]) -> int:

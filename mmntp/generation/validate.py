@@ -90,6 +90,7 @@ def validate(
         raise FieldError("output", f"unknown output spec {type(output).__name__}")
     if not parts:
         raise FieldError("prompt", "empty prompt")
+    _at_most("prompt", len(parts), caps.limits.max_prompt_parts, "max_prompt_parts", "parts")
     parts = [check_part(p, f"prompt[{i}]", caps) for i, p in enumerate(parts)]
     output = _output(output, modality, caps)
     _prompt_fits_output(parts, modality, caps.limits)
@@ -144,6 +145,12 @@ def series_values(values: object, field: str) -> np.ndarray:
     return array
 
 
+def _at_most(field: str, size: int, limit: int, name: str, what: str) -> None:
+    """The O(1) size check every list and string passes before any other work."""
+    if size > limit:
+        raise FieldError(field, f"has {size} {what}, more than {name} {limit}")
+
+
 # -- prompt parts ------------------------------------------------------------------------
 
 
@@ -157,14 +164,26 @@ def check_part(part: PromptPart, field: str, caps: Capabilities) -> PromptPart:
 
 def _part(part: PromptPart, caps: Capabilities) -> PromptPart:
     """One part, checked (relative field paths: "text", "timeseries.values[3]")."""
+    limits = caps.limits
     if isinstance(part, TextPart):
         if not isinstance(part.text, str):
             raise FieldError("text", f"must be a string, got {type(part.text).__name__}")
+        _at_most("text", len(part.text), limits.max_text_chars, "max_text_chars", "characters")
         _require_tokenizer(caps, "text", "text")
         return part
     if isinstance(part, TokenIdsPart):
+        _at_most(
+            "token_ids.ids", len(part.ids), limits.max_prompt_tokens, "max_prompt_tokens", "ids"
+        )
         return TokenIdsPart(check_ids(part.ids, caps.vocab_size, "token_ids.ids"))
     if isinstance(part, TimeSeriesPart):
+        _at_most(
+            "timeseries.values",
+            len(part.values),
+            limits.max_series_values,
+            "max_series_values",
+            "values",
+        )
         values = series_values(part.values, "timeseries.values")
         stamps = list(part.timestamps) if part.timestamps is not None else []
         if stamps and len(stamps) != len(values):
@@ -255,6 +274,7 @@ def _check_spec(output: OutputSpec, caps: Capabilities) -> OutputSpec:
     if isinstance(output, TextOutput):
         return TextOutput(_max_tokens(output.max_tokens, DEFAULT_TEXT_TOKENS, limits))
     if isinstance(output, TokensOutput):
+        _at_most("stop_ids", len(output.stop_ids), limits.max_stop_ids, "max_stop_ids", "ids")
         stops = check_ids(output.stop_ids, caps.vocab_size, "stop_ids")
         return TokensOutput(
             _max_tokens(output.max_tokens, DEFAULT_RAW_TOKENS, limits), tuple(stops)
@@ -283,6 +303,7 @@ def _forecast_spec(spec: TimeSeriesOutput, limits: Limits) -> TimeSeriesOutput:
     if num_samples is None:
         num_samples = min(DEFAULT_NUM_SAMPLES, limits.timeseries_max_samples)
     num_samples = int_in("num_samples", num_samples, 1, limits.timeseries_max_samples)
+    _at_most("quantiles", len(spec.quantiles), limits.max_quantiles, "max_quantiles", "levels")
     quantiles = tuple(spec.quantiles)
     if not quantiles:
         raise FieldError("quantiles", "must name at least one level")

@@ -3,7 +3,14 @@ that turns its steps into chunks."""
 
 from __future__ import annotations
 
-from mmntp.api import AudioOutput, ImageOutput, TextOutput, TimeSeriesOutput, TokensOutput
+from mmntp.api import (
+    AudioOutput,
+    FieldError,
+    ImageOutput,
+    TextOutput,
+    TimeSeriesOutput,
+    TokensOutput,
+)
 from mmntp.generation.context import ModelContext
 from mmntp.generation.jobs.audio import AudioJob
 from mmntp.generation.jobs.base import Job
@@ -25,7 +32,23 @@ def build_job(ctx: ModelContext, request: ValidRequest) -> Job:
     """Encode a validated request; only checks that need the tokenizers can still fail
     (FieldError naming the field)."""
     job_type = JOBS[type(request.output)]
-    return job_type.build(ctx, request.parts, request.output, request.sampling)
+    job = job_type.build(ctx, request.parts, request.output, request.sampling)
+    longest = max(len(job.prompt_ids), len(job.uncond_ids or ()))
+    if longest + job.segment.max_tokens > ctx.max_seq_len:
+        raise FieldError(
+            _LENGTH_FIELD.get(request.modality, "prompt"),
+            f"the prompt ({longest} tokens) and the output ({job.segment.max_tokens} tokens) "
+            f"exceed the model's context of {ctx.max_seq_len} tokens",
+        )
+    return job
+
+
+# The field a too-long request names: what the caller can shorten.
+_LENGTH_FIELD = {
+    "text": "output.text.max_tokens",
+    "tokens": "output.tokens.max_tokens",
+    "timeseries": "output.timeseries.horizon",
+}
 
 
 __all__ = [

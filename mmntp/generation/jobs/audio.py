@@ -25,6 +25,7 @@ from mmntp.generation.jobs.base import Job, guidance_prompt
 
 @dataclass
 class AudioJob(Job):
+    heavy_decode = True
     frame_size: int = 1  # tokens per codec frame (its levels)
     first: int = 1
     every: int = 5

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ class Job:
     sampling: SamplingParams
     rows: int = 1
     uncond_ids: list[int] | None = None  # classifier-free guidance: the unconditional prompt
+    # Stream decoding runs a decoder network (images, audio): the server does it off the
+    # event loop. A class attribute, not a field.
+    heavy_decode: ClassVar[bool] = False
 
     @classmethod
     def build(

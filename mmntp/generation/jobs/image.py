@@ -21,6 +21,7 @@ class ImageJob(Job):
     """Text-to-image, guided by default: VQ codes in raster order (head "vq"), or KL latents
     in k x k cells from a flow or diffusion head (continuous positions, next-X)."""
 
+    heavy_decode = True
     size: tuple[int, int] = (0, 0)  # output (width, height)
     grid: tuple[int, int] = (1, 1)  # token (or latent) rows, columns
     every: int = 2  # preview every this many token rows
