@@ -86,43 +86,49 @@ def generate_args(request: pb.GenerateRequest) -> GenerateArgs:
 
 
 def prompt_part(part: pb.PromptPart, path: str) -> PromptPart:
+    try:
+        return _prompt_part(part)
+    except FieldError as err:  # the api part's own checks name fields relative to it
+        raise err.under(path) from None
+
+
+def _prompt_part(part: pb.PromptPart) -> PromptPart:
     kind = part.WhichOneof("part")
     if kind is None:
-        raise FieldError(path, "no modality set (text, image, audio, ...)")
+        raise FieldError("", "no modality set (text, image, audio, ...)")
     if kind == "text":
         return TextPart(part.text)
     if kind == "token_ids":
         return TokenIdsPart(list(part.token_ids.ids))
     if kind == "timeseries":
         series = part.timeseries
-        return TimeSeriesPart(
-            np.asarray(series.values, dtype=np.float64), list(series.timestamps) or None
-        )
+        values = np.asarray(series.values, dtype=np.float64)
+        return TimeSeriesPart(values, list(series.timestamps) or None)
     if kind == "image":
         return ImagePart(part.image.data)
     if kind == "audio":
-        return _audio_part(part.audio, f"{path}.audio")
-    return _motion_part(part.motion, f"{path}.motion")
+        return _audio_part(part.audio)
+    return _motion_part(part.motion)
 
 
-def _audio_part(audio: pb.AudioInput, path: str) -> AudioPart:
+def _audio_part(audio: pb.AudioInput) -> AudioPart:
     source = audio.WhichOneof("source")
     if source is None:
-        raise FieldError(path, "no audio given (wav or pcm)")
+        raise FieldError("audio", "no audio given (wav or pcm)")
     if source == "wav":
         return AudioPart(wav=audio.wav)
-    return AudioPart(pcm=audio.pcm.data, sample_rate=audio.pcm.sample_rate or -1)
+    return AudioPart(pcm=audio.pcm.data, sample_rate=audio.pcm.sample_rate)
 
 
-def _motion_part(motion: pb.MotionInput, path: str) -> MotionPart:
+def _motion_part(motion: pb.MotionInput) -> MotionPart:
     if motion.num_features <= 0:
         raise FieldError(
-            f"{path}.num_features", f"must be a positive integer, got {motion.num_features}"
+            "motion.num_features", f"must be a positive integer, got {motion.num_features}"
         )
     n = len(motion.values)
     if n == 0 or n % motion.num_features:
         raise FieldError(
-            f"{path}.values",
+            "motion.values",
             f"{n} values is not a positive multiple of num_features {motion.num_features}",
         )
     values = np.asarray(motion.values, dtype=np.float32).reshape(-1, motion.num_features)
