@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pytest
+from serving import ServerThread
 
 from mmntp.api import (
     AudioOutput,
@@ -28,7 +29,6 @@ from mmntp.generation import Pipeline
 from mmntp.generation.jobs import AudioJob, ForecastJob, ImageJob, TextJob, TokensJob
 from mmntp.generation.pipeline import _off_loop
 from mmntp.generation.validate import Capabilities, validate
-from serving import ServerThread
 
 LIMITS = Limits()
 CAPS = Capabilities(512, frozenset({"text", "timeseries", "audio"}), ("vq",), LIMITS)
