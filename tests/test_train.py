@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmntp.model.checkpoint import load_model
+from mmntp.model.checkpoint import load_model, relative_paths
 from mmntp.model.config import preset
 from mmntp.model.transformer import Transformer
 from mmntp.model.vocab import VocabLayout
@@ -405,7 +405,9 @@ def test_every_checkpoint_is_a_model_folder_with_full_state(tmp_path):
     n_params = len(list(Transformer(preset("test", 320)).parameters()))
     for step, path in found:
         bundle = load_model(path / "model")
-        assert bundle.meta == {"recipe": recipe.to_dict(), "step": step}
+        # Saved with the recipe's absolute paths made relative to the model folder.
+        recipe_meta = relative_paths(recipe.to_dict(), path / "model")
+        assert bundle.meta == {"recipe": recipe_meta, "step": step}
         assert bundle.vocab.size == 320 and bundle.model.config.dim == 64
         logits = bundle.model(torch.zeros(1, 4, dtype=torch.long))
         assert logits.shape == (1, 4, 320) and torch.isfinite(logits).all()

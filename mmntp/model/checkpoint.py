@@ -1,11 +1,16 @@
 """Model folders: `config.json` + `model.safetensors` (+ `tokenizers/<key>/` cards).
 
-Nothing here unpickles: weights go through safetensors, everything else is JSON.
+Nothing here unpickles: weights go through safetensors, everything else is JSON. A folder
+is read as untrusted: `load_model` checks every config field's type and range, resolves
+every path inside the folder (or `tokenizers_root`), and compares the shapes the config
+implies (a model built on the meta device) with the safetensors header before anything is
+allocated; every problem is one `ModelLoadError` naming the file and the field.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -13,18 +18,42 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from mmntp.model.config import ModelConfig
+from mmntp.model.config import FieldError, ModelConfig
 from mmntp.model.heads import head_from_spec
 from mmntp.model.transformer import Transformer
 from mmntp.model.vocab import VocabLayout
 from mmntp.tokenizers import Tokenizer, build_tokenizer, check_tokenizer_card
+from mmntp.tokenizers.base import (
+    MissingFileError,
+    ModelLoadError,
+    load_tensors,
+    read_json_object,
+    resolve_inside,
+    safetensors_shapes,
+)
 
 FORMAT = "mmntp-model"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 TIED_KEY = "heads.token.proj.weight"
+# A folder of tokenizer cards that model configs may name besides their own folder
+# (`load_model(tokenizers_root=...)` wins over it).
+TOKENIZERS_ROOT_ENV = "MMNTP_TOKENIZERS_ROOT"
+
+__all__ = [
+    "FORMAT",
+    "LazyTokenizers",
+    "MissingFileError",
+    "ModelBundle",
+    "ModelLoadError",
+    "WEIGHTS",
+    "load_model",
+    "read_config",
+    "relative_paths",
+    "save_model",
+]
 
 
 class LazyTokenizers(Mapping[str, Tokenizer]):
@@ -37,9 +66,11 @@ class LazyTokenizers(Mapping[str, Tokenizer]):
     builds one; a server builds them all before it reports SERVING.
     """
 
-    def __init__(self, cards: Mapping[str, Path]) -> None:
+    def __init__(self, cards: Mapping[str, Path], roots: list[Path] | None = None) -> None:
         # (folder, class, build arguments) per key: checked now, built on first lookup.
-        self._cards = {k: (path, *check_tokenizer_card(path)) for k, path in cards.items()}
+        # A card's files must resolve inside `roots` too (the model folder and the
+        # tokenizers root), so a symlink cannot lead out of them.
+        self._cards = {k: (path, *check_tokenizer_card(path, roots)) for k, path in cards.items()}
         self._built: dict[str, Tokenizer] = {}
         self._lock = threading.Lock()  # request threads may ask for the same one at once
 
@@ -103,7 +134,7 @@ def save_model(
         "model": model.config.to_dict(),
         "vocab": vocab.to_dict(),
         "tokenizers": refs,
-        "meta": meta or {},
+        "meta": relative_paths(meta or {}, directory),
     }
     heads = head_specs(model)
     if heads:  # only then: folders without extra heads stay byte-for-byte as before
@@ -150,47 +181,158 @@ def add_saved_heads(model: Transformer, heads: dict[str, Any], where: str) -> No
         model.add_head(name, head)
 
 
+def relative_paths(value: Any, directory: Path) -> Any:
+    """`value` (JSON-able meta) with every absolute path string made relative to the
+    model folder: a shipped folder must not carry the build machine's paths."""
+    if isinstance(value, dict):
+        return {k: relative_paths(v, directory) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [relative_paths(v, directory) for v in value]
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str) and os.path.isabs(value) and "\n" not in value:
+        return os.path.relpath(value, os.path.abspath(directory))
+    return value
+
+
 def read_config(directory: str | Path) -> dict[str, Any]:
+    """config.json of a model folder, with its format tag and top-level layout checked
+    (the fields themselves are checked by `load_model`). Raises ModelLoadError."""
     directory = Path(directory)
     path = directory / "config.json"
     if not directory.is_dir():
-        raise FileNotFoundError(f"model folder {directory} does not exist")
+        raise MissingFileError(directory, "", "model folder does not exist")
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a model folder: no config.json")
-    config = json.loads(path.read_text())
+        raise MissingFileError(directory, "", "not a model folder: no config.json")
+    resolve_inside(directory, "config.json", [directory], path, "")
+    config = read_json_object(path)
     if config.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an mmntp model config (format={config.get('format')!r})")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: format_version {config['format_version']} is newer than this mmntp"
+        raise ModelLoadError(
+            path, "format", f"not an mmntp model config (format={config.get('format')!r:.60})"
         )
+    version = config.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ModelLoadError(path, "format_version", f"must be an integer, got {version!r:.60}")
+    if version > FORMAT_VERSION:
+        raise ModelLoadError(
+            path, "format_version", f"{version} is newer than this mmntp ({FORMAT_VERSION})"
+        )
+    for key, kind in (("model", dict), ("vocab", dict), ("tokenizers", dict)):
+        if key not in config:
+            raise ModelLoadError(path, key, "is missing")
+        if not isinstance(config[key], kind):
+            raise ModelLoadError(path, key, "must be a JSON object")
+    for key in ("meta", "heads"):
+        if not isinstance(config.get(key, {}), dict):
+            raise ModelLoadError(path, key, "must be a JSON object")
     return config
+
+
+def _field(path: Path, prefix: str, err: FieldError) -> ModelLoadError:
+    where = f"{prefix}.{err.field}" if err.field else prefix
+    return ModelLoadError(path, where, err.problem)
+
+
+def _tokenizer_roots(directory: Path, tokenizers_root: str | Path | None) -> list[Path]:
+    root = tokenizers_root if tokenizers_root is not None else os.environ.get(TOKENIZERS_ROOT_ENV)
+    return [directory, *([Path(root)] if root else [])]
+
+
+def check_weights(
+    model: Transformer, shapes: dict[str, tuple[str, tuple[int, ...]]], weights: Path, config: Path
+) -> None:
+    """The state dict a (meta-device) model expects against a safetensors header: a
+    vocabulary size the embedding disagrees with names the config field; any other
+    missing, unexpected or misshapen tensor names the tensor."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        expected.pop(TIED_KEY, None)
+    emb = shapes.get("tok_embeddings.weight")
+    if emb is not None and len(emb[1]) == 2 and emb[1][0] != model.config.vocab_size:
+        raise ModelLoadError(
+            config,
+            "model.vocab_size",
+            f"{model.config.vocab_size} but tok_embeddings.weight in {WEIGHTS} has "
+            f"{emb[1][0]} rows",
+        )
+    for name, shape in expected.items():
+        if name not in shapes:
+            raise ModelLoadError(weights, name, "missing (the config implies it)")
+        if shapes[name][1] != shape:
+            raise ModelLoadError(
+                weights,
+                name,
+                f"shape {list(shapes[name][1])} but the config implies {list(shape)}",
+            )
+    extra = sorted(set(shapes) - set(expected))
+    if extra:
+        raise ModelLoadError(weights, extra[0], "not part of the model the config describes")
 
 
 def load_model(
     directory: str | Path,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    tokenizers_root: str | Path | None = None,
 ) -> ModelBundle:
-    """Load a model folder written by `save_model` (or `mmntp import-hf`)."""
+    """Load a model folder written by `save_model` (or `mmntp import-hf`).
+
+    The folder is untrusted: config values are type- and range-checked, the tensor shapes
+    they imply are compared with the safetensors header (nothing is allocated until they
+    agree), and tokenizer card paths must resolve inside the folder or inside
+    `tokenizers_root` (default: $MMNTP_TOKENIZERS_ROOT, if set). Raises ModelLoadError
+    (MissingFileError, also a FileNotFoundError, for a missing file)."""
     directory = Path(directory)
     config = read_config(directory)
-    model_config = ModelConfig.from_dict(config["model"])
-    vocab = VocabLayout.from_dict(config["vocab"])
+    path = directory / "config.json"
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except FieldError as err:
+        raise _field(path, "model", err) from None
+    try:
+        vocab = VocabLayout.from_dict(config["vocab"])
+    except FieldError as err:
+        raise _field(path, "vocab", err) from None
+    if vocab.size != model_config.vocab_size:
+        raise ModelLoadError(
+            path, "vocab.size", f"{vocab.size} != model.vocab_size {model_config.vocab_size}"
+        )
+    roots = _tokenizer_roots(directory, tokenizers_root)
+    cards = {
+        key: resolve_inside(directory, ref, roots, path, f"tokenizers.{key}")
+        for key, ref in config["tokenizers"].items()
+    }
     weights = directory / WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"{directory}: no {WEIGHTS}")
-    state = load_file(str(weights), device="cpu")
+    resolve_inside(directory, WEIGHTS, [directory], weights, "")
+    shapes = safetensors_shapes(weights)
+    # The module on the meta device first: its shapes cost nothing, whatever the config.
+    with torch.device("meta"):
+        shell = Transformer(model_config)
+        _add_heads(shell, config.get("heads", {}), path)
+    check_weights(shell, shapes, weights, path)
+    del shell
+    state = load_tensors(weights)
     model = Transformer(model_config)
-    add_saved_heads(model, config.get("heads", {}), str(directory / "config.json"))
+    _add_heads(model, config.get("heads", {}), path)
     if model_config.tie_embeddings:
         state[TIED_KEY] = state["tok_embeddings.weight"]
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{weights}: weights do not match the config (missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]})"
+    if missing or unexpected:  # check_weights found none: kept as the last word
+        raise ModelLoadError(
+            weights,
+            "",
+            f"weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})",
         )
     model.to(device=device, dtype=dtype).eval()
-    tokenizers = LazyTokenizers({k: directory / ref for k, ref in config["tokenizers"].items()})
-    return ModelBundle(model, vocab, tokenizers, config.get("meta", {}), directory)
+    tokenizers = LazyTokenizers(cards, roots)
+    meta = config.get("meta", {})
+    return ModelBundle(model, vocab, tokenizers, meta, directory)
+
+
+def _add_heads(model: Transformer, heads: dict[str, Any], path: Path) -> None:
+    try:
+        add_saved_heads(model, heads, "heads")
+    except (ValueError, TypeError, KeyError) as err:
+        message = " ".join(str(err).split())
+        field, _, problem = message.partition(": ")
+        raise ModelLoadError(path, field if problem else "heads", problem or message) from None

@@ -48,8 +48,9 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
-        if self.rope_theta <= 0:
-            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
+        theta = self.rope_theta
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
+            raise ValueError(f"rope_theta must be a positive number, got {theta!r}")
         for modality, width in self.continuous_inputs.items():
             if not isinstance(width, int) or width <= 0:
                 raise ValueError(f"continuous_inputs[{modality!r}] must be a positive int")
@@ -59,11 +60,112 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """The config saved in a model folder, read as untrusted: every field's type and
+        range is checked (`LIMITS`) before anything is sized from it. Raises `FieldError`
+        naming the first bad field."""
+        if not isinstance(data, dict):
+            raise FieldError("", f"must be a JSON object, got {_type_name(data)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown model config fields: {', '.join(unknown)}")
-        return cls(**data)
+            raise FieldError(unknown[0], f"unknown model config fields: {', '.join(unknown)}")
+        if "vocab_size" not in data:
+            raise FieldError("vocab_size", "is missing")
+        for name, value in data.items():
+            _check_field(name, value)
+        if "continuous_inputs" in data:
+            for modality, width in data["continuous_inputs"].items():
+                check_int(f"continuous_inputs.{modality}", width, 1, MAX_CONTINUOUS_WIDTH)
+        try:
+            config = cls(**data)
+        except ValueError as err:
+            raise FieldError(_field_named(str(err), known), str(err)) from None
+        rope_entries = config.max_seq_len * config.head_dim
+        if rope_entries > MAX_ROPE_ENTRIES:
+            raise FieldError(
+                "max_seq_len",
+                f"max_seq_len * head_dim = {rope_entries} exceeds {MAX_ROPE_ENTRIES} "
+                "(the RoPE table)",
+            )
+        return config
+
+
+class FieldError(ValueError):
+    """A config field with a wrong type or value; `field` names it ("" = the whole object).
+
+    The message is one line: `mmntp.model.checkpoint` adds the file and the path of the
+    field in it (`ModelLoadError`)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem if not field else f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+# The sane range of each integer field of a saved config (inclusive); a config outside
+# them is refused before anything is allocated from it. Generous: ~10x today's largest
+# open models in every direction, far beyond what one process here could hold.
+LIMITS: dict[str, tuple[int, int]] = {
+    "vocab_size": (1, 1 << 24),
+    "dim": (1, 1 << 16),
+    "n_layers": (1, 1024),
+    "n_heads": (1, 1024),
+    "n_kv_heads": (1, 1024),
+    "head_dim": (2, 4096),
+    "ffn_dim": (1, 1 << 20),
+    "max_seq_len": (1, 1 << 22),
+}
+MAX_CONTINUOUS_WIDTH = 1 << 16
+MAX_ROPE_ENTRIES = 1 << 28  # max_seq_len * head_dim: each RoPE table (cos, sin) is float32
+MAX_ROPE_THETA = 1e12
+_OPTIONAL = ("n_kv_heads", "head_dim", "ffn_dim")  # null = derived
+_BOOLS = ("tie_embeddings", "qk_norm", "attention_bias")
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_int(name: str, value: Any, lo: int, hi: int) -> int:
+    """`value` if it is an int (not a bool) in [lo, hi], else FieldError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FieldError(name, f"must be an integer, got {_type_name(value)} {_short(value)}")
+    if not lo <= value <= hi:
+        raise FieldError(name, f"must lie in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _check_field(name: str, value: Any) -> None:
+    if name in LIMITS:
+        if value is None and name in _OPTIONAL:
+            return
+        check_int(name, value, *LIMITS[name])
+    elif name in _BOOLS:
+        if not isinstance(value, bool):
+            raise FieldError(
+                name, f"must be true or false, got {_type_name(value)} {_short(value)}"
+            )
+    elif name in ("rope_theta", "norm_eps"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FieldError(name, f"must be a number, got {_type_name(value)} {_short(value)}")
+        lo, hi = (0.0, MAX_ROPE_THETA) if name == "rope_theta" else (0.0, 1.0)
+        if not lo < value <= hi:  # NaN fails too
+            raise FieldError(name, f"must lie in ({lo:g}, {hi:g}], got {value!r}")
+    elif name == "continuous_inputs" and not isinstance(value, dict):
+        raise FieldError(name, f"must be an object, got {_type_name(value)}")
+
+
+def _field_named(message: str, known: set[str]) -> str:
+    """The field a __post_init__ message starts with (they all name theirs first)."""
+    head = message.split("=", 1)[0].split(" ", 1)[0]
+    return head if head in known else ""
 
 
 def _round_up(value: int, multiple: int) -> int:

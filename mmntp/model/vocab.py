@@ -11,6 +11,9 @@ from typing import Any
 
 import torch
 
+from mmntp.model.config import LIMITS, FieldError, check_int
+
+MAX_VOCAB_SIZE = LIMITS["vocab_size"][1]
 MODALITIES = ("text", "image", "audio", "timeseries", "motion")
 TASKS = ("generate", "forecast", "caption", "transcribe", "speak")
 
@@ -99,8 +102,40 @@ class VocabLayout:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VocabLayout:
-        ranges = [IdRange(**r) for r in data["ranges"]]
-        return cls(specials=dict(data["specials"]), ranges=ranges, size=int(data["size"]))
+        """The layout saved in a model folder, read as untrusted: types and ranges are
+        checked; raises `FieldError` naming the field ("ranges[2].size")."""
+        if not isinstance(data, dict):
+            raise FieldError("", "must be a JSON object")
+        for key in ("size", "specials", "ranges"):
+            if key not in data:
+                raise FieldError(key, "is missing")
+        size = check_int("size", data["size"], 1, MAX_VOCAB_SIZE)
+        specials = data["specials"]
+        if not isinstance(specials, dict):
+            raise FieldError("specials", "must be an object of name -> id")
+        for name, idx in specials.items():
+            check_int(f"specials.{name}", idx, 0, size - 1)
+        if not isinstance(data["ranges"], list):
+            raise FieldError("ranges", "must be a list")
+        ranges = []
+        for i, r in enumerate(data["ranges"]):
+            where = f"ranges[{i}]"
+            if not isinstance(r, dict) or set(r) != {"modality", "codebook", "start", "size"}:
+                raise FieldError(where, "must be an object of modality, codebook, start, size")
+            if not isinstance(r["modality"], str):
+                raise FieldError(f"{where}.modality", "must be a string")
+            ranges.append(
+                IdRange(
+                    r["modality"],
+                    check_int(f"{where}.codebook", r["codebook"], 0, MAX_VOCAB_SIZE),
+                    check_int(f"{where}.start", r["start"], 0, size - 1),
+                    check_int(f"{where}.size", r["size"], 1, size),
+                )
+            )
+        try:
+            return cls(specials=dict(specials), ranges=ranges, size=size)
+        except ValueError as err:
+            raise FieldError("ranges", str(err)) from None
 
     # -- lookups --------------------------------------------------------------------
 

@@ -8,12 +8,17 @@ files of its own (a Hugging Face `tokenizer.json`), named in its config.
 from __future__ import annotations
 
 import json
+import math
+import os
+import struct
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -21,6 +26,147 @@ CONFIG_FILE = "config.json"
 TENSORS_FILE = "tokenizer.safetensors"
 CARD_FILE = "CARD.md"
 _RESERVED_KEYS = ("type", "modality", "kind")
+
+
+# -- reading folders that may come from anyone -------------------------------------------
+#
+# Model folders and their tokenizer cards are read as untrusted input: every path they
+# name must resolve inside the folder (or an allowed root), JSON files are size-capped,
+# UTF-8 objects, and a safetensors header is checked against the file before any tensor
+# is read. Every problem raises `ModelLoadError`: one line naming the file and the field.
+
+MAX_JSON_BYTES = 16 << 20  # a config.json; the bundled model's is 5 KB
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit for its JSON header
+_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer folder that cannot be loaded.
+
+    `path` is the file (or folder) at fault, `field` the place in it ("model.rope_theta",
+    "tokenizers.text", a tensor name; "" = the file as a whole), `problem` what is wrong.
+    `str()` is one line, "PATH: FIELD: PROBLEM", fit for a command's error output; it
+    never says whether a path outside the folder exists.
+    """
+
+    def __init__(self, path: str | Path, field: str, problem: str) -> None:
+        self.path, self.field, self.problem = str(path), field, problem
+        line = f"{self.path}: {field}: {problem}" if field else f"{self.path}: {problem}"
+        super().__init__(line.replace("\r", " ").replace("\n", " "))
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class MissingFileError(ModelLoadError, FileNotFoundError):
+    """A file the folder must hold is absent (also a FileNotFoundError)."""
+
+
+def resolve_inside(
+    base: str | Path, name: Any, roots: Iterable[str | Path], where: str | Path, field: str
+) -> Path:
+    """`base / name`, resolved (symlinks followed), if it lies inside one of `roots`;
+    otherwise ModelLoadError naming `where` and `field`. Nothing is opened or tested for
+    existence first, so the error says the same for a path that exists and one that does
+    not."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ModelLoadError(where, field, f"must be a relative path, got {name!r:.60}")
+    resolved = Path(os.path.realpath(Path(base) / name))
+    for root in roots:
+        if resolved.is_relative_to(os.path.realpath(root)):
+            return resolved
+    raise ModelLoadError(where, field, f"{name!r:.60} points outside the folder; refused")
+
+
+def read_json_object(path: str | Path, field: str = "") -> dict[str, Any]:
+    """A JSON object from a file, or ModelLoadError saying why not (too big, not UTF-8,
+    not JSON, not an object)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(path, field, "is missing")
+    with path.open("rb") as f:
+        raw = f.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise ModelLoadError(path, field, f"is larger than {MAX_JSON_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ModelLoadError(path, field, f"is not UTF-8 text (byte {err.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(
+            path, field, f"is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        ) from None
+    except RecursionError:
+        raise ModelLoadError(path, field, "is not valid JSON: nested too deeply") from None
+    if not isinstance(data, dict):
+        kind = {list: "a list", str: "a string"}.get(type(data), type(data).__name__)
+        raise ModelLoadError(path, field, f"must hold a JSON object, got {kind}")
+    return data
+
+
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{name: (dtype, shape)} from a safetensors file's header, checked against the file
+    (every tensor's bytes lie in it, none overlap the header): no tensor is read. Raises
+    ModelLoadError naming the file and the tensor."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(path, "", "is missing")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelLoadError(path, "", f"is truncated: {size} bytes, not a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            raise ModelLoadError(
+                path, "", f"is truncated or not safetensors: header of {n} bytes, file {size}"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ModelLoadError(path, "", "is not a safetensors file: unreadable header") from None
+    if not isinstance(header, dict):
+        raise ModelLoadError(path, "", "is not a safetensors file: header is not an object")
+    data_bytes = size - 8 - n
+    shapes, end = {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, stop) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            ok = dtype in _ITEMSIZE and all(isinstance(d, int) and d >= 0 for d in shape)
+            ok = ok and isinstance(begin, int) and isinstance(stop, int) and 0 <= begin <= stop
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ModelLoadError(path, name, "malformed tensor entry in the header")
+        if stop - begin != math.prod(shape) * _ITEMSIZE[dtype]:
+            raise ModelLoadError(path, name, f"{stop - begin} bytes for shape {list(shape)}")
+        shapes[name] = (dtype, tuple(shape))
+        end = max(end, stop)
+    if end > data_bytes:
+        raise ModelLoadError(
+            path,
+            "",
+            f"is truncated: the header needs {end} bytes of data, the file holds {data_bytes}",
+        )
+    return shapes
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """`safetensors.torch.load_file` after `safetensors_shapes` checked the header; any
+    error left (a corrupt file) becomes ModelLoadError."""
+    safetensors_shapes(path)
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise ModelLoadError(path, "", f"cannot be read: {err}") from None
 
 
 @dataclass
@@ -55,6 +201,8 @@ class Tokenizer(ABC):
     modality: ClassVar[str]  # "text" | "image" | "audio" | "timeseries" | "motion"
     kind: ClassVar[str]  # "discrete" | "continuous"
     frame_rate: float | None = None  # tokens per second of signal, where that means anything
+    # Config keys that name a file of the card folder (checked to resolve inside it).
+    file_fields: ClassVar[tuple[str, ...]] = ()
     card_text: str | None = None  # the CARD.md it was loaded with; save() writes it back
 
     @abstractmethod
@@ -170,43 +318,62 @@ def build_tokenizer(
 ) -> Tokenizer:
     """The tokenizer of a card `check_tokenizer_card` already checked (its result)."""
     directory = Path(directory)
-    tok = cls.from_config(config, load_file(str(directory / TENSORS_FILE)), directory)
+    tensors = load_tensors(directory / TENSORS_FILE)
+    try:
+        tok = cls.from_config(config, tensors, directory)
+    except ModelLoadError:
+        raise
+    except (ValueError, TypeError, KeyError) as err:
+        problem = " ".join(str(err).split())[:300]
+        raise ModelLoadError(directory / CONFIG_FILE, "", problem) from None
     card = directory / CARD_FILE
-    tok.card_text = card.read_text() if card.is_file() else None
+    tok.card_text = card.read_text(errors="replace") if card.is_file() else None
     return tok
 
 
-def check_tokenizer_card(directory: str | Path) -> tuple[type[Tokenizer], dict[str, Any]]:
-    """What `load_tokenizer` checks before building anything (cheap: one small JSON file):
-    the folder, its config (a registered type whose modality and kind match) and its
-    tensors file -> (class, the config's build arguments). Raises naming the problem."""
+def check_tokenizer_card(
+    directory: str | Path, roots: Iterable[str | Path] | None = None
+) -> tuple[type[Tokenizer], dict[str, Any]]:
+    """What `load_tokenizer` checks before building anything (cheap: one small JSON file
+    and a safetensors header): the folder, its config (a registered type whose modality
+    and kind match) and its tensors file -> (class, the config's build arguments). The
+    card's files must resolve inside the card folder or `roots` (a symlink out is
+    refused). Raises ModelLoadError (MissingFileError for a missing file) naming the
+    problem."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"tokenizer folder {str(directory)!r} does not exist")
+        raise MissingFileError(directory, "", "tokenizer folder does not exist")
+    roots = [directory, *(roots or ())]
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
-        raise FileNotFoundError(f"tokenizer folder {str(directory)!r} has no {CONFIG_FILE}")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path} is not valid JSON: {err}") from err
-    if not isinstance(config, dict) or "type" not in config:
-        raise ValueError(f'{config_path} has no "type" key')
+        raise MissingFileError(directory, "", f"tokenizer folder has no {CONFIG_FILE}")
+    for name in (CONFIG_FILE, TENSORS_FILE, CARD_FILE):
+        resolve_inside(directory, name, roots, directory / name, "")
+    config = read_json_object(config_path)
+    if "type" not in config:
+        raise ModelLoadError(config_path, "type", 'has no "type" key')
     type_name = config.pop("type")
-    cls = _REGISTRY.get(type_name)
+    cls = _REGISTRY.get(type_name) if isinstance(type_name, str) else None
     if cls is None:
-        raise ValueError(
-            f"{config_path}: unknown tokenizer type {type_name!r}; known: {registered_types()}"
+        raise ModelLoadError(
+            config_path,
+            "type",
+            f"unknown tokenizer type {type_name!r:.60}; known: {registered_types()}",
         )
     for key in ("modality", "kind"):
         value = config.pop(key, getattr(cls, key))
         if value != getattr(cls, key):
-            raise ValueError(
-                f"{config_path}: {key} {value!r} does not match {cls.__name__}.{key} "
-                f"{getattr(cls, key)!r}"
+            raise ModelLoadError(
+                config_path,
+                key,
+                f"{key} {value!r:.60} does not match {cls.__name__}.{key} {getattr(cls, key)!r}",
             )
+    for key in cls.file_fields:
+        if key in config:
+            resolve_inside(directory, config[key], [directory], config_path, key)
     if not (directory / TENSORS_FILE).is_file():
-        raise FileNotFoundError(f"tokenizer folder {str(directory)!r} has no {TENSORS_FILE}")
+        raise MissingFileError(directory, "", f"tokenizer folder has no {TENSORS_FILE}")
+    safetensors_shapes(directory / TENSORS_FILE)
     return cls, config
 
 

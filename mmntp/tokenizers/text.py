@@ -11,11 +11,14 @@ import tokenizers
 import torch
 
 from mmntp.tokenizers.base import (
+    CONFIG_FILE,
     DiscreteTokenizer,
     Encoded,
+    ModelLoadError,
     StreamDecoder,
     as_codes,
     register_tokenizer,
+    resolve_inside,
 )
 
 BYTES_CARD = """\
@@ -111,6 +114,7 @@ class HFTextTokenizer(DiscreteTokenizer):
     modality: ClassVar[str] = "text"
     num_codebooks = 1
     tokenizer_file = "tokenizer.json"
+    file_fields: ClassVar[tuple[str, ...]] = ("tokenizer_file",)
 
     def __init__(self, tokenizer: tokenizers.Tokenizer) -> None:
         self.hf = tokenizer
@@ -124,7 +128,12 @@ class HFTextTokenizer(DiscreteTokenizer):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Hugging Face tokenizer file {str(path)!r} does not exist")
-        return cls(tokenizers.Tokenizer.from_file(str(path)))
+        try:
+            hf = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as err:  # the tokenizers library raises plain Exception
+            problem = f"is not a Hugging Face tokenizer file ({' '.join(str(err).split())[:200]})"
+            raise ModelLoadError(path, "", problem) from None
+        return cls(hf)
 
     def encode(self, x: str, state: dict[str, Any] | None = None) -> Encoded:
         """A str -> Encoded with codes (T,) LongTensor of token ids."""
@@ -158,7 +167,10 @@ class HFTextTokenizer(DiscreteTokenizer):
             raise ValueError(f"HFTextTokenizer config needs exactly 'tokenizer_file', got {config}")
         if directory is None:
             raise ValueError("HFTextTokenizer.from_config needs the card folder (directory)")
-        return cls.from_file(Path(directory) / config["tokenizer_file"])
+        # The card names the file: it must lie in the card folder (never "/etc/passwd").
+        where = Path(directory) / CONFIG_FILE
+        name = config["tokenizer_file"]
+        return cls.from_file(resolve_inside(directory, name, [directory], where, "tokenizer_file"))
 
 
 class HFStreamDecoder(StreamDecoder):
