@@ -318,17 +318,46 @@ def build_tokenizer(
 ) -> Tokenizer:
     """The tokenizer of a card `check_tokenizer_card` already checked (its result)."""
     directory = Path(directory)
+    check_card_shapes(directory, cls, config)
     tensors = load_tensors(directory / TENSORS_FILE)
+    tok = _from_config(directory, cls, config, tensors)
+    card = directory / CARD_FILE
+    tok.card_text = card.read_text(errors="replace") if card.is_file() else None
+    return tok
+
+
+def _from_config(
+    directory: Path, cls: type[Tokenizer], config: dict[str, Any], tensors: dict[str, Any]
+) -> Tokenizer:
     try:
-        tok = cls.from_config(config, tensors, directory)
+        return cls.from_config(config, tensors, directory)
     except ModelLoadError:
         raise
     except (ValueError, TypeError, KeyError) as err:
         problem = " ".join(str(err).split())[:300]
         raise ModelLoadError(directory / CONFIG_FILE, "", problem) from None
-    card = directory / CARD_FILE
-    tok.card_text = card.read_text(errors="replace") if card.is_file() else None
-    return tok
+
+
+def check_card_shapes(directory: Path, cls: type[Tokenizer], config: dict[str, Any]) -> None:
+    """The tensors a card's config implies (the tokenizer built on the meta device: no
+    memory, whatever sizes the config names) against its safetensors header, so a 1 KB
+    config cannot make the real build allocate gigabytes. A card without tensors, or a
+    tokenizer that cannot be built on the meta device, is left to the real build."""
+    shapes = safetensors_shapes(directory / TENSORS_FILE)
+    if not shapes:
+        return
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            shell = _from_config(directory, cls, config, {})
+            expected = {k: tuple(v.shape) for k, v in shell.tensors().items()}
+    except (NotImplementedError, RuntimeError):
+        return  # uses data on construction (meta tensors have none)
+    path = directory / TENSORS_FILE
+    for name, shape in expected.items():
+        if name in shapes and shapes[name][1] != shape:
+            raise ModelLoadError(
+                path, name, f"shape {list(shapes[name][1])} but the config implies {list(shape)}"
+            )
 
 
 def check_tokenizer_card(

@@ -383,3 +383,17 @@ def test_save_model_records_paths_relative_to_the_folder(good_folder, tmp_path):
     }
     assert str(tmp_path) not in (out / "config.json").read_text()
     assert relative_paths(meta, out) == saved
+
+
+def test_a_card_config_with_huge_sizes_is_refused_before_building(tmp_path):
+    """The card's config against its tensors header, on the meta device: a codebook of
+    10^9 rows (4 GB at code_dim 1) ends in one line naming the tensor."""
+    card = tmp_path / "image"
+    shutil.copytree(DEFAULT_MODEL / "tokenizers" / "image", card)
+    config = json.loads((card / "config.json").read_text())
+    (card / "config.json").write_text(json.dumps({**config, "codebook_size": 10**9}))
+    with pytest.raises(ModelLoadError) as info:
+        load_tokenizer(card)
+    err = info.value
+    assert err.path == str(card / "tokenizer.safetensors") and err.field == "quantizer.embedding"
+    assert "but the config implies [1000000000, 8]" in err.problem
