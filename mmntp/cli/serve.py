@@ -20,6 +20,12 @@ def add_serve_parser(sub) -> None:
     srv.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     srv.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
     srv.add_argument("--api-keys-file", help="one API key per line (else $MMNTP_API_KEYS)")
+    srv.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve without API keys on a non-loopback --host, or with a blank key set "
+        "(otherwise refused)",
+    )
     srv.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (with --tls-key)")
     srv.add_argument("--tls-key", help="PEM private key of --tls-cert")
     srv.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
@@ -32,11 +38,14 @@ def add_serve_parser(sub) -> None:
 
 
 def cmd_serve(args) -> int:
+    """Exit 0 after SIGTERM/SIGINT (also during start-up); 1 with one line when the server
+    cannot start (busy port, TLS, model load, warm-up) or its engine dies; 2 for a bad
+    setting (e.g. a blank key set without --allow-unauthenticated)."""
     import asyncio
     import logging
 
     from mmntp.serve.auth import load_api_keys
-    from mmntp.serve.server import server_config_for
+    from mmntp.serve.server import ServeError, server_config_for
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -48,37 +57,41 @@ def cmd_serve(args) -> int:
         grace_seconds=args.grace,
         warmup=False if args.no_warmup else None,
         torch_threads=args.torch_threads,
+        allow_unauthenticated=True if args.allow_unauthenticated else None,
     )
     set_torch_threads(config.torch_threads or 0)
-    keys = load_api_keys(args.api_keys_file)
-    if not keys:
-        logging.getLogger("mmntp.serve").warning("no API keys configured: the server is open")
+    keys = load_api_keys(args.api_keys_file, allow_empty=config.allow_unauthenticated)
     try:
         asyncio.run(_serve(args, config, keys))
-    except OSError as err:  # a busy --port or --metrics-port: one line, not a traceback
-        what = f"metrics port {args.metrics_port}" if _metrics_failed(err) else "bind"
-        print(f"mmntp serve: error: {what}: {err.strerror or err}", file=sys.stderr)
+    except ServeError as err:  # a busy port, a bad certificate, a broken model: one line
+        print(f"mmntp serve: error: {err}", file=sys.stderr)
         return 1
     return 0
 
 
 async def _serve(args, config, keys) -> None:
+    import asyncio
+    import logging
+
     from mmntp.generation import Pipeline
-    from mmntp.serve.server import Server, TlsFiles, serve_until_signal
+    from mmntp.serve.server import (
+        Interrupted,
+        Server,
+        TlsFiles,
+        serve_until_signal,
+        stop_on_signals,
+        unless_stopped,
+    )
 
+    stop = stop_on_signals()  # from here on SIGTERM stops cleanly, loading included
     tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
-    pipe = Pipeline.from_pretrained(args.service)
-    server = Server(pipe, config, keys, tls, args.metrics_port)
     try:
-        await serve_until_signal(server)
-    except OSError as err:
-        err.add_note("metrics" if server.port is not None else "grpc")
-        await server.grpc.stop(0)  # close the bound gRPC port inside the running loop
-        raise
-
-
-def _metrics_failed(err: OSError) -> bool:
-    return "metrics" in getattr(err, "__notes__", ())
+        pipe = await unless_stopped(stop, asyncio.to_thread(Pipeline.from_pretrained, args.service))
+    except Interrupted:
+        logging.getLogger("mmntp.serve").info("signal received while loading; stopped")
+        return
+    server = Server(pipe, config, keys, tls, args.metrics_port)
+    await serve_until_signal(server, stop)
 
 
 def add_health_parser(subparsers) -> argparse.ArgumentParser:

@@ -3,17 +3,33 @@
 Steps run in a worker thread so the event loop stays free for the service. The engine is
 only mutated from the event loop between steps: new requests and aborts queue up and are
 applied before the next step, so no lock is held while the model runs.
+
+Supervision: an exception from a step (or from the loop's own bookkeeping) kills the
+engine for good. Its state (KV cache, scheduler queues) may be half-updated, so nothing is
+retried: `dead` holds the cause, every in-flight and queued request fails with
+EngineFailedError("engine failed: <reason>"), later `generate` calls fail the same way at
+once, and the `on_failure` callbacks run (the server turns readiness NOT_SERVING and exits
+non-zero so that its supervisor restarts the process; see docs/operations.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from mmntp.engine.engine import Engine, RequestOutput
 from mmntp.engine.request import Request
+
+
+class EngineFailedError(RuntimeError):
+    """The engine loop died: no request can run until the process is restarted."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        self.reason = f"{type(cause).__name__}: {cause}"
+        super().__init__(f"engine failed: {self.reason}")
 
 
 @dataclass
@@ -52,6 +68,8 @@ class AsyncEngine:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.dead: BaseException | None = None  # set if a step raised: health should fail
+        # Called once, on the event loop, with the cause when the engine dies.
+        self.on_failure: list[Callable[[BaseException], None]] = []
 
     @property
     def stats(self):
@@ -78,9 +96,12 @@ class AsyncEngine:
         """Queue `request` and yield its outputs until it finishes.
 
         Raises ValueError / QueueFullError from the engine's intake on the first
-        iteration. Cancelling the consumer (or closing the iterator) aborts the request
+        iteration, EngineFailedError once the engine has died (before or during the
+        request). Cancelling the consumer (or closing the iterator) aborts the request
         within one step and frees its cache.
         """
+        if self.dead is not None:
+            raise EngineFailedError(self.dead)
         await self.start()
         collector = _Collector()
         accepted = asyncio.get_running_loop().create_future()
@@ -124,6 +145,14 @@ class AsyncEngine:
             self.engine.abort(request_id)
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # a model or engine bug: this engine is done
+            self._die(err)
+
+    async def _loop(self) -> None:
         while True:
             self._apply_pending()
             if not self.engine.has_unfinished():
@@ -131,15 +160,23 @@ class AsyncEngine:
                 if not self._adds and not self._aborts:
                     await self._wakeup.wait()
                 continue
-            try:
-                outputs = await asyncio.to_thread(self.engine.step)
-            except Exception as err:  # a model bug: fail every stream, keep the loop alive
-                self.dead = err
-                for rid, collector in list(self._collectors.items()):
-                    collector.fail(err)
-                    self.engine.abort(rid)
-                continue
+            outputs = await asyncio.to_thread(self.engine.step)
             for out in outputs:
                 collector = self._collectors.get(out.request_id)
                 if collector is not None:
                     collector.put(out)
+
+    def _die(self, cause: BaseException) -> None:
+        """Fail every waiting and running request, then tell the supervisors."""
+        self.dead = cause
+        error = EngineFailedError(cause)
+        adds, self._adds = self._adds, []
+        for _request, accepted in adds:
+            if not accepted.done():
+                accepted.set_exception(error)
+        for rid, collector in list(self._collectors.items()):
+            collector.fail(error)
+            with contextlib.suppress(Exception):  # free what can be freed; state is suspect
+                self.engine.abort(rid)
+        for callback in self.on_failure:
+            callback(cause)

@@ -85,6 +85,18 @@ class ServiceMetrics:
             ["modality", "status"],
             registry=r,
         )
+        self.rejections = Counter(
+            "mmntp_admission_rejections",
+            "Generate calls refused RESOURCE_EXHAUSTED, by the limit hit: max_waiting_requests,"
+            " max_waiting_tokens (the engine's queue), concurrency or rate (the key's quota)",
+            ["reason"],
+            registry=r,
+        )
+        self.idle_streams = Counter(
+            "mmntp_idle_streams_aborted",
+            "Streams ended because the client read nothing for idle_stream_seconds",
+            registry=r,
+        )
         if pipe is not None:
             r.register(EngineCollector(pipe))
         self._http = None
@@ -111,6 +123,7 @@ class RequestRecord:
     metrics: ServiceMetrics
     request_id: str
     modality: str  # "unknown" until the request is validated
+    key: str = "anonymous"  # the caller's key id (quotas.key_id), never the key
     arrival: float = field(default_factory=time.monotonic)
     first_chunk: float | None = None
     last_chunk: float | None = None
@@ -145,6 +158,7 @@ class RequestRecord:
         ttfc = None if self.first_chunk is None else self.first_chunk - self.arrival
         line = {
             "id": self.request_id,
+            "key": self.key,
             "modality": self.modality,
             "status": status,
             "finish_reason": self.finish_reason,
@@ -159,3 +173,36 @@ class RequestRecord:
 
 def _round(seconds: float | None) -> float | None:
     return None if seconds is None or not math.isfinite(seconds) else round(seconds, 6)
+
+
+# -- Server health, authentication and malformed requests (issue 29) --------------------
+# Owned by serve/server.py and serve/auth.py; kept apart from the request metrics above.
+
+
+class ServerHealthMetrics:
+    """Readiness, engine failures, refused authentications and undecodable requests."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Gauge
+
+        self.ready = Gauge(
+            "mmntp_ready", "1 while readiness reports SERVING, else 0", registry=registry
+        )
+        self.engine_failures = Counter(
+            "mmntp_engine_failures",
+            "Fatal failures by stage: load (tokenizers), warmup, engine (a step raised)",
+            ["reason"],
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            "mmntp_auth_failures",
+            "Calls refused for a missing or invalid API key",
+            ["reason"],
+            registry=registry,
+        )
+        self.malformed_requests = Counter(
+            "mmntp_malformed_requests",
+            "Requests whose bytes do not decode as the method's protobuf message",
+            ["method"],
+            registry=registry,
+        )

@@ -21,8 +21,13 @@ class ServerThread:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         config = config or ServerConfig(port=0, warmup=False)
-        self.server: Server = self.call(_build(pipe, config, kwargs))
-        self.port = self.call(self.server.start())
+        self.server: Server | None = None
+        try:
+            self.server = self.call(_build(pipe, config, kwargs))
+            self.port = self.call(self.server.start())
+        except BaseException:  # ServeError and the like: leave no port or thread behind
+            self._close()
+            raise
         self.target = f"127.0.0.1:{self.port}"
 
     def call(self, coro, timeout: float = 120.0):
@@ -30,9 +35,15 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self, grace: float = 0.0) -> None:
-        self.call(self.server.stop(grace))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self._close(grace)
+
+    def _close(self, grace: float = 0.0) -> None:
+        try:
+            if self.server is not None:
+                self.call(self.server.stop(grace))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
 
     def __enter__(self) -> ServerThread:
         return self
