@@ -21,7 +21,15 @@ from mmntp.model.guidance import guidance_scale
 
 
 class QueueFullError(RuntimeError):
-    """The waiting queue is at its bound (requests or tokens): retry later (overload)."""
+    """The waiting queue is at its bound (requests or tokens): retry later (overload).
+
+    `limit_name` is the setting that was hit, `limit` its value and `current` what the
+    queue held, so a service can report the real limit.
+    """
+
+    def __init__(self, message: str, limit_name: str = "", limit: int = 0, current: int = 0):
+        super().__init__(message)
+        self.limit_name, self.limit, self.current = limit_name, limit, current
 
 
 class RequestStatus(enum.Enum):
@@ -60,13 +68,18 @@ class Request:
     plan: SegmentPlan
     params: SamplingParams = field(default_factory=SamplingParams)
     prompt_vectors: list[PromptVector] = field(default_factory=list)
-    priority: int = 0  # lower runs first
+    priority: int = 0  # lower runs first (a server sets it from the caller's key policy)
     deadline: float | None = None  # absolute time.monotonic() after which it is aborted
     arrival_time: float = field(default_factory=time.monotonic)
     # Classifier-free guidance: the prompt without its condition. The engine runs it as a
     # shadow row beside this one and samples from their logits mixed by
     # params.guidance_scale; both rows then get the same token (or vector).
     uncond_prompt_ids: list[int] | None = None
+    # Admission: the rows of one client request (sample paths) share a `group` and count
+    # as one request against max_waiting_requests (None: the request is its own group);
+    # `owner` (an API key's id) is the unit of fair sharing between callers.
+    group: str | None = None
+    owner: str = ""
 
     # progress (engine-owned)
     output_ids: list[int] = field(default_factory=list)
@@ -121,6 +134,11 @@ class Request:
         return first
 
     @property
+    def group_id(self) -> str:
+        """The client request this row belongs to (its own id when it has no group)."""
+        return self.group if self.group is not None else self.request_id
+
+    @property
     def guidance_scale(self) -> float:
         return guidance_scale(self.params.guidance_scale)
 
@@ -139,6 +157,8 @@ def shadow_of(req: Request) -> Request:
         priority=req.priority,
         deadline=req.deadline,
         arrival_time=req.arrival_time,
+        group=req.group_id,
+        owner=req.owner,
     )
     shadow.is_shadow, shadow.partner, req.partner = True, req, shadow
     return shadow
@@ -158,6 +178,10 @@ def validate_request(req: Request) -> None:
         raise ValueError(f"params must be SamplingParams, got {type(req.params).__name__}")
     if not isinstance(req.priority, int):
         raise ValueError(f"priority must be an integer, got {req.priority!r}")
+    if req.group is not None and (not isinstance(req.group, str) or not req.group):
+        raise ValueError(f"group must be a non-empty string or None, got {req.group!r}")
+    if not isinstance(req.owner, str):
+        raise ValueError(f"owner must be a string, got {req.owner!r}")
     if req.deadline is not None and not (
         isinstance(req.deadline, (int, float)) and math.isfinite(req.deadline)
     ):

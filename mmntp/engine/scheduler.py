@@ -5,6 +5,12 @@ There are no prefill and decode phases: a request simply needs
 (in priority, then arrival order), then waiting ones are admitted while the token budget,
 the sequence limit and the KV cache allow; a long prompt is spread over several steps.
 When blocks run out, the worst running request is preempted and later recomputed.
+
+Admission is fair between owners (API keys): each owner has its own waiting queue, and
+the next unit admitted is the best priority level's head of the owner served longest ago
+(round robin within a level), so one owner's flood cannot starve another's requests.
+The waiting queue is bounded in client requests (the rows of one `group`, e.g. a
+forecast's sample paths and guidance shadows, count once) and in prompt tokens.
 Plain Python over integer ids: no tensors.
 """
 
@@ -60,8 +66,13 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
         self.config = config
         self.kv = kv
-        self._waiting: list[Request] = []  # sorted by _order
+        self._queues: dict[str, list[Request]] = {}  # owner -> its waiting rows, by _order
+        self._num_waiting = 0  # rows over all queues
         self._waiting_tokens = 0
+        self._waiting_groups: dict[str, int] = {}  # group -> its waiting rows
+        self._groups: dict[str, list[Request]] = {}  # group -> its live rows (waiting/running)
+        self._served: dict[str, int] = {}  # owner -> number of its last admission (per key)
+        self._admissions = 0
         self._running: dict[str, Request] = {}
         self._requests: dict[str, Request] = {}  # every waiting or running request
         self._order: dict[str, tuple[int, float, int]] = {}  # (priority, arrival, sequence)
@@ -95,15 +106,29 @@ class Scheduler:
             )
         if len(rows) > cfg.max_num_seqs:
             raise ValueError(f"a guided request needs max_num_seqs >= 2, got {cfg.max_num_seqs}")
-        if len(self._waiting) + len(rows) > cfg.max_waiting_requests:
-            raise QueueFullError(f"waiting queue holds max_waiting_requests={len(self._waiting)}")
+        group = request.group_id
+        queued = len(self._waiting_groups)
+        # A row of a request already in the scheduler (another sample path) is part of
+        # that request: only a new request counts against max_waiting_requests.
+        if group not in self._groups and queued >= cfg.max_waiting_requests:
+            raise QueueFullError(
+                f"waiting queue is full: {queued} requests waiting "
+                f"(max_waiting_requests={cfg.max_waiting_requests})",
+                "max_waiting_requests",
+                cfg.max_waiting_requests,
+                queued,
+            )
         if self._waiting_tokens + tokens > cfg.max_waiting_tokens:
             raise QueueFullError(
-                f"waiting queue holds {self._waiting_tokens} prompt tokens "
-                f"(max_waiting_tokens={cfg.max_waiting_tokens})"
+                f"waiting queue is full: {self._waiting_tokens} prompt tokens waiting, "
+                f"{tokens} more asked (max_waiting_tokens={cfg.max_waiting_tokens})",
+                "max_waiting_tokens",
+                cfg.max_waiting_tokens,
+                self._waiting_tokens,
             )
         for row in rows:
             self._requests[row.request_id] = row
+            self._groups.setdefault(group, []).append(row)
             self._order[row.request_id] = (row.priority, row.arrival_time, self._seq)
             self._seq += 1
             row.status = RequestStatus.WAITING
@@ -145,8 +170,8 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, budget: int, out: SchedulerOutput) -> None:
-        while self._waiting and budget > 0:
-            head = self._waiting[0]
+        while self._num_waiting and budget > 0:
+            head = self._next_waiting()
             rows = _rows(head.partner if head.is_shadow else head)
             if len(self._running) + len(rows) > self.config.max_num_seqs:
                 return
@@ -167,7 +192,20 @@ class Scheduler:
                 out.new_request_ids.append(row.request_id)
                 if n:
                     self._add_scheduled(out, row, n)
+            self._admissions += 1
+            self._served[head.owner] = self._admissions
             budget -= sum(chunks)
+
+    def _next_waiting(self) -> Request:
+        """The next unit to admit: best priority level first; within a level, the head of
+        the owner whose last admission is oldest (round robin), then arrival."""
+        best, best_key = None, None
+        for owner, queue in self._queues.items():
+            priority, arrival, seq = self._order[queue[0].request_id]
+            key = (priority, self._served.get(owner, 0), arrival, seq)
+            if best_key is None or key < best_key:
+                best, best_key = queue[0], key
+        return best
 
     def _chunk(self, req: Request, start: int, budget: int) -> int:
         return min(req.num_tokens - start, budget, self.config.max_prefill_chunk)
@@ -266,7 +304,7 @@ class Scheduler:
         """Abort (FINISHED_DEADLINE) every request whose deadline is before `now`."""
         late = [
             r.request_id
-            for r in [*self._running.values(), *self._waiting]
+            for r in [*self._running.values(), *self._iter_waiting()]
             if r.deadline is not None and r.deadline < now and not r.is_shadow
         ]
         return [self.abort(rid, RequestStatus.FINISHED_DEADLINE) for rid in late]
@@ -274,6 +312,10 @@ class Scheduler:
     def _finish(self, req: Request, status: RequestStatus) -> None:
         self.kv.free(req.request_id)
         del self._requests[req.request_id]
+        group = self._groups[req.group_id]
+        group.remove(req)
+        if not group:
+            del self._groups[req.group_id]
         del self._order[req.request_id]
         req.status = status
         req.finished_time = time.monotonic()
@@ -285,27 +327,54 @@ class Scheduler:
         return self._order[req.request_id]
 
     def _push_waiting(self, req: Request) -> None:
-        bisect.insort(self._waiting, req, key=self._key)
+        bisect.insort(self._queues.setdefault(req.owner, []), req, key=self._key)
+        self._num_waiting += 1
         self._waiting_tokens += req.num_prompt_tokens
+        group = req.group_id
+        self._waiting_groups[group] = self._waiting_groups.get(group, 0) + 1
 
-    def _waiting_index(self, req: Request) -> int:
-        return bisect.bisect_left(self._waiting, self._key(req), key=self._key)  # keys unique
+    def _waiting_index(self, req: Request) -> tuple[str, int]:
+        queue = self._queues[req.owner]
+        return req.owner, bisect.bisect_left(queue, self._key(req), key=self._key)  # unique
 
-    def _pop_waiting(self, index: int) -> Request:
-        req = self._waiting.pop(index)
+    def _pop_waiting(self, where: tuple[str, int]) -> Request:
+        owner, index = where
+        queue = self._queues[owner]
+        req = queue.pop(index)
+        if not queue:
+            del self._queues[owner]
+        self._num_waiting -= 1
         self._waiting_tokens -= req.num_prompt_tokens
+        group = req.group_id
+        self._waiting_groups[group] -= 1
+        if not self._waiting_groups[group]:
+            del self._waiting_groups[group]
         return req
+
+    def _iter_waiting(self):
+        for queue in self._queues.values():
+            yield from queue
+
+    def group_rows(self, group: str) -> list[Request]:
+        """The live (waiting or running) rows of a client request (a copy)."""
+        return list(self._groups.get(group, ()))
 
     @property
     def num_waiting(self) -> int:
-        return len(self._waiting)
+        """Waiting rows (engine requests)."""
+        return self._num_waiting
+
+    @property
+    def num_waiting_requests(self) -> int:
+        """Waiting client requests: what max_waiting_requests bounds."""
+        return len(self._waiting_groups)
 
     @property
     def num_running(self) -> int:
         return len(self._running)
 
     def has_unfinished(self) -> bool:
-        return bool(self._waiting or self._running)
+        return bool(self._num_waiting or self._running)
 
     def get(self, request_id: str) -> Request | None:
         """The waiting or running request with this id, else None."""
