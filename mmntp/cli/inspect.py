@@ -24,10 +24,10 @@ def add_inspect_parsers(sub) -> None:
 
 
 def cmd_inspect(args) -> int:
-    from mmntp.model.checkpoint import ModelLoadError, load_model
+    from mmntp.model.checkpoint import ModelLoadError, load_model, service_model
 
     try:
-        path = model_folder(Path(args.dir))
+        path, _ = service_model(Path(args.dir))
         bundle = load_model(path)
     except ModelLoadError as err:  # an unloadable folder: one line, no traceback
         print(f"mmntp inspect: error: {err}", file=sys.stderr)
@@ -58,19 +58,6 @@ def cmd_inspect(args) -> int:
     for key, tok in bundle.tokenizers.items():
         print(f"tokenizer     {key}: {type(tok).__name__}")
     return 0
-
-
-def model_folder(path: Path) -> Path:
-    """The model folder itself, or the one a service folder's service.json names (inside
-    the service folder)."""
-    from mmntp.tokenizers.base import read_json_object, resolve_inside
-
-    service = path / "service.json"
-    if not service.is_file():
-        return path
-    ref = read_json_object(service).get("model", "model")
-    resolve_inside(path, ref, [path], service, "model")
-    return path / ref
 
 
 def cmd_import_hf(args) -> int:

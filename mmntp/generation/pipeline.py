@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -48,7 +47,7 @@ from mmntp.generation import tokens
 from mmntp.generation.context import ModelContext
 from mmntp.generation.jobs import Job, build_job
 from mmntp.generation.validate import Capabilities, ValidRequest, validate
-from mmntp.model.checkpoint import ModelBundle, load_model
+from mmntp.model.checkpoint import ModelBundle, load_model, service_model
 
 Prompt = str | PromptPart | Sequence[PromptPart]
 Chunk = TextChunk | TokensChunk | SeriesChunk | ImageChunk | AudioChunk | GenerationOutput
@@ -67,14 +66,9 @@ class Pipeline:
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu") -> Pipeline:
         """Load a model folder, or a service folder (`service.json` naming its model)."""
         path = Path(path) if path is not None else default_service_dir()
-        service: dict[str, Any] = {}
-        if (path / "service.json").is_file():
-            service = json.loads((path / "service.json").read_text())
-            name = service.get("name", path.name)
-            path = path / service.get("model", "model")
-        else:
-            name = path.name
-        bundle = load_model(path, device=device)
+        model_dir, service = service_model(path)
+        name = service.get("name", path.name) if service else path.name
+        bundle = load_model(model_dir, device=device)
         limits = Limits.from_dict({**bundle.meta.get("limits", {}), **service.get("limits", {})})
         limits = limits.for_model(bundle.model.config.max_seq_len)
         return cls(bundle, limits, EngineConfig.from_dict(service.get("engine", {})), name)

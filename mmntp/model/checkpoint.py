@@ -269,6 +269,24 @@ def check_weights(
         raise ModelLoadError(weights, extra[0], "not part of the model the config describes")
 
 
+def service_model(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(the model folder, the service settings) for a model folder (no settings) or a
+    service folder, whose service.json names its model folder.
+
+    service.json is the operator's deployment file, like a command-line argument: it may
+    name a model folder anywhere (a shared one, say). The model folder it names is what is
+    read as untrusted (`load_model`)."""
+    path = Path(path)
+    service = path / "service.json"
+    if not service.is_file():
+        return path, {}
+    settings = read_json_object(service)
+    model = settings.get("model", "model")
+    if not isinstance(model, str) or not model:
+        raise ModelLoadError(service, "model", f"must be a folder path, got {model!r:.60}")
+    return path / model, settings
+
+
 def load_model(
     directory: str | Path,
     device: torch.device | str = "cpu",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from mmntp.api.errors import FieldError
+
 
 @dataclass
 class ModelConfig:
@@ -88,18 +90,6 @@ class ModelConfig:
                 "(the RoPE table)",
             )
         return config
-
-
-class FieldError(ValueError):
-    """A config field with a wrong type or value; `field` names it ("" = the whole object).
-
-    The message is one line: `mmntp.model.checkpoint` adds the file and the path of the
-    field in it (`ModelLoadError`)."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(problem if not field else f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
 
 
 # The sane range of each integer field of a saved config (inclusive); a config outside

@@ -347,12 +347,17 @@ def test_inspect_prints_one_line_and_exits_1(folder, capsys):
     assert err.startswith("mmntp inspect: error: ") and "model.rope_theta" in err
 
 
-def test_inspect_refuses_a_service_json_that_points_outside(tmp_path, folder, capsys):
+def test_inspect_reads_the_model_a_service_json_names(tmp_path, folder, capsys):
+    """service.json is the operator's file: it may name a model folder elsewhere; that
+    folder is then loaded as untrusted, and a bad reference is one line."""
     service = tmp_path / "service"
     service.mkdir()
     (service / "service.json").write_text(json.dumps({"model": str(folder)}))
+    assert main(["inspect", str(service)]) == 0
+    (service / "service.json").write_text(json.dumps({"model": str(tmp_path / "missing")}))
     assert main(["inspect", str(service)]) == 1
-    assert "service.json: model:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "missing" in err
 
 
 ABSOLUTE = re.compile(r'"(/(work|root|tmp|home|Users)/[^"]*)"')
@@ -397,3 +402,20 @@ def test_a_card_config_with_huge_sizes_is_refused_before_building(tmp_path):
     err = info.value
     assert err.path == str(card / "tokenizer.safetensors") and err.field == "quantizer.embedding"
     assert "but the config implies [1000000000, 8]" in err.problem
+
+
+def test_a_service_json_names_its_model_through_one_check(tmp_path):
+    """Pipeline.from_pretrained and `mmntp inspect` read service.json through one function:
+    a model path that is not a string is one clear line."""
+    from mmntp.generation import Pipeline
+    from mmntp.model.checkpoint import service_model
+
+    service = tmp_path / "svc"
+    service.mkdir()
+    (service / "service.json").write_text('{"model": 42}')
+    with pytest.raises(ModelLoadError, match="must be a folder path") as err:
+        Pipeline.from_pretrained(service)
+    assert err.value.field == "model"
+    (service / "service.json").write_text('["model"]')
+    with pytest.raises(ModelLoadError, match="JSON object"):
+        service_model(service)
