@@ -66,6 +66,7 @@ def _one(client: Client, i: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SECONDS + 600)
 def test_memory_levels_off_under_a_long_steady_load():
     pipe = Pipeline.from_pretrained(DEFAULT_SERVICE)
     samples: list[tuple[float, float]] = []
