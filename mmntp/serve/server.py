@@ -272,11 +272,12 @@ class Server:
     def _bind(self) -> int:
         host, port = self.config.host, self.config.port
         address = f"{host}:{port}"
+        credentials = None if self.tls is None else self.tls.credentials()  # checked first
         try:
-            if self.tls is None:
+            if credentials is None:
                 bound = self.grpc.add_insecure_port(address)
             else:
-                bound = self.grpc.add_secure_port(address, self.tls.credentials())
+                bound = self.grpc.add_secure_port(address, credentials)
         except RuntimeError:  # grpc's "Failed to bind to address": find out why
             bound = 0
         if bound == 0:
