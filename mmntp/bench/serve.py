@@ -7,6 +7,12 @@ flight. Per request it records the time to the first chunk, the gaps between chu
 the end-to-end latency; it reports their p50/p90/p99 overall and per modality, the
 throughput over the makespan and the failures by status code.
 
+`--fairness` runs the fairness scenario instead (issue 29): key A (`--flood-api-key`)
+keeps `--flood-concurrency` of the jobs above in flight while key B (`--api-key`) sends
+`--requests` small text requests one at a time; B's latency p50/p99 under the flood is
+reported against B's own idle baseline of the same run (as many requests, before the
+flood). The server's fair admission between keys is what keeps the ratio small.
+
 Nothing here asserts a time: it prints figures and writes them to `--out` as JSON.
 """
 
@@ -248,6 +254,127 @@ async def idle_baseline(client: Any, jobs: Sequence[Job], args: argparse.Namespa
     return [await send(client, job, args.timeout) for job in picked]
 
 
+# -- the fairness scenario ---------------------------------------------------------------
+
+SMALL_TOKENS = 8  # B's small text requests
+
+
+def small_jobs(args: argparse.Namespace) -> list[Job]:
+    """Key B's requests: short text prompts, SMALL_TOKENS tokens each."""
+    from mmntp.api import SamplingParams, TextOutput
+
+    rng = random.Random(f"{args.seed}:small")
+    return [
+        Job(
+            i,
+            "text",
+            rng.choice(TEXT_PROMPTS),
+            TextOutput(max_tokens=SMALL_TOKENS),
+            SamplingParams(seed=args.seed + i),
+        )
+        for i in range(args.requests)
+    ]
+
+
+async def fairness_load(args: argparse.Namespace) -> dict[str, list[Outcome]]:
+    """B idle, then B under A's flood (closed loop): B's outcomes both ways and A's."""
+    from mmntp.client import AsyncClient
+
+    def client(key: str | None) -> Any:
+        return AsyncClient(
+            args.server, api_key=key, tls_ca=args.tls_ca, timeout=args.timeout, retries=0
+        )
+
+    small, heavy = small_jobs(args), make_jobs(args)
+    b = client(args.api_key or os.environ.get(API_KEY_ENV) or None)
+    a = client(args.flood_api_key)
+    async with a, b:
+        await check_server(b, min(args.timeout or 5.0, 5.0))
+        progress(f"key B idle: {len(small)} small requests one at a time")
+        idle = [await send(b, job, args.timeout) for job in small]
+        flood: list[Outcome] = []
+        stop = asyncio.Event()
+
+        async def flooder(k: int) -> None:
+            i = k
+            while not stop.is_set():
+                flood.append(await send(a, heavy[i % len(heavy)], args.timeout))
+                i += args.flood_concurrency
+
+        workers = [asyncio.create_task(flooder(k)) for k in range(args.flood_concurrency)]
+        progress(f"key A floods with {args.flood_concurrency} in flight; key B sends again")
+        await asyncio.sleep(1.0)  # the flood fills the engine and its queue first
+        loaded = [await send(b, job, args.timeout) for job in small]
+        stop.set()
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    return {"idle": idle, "loaded": loaded, "flood": flood}
+
+
+def fairness_summary(runs: dict[str, list[Outcome]]) -> dict[str, Any]:
+    """B's latency idle and under the flood, their ratios, and what A's flood did."""
+    idle = quantiles_ms(o.latency() for o in runs["idle"] if o.ok)
+    loaded = quantiles_ms(o.latency() for o in runs["loaded"] if o.ok)
+    flood = runs["flood"]
+    return {
+        "small_idle_ms": idle,
+        "small_under_flood_ms": loaded,
+        "small_failed": dict(Counter(o.status for o in runs["loaded"] if not o.ok)),
+        "ratio_p50": _ratio(loaded["p50"], idle["p50"]),
+        "ratio_p99": _ratio(loaded["p99"], idle["p99"]),
+        "ratio_p99_over_idle_p50": _ratio(loaded["p99"], idle["p50"]),
+        "flood_requests": len(flood),
+        "flood_ok": sum(o.ok for o in flood),
+        "flood_errors": dict(Counter(o.status for o in flood if not o.ok)),
+    }
+
+
+def format_fairness(payload: dict[str, Any]) -> str:
+    f, s = payload["fairness"], payload["settings"]
+    title = (
+        f"bench serve --fairness: {s['server']}, key A floods with {s['flood_concurrency']} "
+        f"in flight ({','.join(s['modalities'])}), key B sends {s['requests']} small "
+        f"requests ({SMALL_TOKENS} text tokens) one at a time"
+    )
+    rows = [
+        ["idle", _num(f["small_idle_ms"]["p50"]), _num(f["small_idle_ms"]["p99"]), "", ""],
+        [
+            "under flood",
+            _num(f["small_under_flood_ms"]["p50"]),
+            _num(f["small_under_flood_ms"]["p99"]),
+            _times(f["ratio_p50"]),
+            _times(f["ratio_p99"]),
+        ],
+    ]
+    table = _table(["key B", "p50 ms", "p99 ms", "p50 / idle", "p99 / idle p99"], rows)
+    tail = (
+        f"key B p99 under flood / idle p50: {_times(f['ratio_p99_over_idle_p50'])}; "
+        f"key A: {f['flood_ok']} of {f['flood_requests']} ok {f['flood_errors'] or ''}"
+    )
+    return "\n\n".join([title, table, tail])
+
+
+def run_fairness(args: argparse.Namespace) -> int:
+    if not args.flood_api_key:
+        raise ValueError("--fairness needs --flood-api-key (key A) besides --api-key (key B)")
+    meta = {**settings(args), "flood_concurrency": args.flood_concurrency}
+    meta["load"] = {"mode": "fairness", "flood_concurrency": args.flood_concurrency}
+    runs = asyncio.run(fairness_load(args))
+    payload = {
+        "benchmark": "serve-fairness",
+        "machine": machine_info(),
+        "settings": meta,
+        "fairness": fairness_summary(runs),
+    }
+    if args.json:
+        print(json.dumps(round_figures(payload)), flush=True)
+    else:
+        print(format_fairness(payload), flush=True)
+    progress(f"wrote {write_payload(args.out, payload)}")
+    return 0 if any(o.ok for o in runs["loaded"]) else 1
+
+
 def load_rate(args: argparse.Namespace) -> float:
     return DEFAULT_RATE if args.rate is None else args.rate
 
@@ -407,6 +534,8 @@ def throughput_table(summary: dict[str, Any]) -> str:
 
 def describe_load(load: dict[str, Any]) -> str:
     """'concurrency 4', 'Poisson 4/s' or 'all at once', from settings()["load"]."""
+    if load["mode"] == "fairness":
+        return f"fairness, flood of {load['flood_concurrency']}"
     if load["mode"] == "concurrency":
         return f"concurrency {load['concurrency']}"
     return "all at once" if load["rate"] == "inf" else f"Poisson {load['rate']:g}/s"
@@ -459,6 +588,8 @@ def run(args: argparse.Namespace) -> int:
 
     Exit code 0 when at least one request succeeded, 1 when every one failed.
     """
+    if getattr(args, "fairness", False):
+        return run_fairness(args)
     jobs = make_jobs(args)
     meta = settings(args)
     progress(f"sending {len(jobs)} requests to {args.server}, {describe_load(meta['load'])}")

@@ -55,6 +55,20 @@ def add_bench_serve_parser(bench_subparsers) -> argparse.ArgumentParser:
         help="per modality, sent one at a time before the load: the idle baseline (default 2)",
     )
     parser.add_argument("--seed", type=int, default=0, help="arrivals and sampling seed")
+    parser.add_argument(
+        "--fairness",
+        action="store_true",
+        help="the fairness scenario: key A (--flood-api-key) floods with the jobs above, key "
+        "B (--api-key) sends --requests small text requests one at a time; B's p50/p99 "
+        "against its idle baseline",
+    )
+    parser.add_argument("--flood-api-key", metavar="KEY", help="--fairness: key A, the flood")
+    parser.add_argument(
+        "--flood-concurrency",
+        type=positive_int,
+        default=32,
+        help="--fairness: key A's requests in flight (default 32)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--out", default=DEFAULT_SERVE_OUT, help=f"write JSON here (default {DEFAULT_SERVE_OUT})"

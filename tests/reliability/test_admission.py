@@ -398,3 +398,24 @@ def test_a_stream_whose_client_stops_reading_is_ended_and_freed():
     assert engine_request.status.value == "abort" and len(engine_request.output_ids) < 500
     assert not pipe.engine.has_unfinished() and pipe.engine.kv.usage == 0
     assert metrics.registry.get_sample_value("mmntp_idle_streams_aborted_total") == 1
+
+
+def test_the_fairness_bench_reports_key_bs_latency_against_its_idle_baseline():
+    from mmntp.bench.serve import Outcome, fairness_summary, format_fairness
+
+    def runs(latencies, status="OK"):
+        return [Outcome(i, "text", 0.0, end=t, status=status) for i, t in enumerate(latencies)]
+
+    summary = fairness_summary(
+        {
+            "idle": runs([0.01] * 10),
+            "loaded": runs([0.02] * 9 + [0.05]),
+            "flood": runs([1.0] * 3) + runs([0.0], "RESOURCE_EXHAUSTED"),
+        }
+    )
+    assert summary["ratio_p50"] == pytest.approx(2.0)
+    assert summary["ratio_p99"] == pytest.approx(summary["small_under_flood_ms"]["p99"] / 10)
+    assert (summary["flood_ok"], summary["flood_errors"]) == (3, {"RESOURCE_EXHAUSTED": 1})
+    settings = {"server": "s", "flood_concurrency": 4, "modalities": ["text"], "requests": 10}
+    text = format_fairness({"fairness": summary, "settings": settings})
+    assert "under flood" in text and "2.00x" in text
