@@ -113,7 +113,10 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         except TimeoutError:
             raise _IdleStream from None
         except Exception as err:
-            if context.cancelled() or context.done():
+            # A write on a call the client has left fails with grpc's (private)
+            # ExecuteBatchError, sometimes before the context reports it cancelled.
+            gone = type(err).__name__ == "ExecuteBatchError"
+            if gone or context.cancelled() or context.done():
                 raise _ClientGone from err
             raise
 
