@@ -135,15 +135,6 @@ def _percentile(sorted_samples: list[float], q: float) -> float:
     return sorted_samples[idx]
 
 
-@dataclass
-class _Label:
-    """A client request's rows as the service sees them: its owner and finished usage."""
-
-    owner: str
-    prompt_tokens: int = 0
-    output_tokens: int = 0  # produced by rows that have already finished
-
-
 class Engine:
     """Continuous batching over a block KV cache for one model on one device."""
 
@@ -171,7 +162,6 @@ class Engine:
         self._emitted: dict[str, int] = {}
         self._last_token_time: dict[str, float] = {}
         self._aborted: list[Request] = []
-        self._labels: dict[str, _Label] = {}
 
     # -- intake ---------------------------------------------------------------------
 
@@ -181,10 +171,6 @@ class Engine:
         A request with `uncond_prompt_ids` is queued with its unconditional shadow row
         (classifier-free guidance); the pair is scheduled, preempted and ended together.
         """
-        if request.group is None:
-            tag = request.request_id.rpartition("-")[0]
-            if tag in self._labels:
-                request.group, request.owner = tag, self._labels[tag].owner
         rows = [request]
         if request.uncond_prompt_ids is not None:
             if self.scheduler.config.max_num_batched_tokens < 2:
@@ -214,28 +200,6 @@ class Engine:
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished() or bool(self._aborted)
-
-    # -- client requests (admission groups) ------------------------------------------
-
-    def label(self, tag: str, owner: str = "") -> None:
-        """Rows added as `{tag}-{i}` (a pipeline job's rows: sample paths) form one client
-        request, group `tag`, owned by `owner` (an API key's id): they count once against
-        max_waiting_requests and share fairly with other owners. `unlabel` when done."""
-        self._labels[tag] = _Label(owner)
-
-    def unlabel(self, tag: str) -> None:
-        self._labels.pop(tag, None)
-
-    def usage(self, group: str) -> tuple[int, int]:
-        """(prompt tokens, output tokens produced so far) of a client request's rows,
-        finished or not (shadow rows excluded): what a cancelled request consumed."""
-        label = self._labels.get(group)
-        rows = [r for r in self.scheduler.group_rows(group) if not r.is_shadow]
-        prompt = max((r.num_prompt_tokens for r in rows), default=0)
-        output = sum(len(r.output_ids) for r in rows)
-        if label is not None:
-            prompt, output = max(prompt, label.prompt_tokens), output + label.output_tokens
-        return prompt, output
 
     # -- the loop -------------------------------------------------------------------
 
@@ -279,10 +243,6 @@ class Engine:
             outputs.append(self._delta(req, start))
             self._emitted[rid] = len(req.output_ids)
             if req.status.finished:
-                label = self._labels.get(req.group) if req.group is not None else None
-                if label is not None:
-                    label.prompt_tokens = max(label.prompt_tokens, req.num_prompt_tokens)
-                    label.output_tokens += len(req.output_ids)
                 self._emitted.pop(rid, None)
                 self._last_token_time.pop(rid, None)
                 req.finished_time = now

@@ -189,8 +189,12 @@ class Pipeline:
         request_id: str | None = None,
         priority: int = 0,
         deadline: float | None = None,
+        owner: str = "",
+        usage: Usage | None = None,
     ) -> AsyncIterator[Chunk]:
-        """`stream` on the AsyncEngine. `deadline` is a time.monotonic() instant.
+        """`stream` on the AsyncEngine. `deadline` is a time.monotonic() instant; `owner`
+        names the caller for fair sharing (an API key's id); `usage`, when given, holds the
+        tokens the engine consumed and produced once the stream ends, however it ends.
 
         Raises ValueError for a bad request and QueueFullError when the engine is full,
         both before the first chunk. Closing or cancelling the iterator aborts the
@@ -199,7 +203,7 @@ class Pipeline:
         # Encoding (tokenizers) and, for images and audio, decoding (a VQ or codec decoder,
         # PNG) are CPU work: they run in a worker thread so the event loop only routes.
         job = await asyncio.to_thread(self.prepare, prompt, output, sampling)
-        requests = job.requests(request_id, priority, deadline)
+        requests = job.requests(request_id, priority, deadline, owner)
         steps = _Steps(requests)
         progress = asyncio.Event()
         pumps = [asyncio.create_task(self._pump(r, progress)) for r in requests]
@@ -220,6 +224,9 @@ class Pipeline:
         finally:
             for p in pumps:
                 p.cancel()
+            if usage is not None:
+                usage.prompt_tokens = max(r.num_prompt_tokens for r in requests)
+                usage.output_tokens = sum(len(r.output_ids) for r in requests)
         for chunk in await _off_loop(job, lambda j: list(j.flush()), job):
             yield chunk
         yield steps.finish(job)
@@ -263,6 +270,15 @@ class Pipeline:
                 progress.set()  # the request object itself holds the outputs
         finally:
             progress.set()
+
+
+@dataclass
+class Usage:
+    """Tokens one call consumed (its prompt) and produced (over every row): filled by
+    `Pipeline.astream` when the stream ends, also when it is cancelled."""
+
+    prompt_tokens: int = 0
+    output_tokens: int = 0
 
 
 class _Steps:

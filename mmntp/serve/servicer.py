@@ -28,6 +28,8 @@ from grpc_status import rpc_status
 
 from mmntp.api import FieldError, GenerationOutput
 from mmntp.engine import QueueFullError
+from mmntp.engine.async_engine import EngineFailedError
+from mmntp.generation.pipeline import Usage
 from mmntp.generation.validate import check_request_id
 from mmntp.serve import convert
 from mmntp.serve.auth import bearer_token
@@ -96,6 +98,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             raise
         except _ClientGone:  # the same, noticed by a failed write
             status = "DEADLINE_EXCEEDED" if _expired(context) else "CANCELLED"
+        except EngineFailedError as err:  # logged once by the server, which then exits
+            status = "UNAVAILABLE"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
         except Exception:
             status = "INTERNAL"
             log.exception("request %s failed", record.request_id)
@@ -131,15 +136,16 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         deadline = None if left is None else time.monotonic() + left
         # The engine's ids must be unique even when two callers pick the same request_id.
         tag = f"{record.request_id}.{uuid.uuid4().hex[:8]}"
-        # The engine rows `{tag}-{i}` are one request of this key (fair sharing, one entry
+        # The call's engine rows are one request of this key (fair sharing, one entry
         # against max_waiting_requests); the priority is the key's, not the client's.
-        engine = self.pipe.engine
-        engine.label(tag, record.key)
+        usage = Usage()
         stream = self.pipe.astream(
             valid,
             request_id=tag,
             priority=policy.priority,
             deadline=deadline,
+            owner=record.key,
+            usage=usage,
         )
         try:
             async for chunk in stream:
@@ -148,10 +154,12 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 else:
                     yield convert.chunk_response(chunk, args, record.request_id)
         finally:
-            if record.finish_reason is None:  # ended early: what the engine did produce
-                record.prompt_tokens, record.output_tokens = engine.usage(tag)
             await stream.aclose()
-            engine.unlabel(tag)
+            if record.finish_reason is None:  # ended early: what the engine did produce
+                record.prompt_tokens, record.output_tokens = (
+                    usage.prompt_tokens,
+                    usage.output_tokens,
+                )
 
     def _final(self, result: GenerationOutput, record: RequestRecord) -> pb.GenerateResponse:
         record.finish_reason = result.finish_reason

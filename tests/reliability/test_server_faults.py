@@ -85,8 +85,11 @@ def test_engine_step_fault_fails_calls_unavailable_and_flips_health(tiny_model_d
         assert metric(srv, "mmntp_ready") == 0
         assert metric(srv, "mmntp_engine_failures_total", reason="engine") == 1
         assert srv.server.failed.is_set()
+        # the servicer's own records say UNAVAILABLE too, not INTERNAL
+        assert metric(srv, "mmntp_requests_total", modality="tokens", status="UNAVAILABLE") == 2
     engine_lines = [m for m in error_lines(caplog) if m.startswith("engine failed")]
     assert len(engine_lines) == 1  # the reason once, not per request
+    assert not [m for m in error_lines(caplog) if m.startswith("request ")]  # no traceback each
 
 
 def test_engine_failure_exits_the_serve_process_nonzero(tiny_model_dir, tmp_path):

@@ -44,9 +44,16 @@ class Job:
         raise NotImplementedError
 
     def requests(
-        self, tag: str | None = None, priority: int = 0, deadline: float | None = None
+        self,
+        tag: str | None = None,
+        priority: int = 0,
+        deadline: float | None = None,
+        owner: str = "",
     ) -> list[Request]:
-        """One engine request per row; rows get independent seeds derived from the request's."""
+        """One engine request per row; rows get independent seeds derived from the request's.
+
+        The rows form one group (`tag`): one client request against the engine's waiting
+        limits, owned by `owner` (an API key's id) for fair sharing between callers."""
         tag = tag or uuid.uuid4().hex
         if self.rows == 1:
             seeds = [self.sampling.seed]
@@ -63,6 +70,8 @@ class Job:
                 priority=priority,
                 deadline=deadline,
                 uncond_prompt_ids=self.uncond_ids,
+                group=tag,
+                owner=owner,
             )
             for i, seed in enumerate(seeds)
         ]
