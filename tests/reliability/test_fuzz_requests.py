@@ -63,9 +63,7 @@ outputs = st.one_of(
         small_ints,
         st.sampled_from(["", "vq", "flow", "bogus"]),
     ),
-    st.builds(
-        lambda s: pb.OutputSpec(audio=pb.AudioSpec(seconds=s)), st.floats(width=32)
-    ),
+    st.builds(lambda s: pb.OutputSpec(audio=pb.AudioSpec(seconds=s)), st.floats(width=32)),
     st.builds(lambda f: pb.OutputSpec(motion=pb.MotionSpec(frames=f)), small_ints),
 )
 
