@@ -26,6 +26,11 @@ def add_serve_parser(sub) -> None:
         help="serve without API keys on a non-loopback --host, or with a blank key set "
         "(otherwise refused)",
     )
+    srv.add_argument(
+        "--key-policies",
+        metavar="FILE",
+        help="JSON per-key priorities and quotas (docs/operations.md; else $MMNTP_KEY_POLICIES)",
+    )
     srv.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (with --tls-key)")
     srv.add_argument("--tls-key", help="PEM private key of --tls-cert")
     srv.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
@@ -45,6 +50,7 @@ def cmd_serve(args) -> int:
     import logging
 
     from mmntp.serve.auth import load_api_keys
+    from mmntp.serve.quotas import AdmissionConfig
     from mmntp.serve.server import ServeError, server_config_for
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -61,15 +67,16 @@ def cmd_serve(args) -> int:
     )
     set_torch_threads(config.torch_threads or 0)
     keys = load_api_keys(args.api_keys_file, allow_empty=config.allow_unauthenticated)
+    admission = AdmissionConfig.load(args.key_policies) if args.key_policies else None
     try:
-        asyncio.run(_serve(args, config, keys))
+        asyncio.run(_serve(args, config, keys, admission))
     except ServeError as err:  # a busy port, a bad certificate, a broken model: one line
         print(f"mmntp serve: error: {err}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(args, config, keys) -> None:
+async def _serve(args, config, keys, admission) -> None:
     import asyncio
     import logging
 
@@ -90,7 +97,7 @@ async def _serve(args, config, keys) -> None:
     except Interrupted:
         logging.getLogger("mmntp.serve").info("signal received while loading; stopped")
         return
-    server = Server(pipe, config, keys, tls, args.metrics_port)
+    server = Server(pipe, config, keys, tls, args.metrics_port, admission)
     await serve_until_signal(server, stop)
 
 

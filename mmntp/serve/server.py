@@ -49,6 +49,7 @@ from mmntp.engine.async_engine import EngineFailedError
 from mmntp.engine.compiled_decode import warm_up_prompts
 from mmntp.serve.auth import ApiKeyInterceptor, FailureLog
 from mmntp.serve.metrics import ServerHealthMetrics, ServiceMetrics
+from mmntp.serve.quotas import AdmissionConfig
 from mmntp.serve.servicer import GenerationServicer
 from mmntp.v1 import generation_pb2 as pb
 from mmntp.v1 import generation_pb2_grpc
@@ -181,6 +182,7 @@ class Server:
     api_keys: list[str] = field(default_factory=list)
     tls: TlsFiles | None = None
     metrics_port: int | None = None
+    admission: AdmissionConfig | None = None  # key policies; None: $MMNTP_KEY_POLICIES
 
     def __post_init__(self) -> None:
         self._check_auth()
@@ -201,7 +203,7 @@ class Server:
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(
-            GenerationServicer(self.pipe, self.metrics), self.grpc
+            GenerationServicer(self.pipe, self.metrics, self.admission), self.grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)

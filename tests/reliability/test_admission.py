@@ -419,3 +419,13 @@ def test_the_fairness_bench_reports_key_bs_latency_against_its_idle_baseline():
     settings = {"server": "s", "flood_concurrency": 4, "modalities": ["text"], "requests": 10}
     text = format_fairness({"fairness": summary, "settings": settings})
     assert "under flood" in text and "2.00x" in text
+
+
+def test_serve_reads_key_policies_from_its_flag_and_refuses_a_bad_file(tmp_path, capsys):
+    from mmntp.cli import main
+
+    bad = tmp_path / "policies.json"
+    bad.write_text("{not json")
+    assert main(["serve", "--port", "0", "--key-policies", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "key policies" in err and str(bad) in err
