@@ -317,6 +317,11 @@ def fairness_summary(runs: dict[str, list[Outcome]]) -> dict[str, Any]:
     idle = quantiles_ms(o.latency() for o in runs["idle"] if o.ok)
     loaded = quantiles_ms(o.latency() for o in runs["loaded"] if o.ok)
     flood = runs["flood"]
+    # Key A's throughput while B was measured: A's calls that ended OK within B's window.
+    window = [o for o in runs["loaded"] if not math.isnan(o.end)]
+    t0, t1 = (min(o.start for o in window), max(o.end for o in window)) if window else (0, 0)
+    done = [o for o in flood if o.ok and t0 <= o.end <= t1]
+    seconds = t1 - t0
     return {
         "small_idle_ms": idle,
         "small_under_flood_ms": loaded,
@@ -327,6 +332,10 @@ def fairness_summary(runs: dict[str, list[Outcome]]) -> dict[str, Any]:
         "flood_requests": len(flood),
         "flood_ok": sum(o.ok for o in flood),
         "flood_errors": dict(Counter(o.status for o in flood if not o.ok)),
+        "flood_ok_per_s": len(done) / seconds if seconds > 0 else math.nan,
+        "flood_tokens_per_s": sum(o.output_tokens for o in done) / seconds
+        if seconds > 0
+        else math.nan,
     }
 
 
@@ -350,7 +359,9 @@ def format_fairness(payload: dict[str, Any]) -> str:
     table = _table(["key B", "p50 ms", "p99 ms", "p50 / idle", "p99 / idle p99"], rows)
     tail = (
         f"key B p99 under flood / idle p50: {_times(f['ratio_p99_over_idle_p50'])}; "
-        f"key A: {f['flood_ok']} of {f['flood_requests']} ok {f['flood_errors'] or ''}"
+        f"key A: {f['flood_ok']} of {f['flood_requests']} ok {f['flood_errors'] or ''}; "
+        f"while B ran: {_num(f['flood_ok_per_s'])} calls/s, "
+        f"{_num(f['flood_tokens_per_s'])} output tokens/s"
     )
     return "\n\n".join([title, table, tail])
 

@@ -33,6 +33,11 @@ class EngineConfig:
     max_prefill_chunk: int = 256
     max_waiting_requests: int = 256
     max_waiting_tokens: int = 1 << 20
+    # While two or more API keys have work, a step computes at most this many rows and
+    # tokens, shared fairly between the keys (scheduler.py); rows 0 = off. The default 8
+    # is measured: docs/benchmarks.md ("Fairness between keys").
+    contended_rows_per_step: int = 8
+    contended_batched_tokens: int = 64
     # One-row decode steps through torch.compile (compiled_decode.py): ~1.3x faster
     # batch-1 decode than the eager engine on the bench's tiny model, after compiles of
     # 13-67 s (`warm_up`); needs a C++ compiler on CPU. Off by default so one-shot
@@ -42,7 +47,10 @@ class EngineConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type == "int" and (not isinstance(value, int) or value < 1):
+            if f.name == "contended_rows_per_step":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ValueError(f"engine.{f.name} must be 0 (off) or more, got {value!r}")
+            elif f.type == "int" and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"engine.{f.name} must be a positive integer, got {value!r}")
             if f.type == "bool" and not isinstance(value, bool):
                 raise ValueError(f"engine.{f.name} must be true or false, got {value!r}")
@@ -61,6 +69,8 @@ class EngineConfig:
             max_prefill_chunk=self.max_prefill_chunk,
             max_waiting_requests=self.max_waiting_requests,
             max_waiting_tokens=self.max_waiting_tokens,
+            contended_rows_per_step=self.contended_rows_per_step,
+            contended_batched_tokens=self.contended_batched_tokens,
         )
 
 

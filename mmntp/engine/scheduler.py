@@ -9,6 +9,11 @@ When blocks run out, the worst running request is preempted and later recomputed
 Admission is fair between owners (API keys): each owner has its own waiting queue, and
 the next unit admitted is the best priority level's head of the owner served longest ago
 (round robin within a level), so one owner's flood cannot starve another's requests.
+The step is fair too (`contended_rows_per_step`, `contended_batched_tokens`): while two or
+more owners have work, a step computes at most that many rows and tokens, each split
+max-min fairly between the owners, and each
+owner's running rows take turns (least recently scheduled first), so a flood of rows does
+not make every step of another owner's small request as slow as the whole flood.
 The waiting queue is bounded in client requests (the rows of one `group`, e.g. a
 forecast's sample paths and guidance shadows, count once) and in prompt tokens.
 Plain Python over integer ids: no tensors.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -34,12 +40,25 @@ class SchedulerConfig:
     max_prefill_chunk: int = 256  # at most this many tokens of one request per step
     max_waiting_requests: int = 256  # bound of the waiting queue (requests)
     max_waiting_tokens: int = 1 << 20  # bound of the waiting queue (sum of prompt tokens)
+    # While >= 2 owners have work (rows running or waiting), a step computes at most this
+    # many rows, shared fairly between them; 0 = off. One owner: no effect.
+    contended_rows_per_step: int = 8
+    # ... and at most this many tokens (bounds the prefill chunks of such a step).
+    contended_batched_tokens: int = 64
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{f.name} must be a positive integer, got {value!r}")
+            least = 0 if f.name in _MAY_BE_ZERO else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                what = "a non-negative" if least == 0 else "a positive"
+                raise ValueError(f"{f.name} must be {what} integer, got {value!r}")
+
+
+_MAY_BE_ZERO = {"contended_rows_per_step"}
+# An owner whose work ended keeps the steps contended this many steps longer, so that its
+# next request (a client sending one after another) does not wait for a whole full step.
+LINGER_STEPS = 8
 
 
 @dataclass
@@ -78,6 +97,9 @@ class Scheduler:
         self._order: dict[str, tuple[int, float, int]] = {}  # (priority, arrival, sequence)
         self._seq = 0
         self._finished_ids: list[str] = []
+        self._steps = 0  # schedule() calls
+        self._last_run: dict[str, int] = {}  # unit (its first row's id) -> its last step
+        self._active: dict[str, int] = {}  # owner -> the last step it had work
 
     # -- intake ------------------------------------------------------------------------
 
@@ -140,9 +162,16 @@ class Scheduler:
         """Pick this step's work: running requests first, then admit waiting ones."""
         out = SchedulerOutput([], 0, [], finished_request_ids=self._finished_ids)
         self._finished_ids = []
-        budget = self._schedule_running(self.config.max_num_batched_tokens, out)
+        self._steps += 1
+        room = self._make_room()
+        shares = self._fair_shares()
+        if shares is None:
+            budget = self._schedule_running(self.config.max_num_batched_tokens, out)
+        else:
+            budget = self._schedule_running_fair(*shares, out)
         if not out.preempted:
             self._schedule_waiting(budget, out)
+        out.preempted[:0] = room
         return out
 
     def _schedule_running(self, budget: int, out: SchedulerOutput) -> int:
@@ -168,6 +197,132 @@ class Scheduler:
                     self._add_scheduled(out, row, n)
             budget -= sum(chunks)
         return budget
+
+    # -- fair steps (contended_batched_tokens) ----------------------------------------
+
+    def _fair_shares(self) -> tuple[int, dict[str, tuple[int, int]], dict] | None:
+        """The step's token budget, each owner's (rows, tokens) share and its running units
+        in turn order; None when the step is not contended (the knob is off, or one owner
+        has had work in the last LINGER_STEPS steps).
+
+        An owner's demand is what its running units would compute this step, plus its
+        waiting head when a row could be admitted; rows and tokens are each split max-min
+        fairly (no owner gets more than it asks; what one leaves goes to the others).
+        """
+        cfg = self.config
+        if not cfg.contended_rows_per_step:
+            return None
+        units: dict[str, list[Request]] = {}
+        for r in self._running.values():
+            if not r.is_shadow:
+                units.setdefault(r.owner, []).append(r)
+        for owner in units.keys() | self._queues.keys():
+            self._active[owner] = self._steps
+        recent = [o for o, step in self._active.items() if self._steps - step <= LINGER_STEPS]
+        self._active = {o: self._active[o] for o in recent}
+        if len(recent) < 2:
+            return None
+        budget = min(cfg.contended_batched_tokens, cfg.max_num_batched_tokens)
+        rows, tokens = {}, {}
+        for owner, own in units.items():
+            own.sort(key=lambda u: (self._last_run.get(u.request_id, 0), self._key(u)))
+            rows[owner] = sum(len(_rows(u)) for u in own)
+            tokens[owner] = sum(self._demand(u) for u in own)
+        if len(self._running) < cfg.max_num_seqs:
+            for owner, queue in self._queues.items():
+                head = queue[0].partner if queue[0].is_shadow else queue[0]
+                rows[owner] = rows.get(owner, 0) + len(_rows(head))
+                tokens[owner] = tokens.get(owner, 0) + self._demand(head)
+        rows = _water_fill(rows, cfg.contended_rows_per_step, self._steps)
+        tokens = _water_fill(tokens, budget, self._steps)
+        shares = {}
+        for owner, own in units.items():
+            # An owner always moves its next unit (a guided pair needs a token per row).
+            least = len(_rows(own[0]))
+            shares[owner] = (max(rows[owner], least), max(tokens[owner], least))
+        return budget, shares, units
+
+    def _make_room(self) -> list[str]:
+        """Under contention, when all max_num_seqs slots are taken and the owner next in
+        line to be admitted holds less than its fair share of them (max_num_seqs / owners
+        with work), the owner holding the most rows gives up its newest unit(s) (preempted:
+        queued again, recomputed later, ahead of newer work). Returns the preempted ids."""
+        cfg = self.config
+        if not cfg.contended_rows_per_step or not self._queues:
+            return []
+        head = self._next_waiting()
+        unit = head.partner if head.is_shadow else head
+        need = len(self._running) + len(_rows(unit)) - cfg.max_num_seqs
+        held = Counter(r.owner for r in self._running.values())
+        owners = held.keys() | self._queues.keys()
+        fair = cfg.max_num_seqs // max(1, len(owners))
+        if need <= 0 or len(owners) < 2 or held[head.owner] + len(_rows(unit)) > fair:
+            return []
+        top = max(held, key=lambda o: (held[o], o))
+        newest = sorted(
+            (u for u in self._running.values() if u.owner == top and not u.is_shadow),
+            key=self._key,
+            reverse=True,
+        )
+        preempted = []
+        for victim in newest:
+            if need <= 0 or held[top] - len(_rows(victim)) < fair:
+                break
+            if self._key(victim)[0] < self._key(unit)[0]:
+                break  # a better priority level keeps its rows
+            self._preempt(victim)
+            preempted.append(victim.request_id)
+            need -= len(_rows(victim))
+            held[top] -= len(_rows(victim))
+        return preempted
+
+    def _demand(self, unit: Request) -> int:
+        return sum(
+            min(r.num_tokens - r.num_computed_tokens, self.config.max_prefill_chunk)
+            for r in _rows(unit)
+        )
+
+    def _schedule_running_fair(
+        self,
+        budget: int,
+        shares: dict[str, tuple[int, int]],
+        units: dict[str, list[Request]],
+        out: SchedulerOutput,
+    ) -> int:
+        """Schedule each owner's running units in turn order within its share; a unit left
+        out waits (its KV stays) and goes first next step. Returns what is left for
+        admissions. Out of KV blocks, the worst unit not yet allocated is preempted."""
+        plan = []
+        for owner, own in units.items():
+            rows_left, tokens_left = shares[owner]
+            for unit in own:
+                if rows_left <= 0 or tokens_left <= 0:
+                    break
+                rows = _rows(unit)
+                chunks = self._chunks(rows, tokens_left)
+                if len(rows) <= rows_left and any(chunks):
+                    plan.append((unit, chunks))
+                    rows_left -= len(rows)
+                    tokens_left -= sum(chunks)
+        pending = {u.request_id: u for own in units.values() for u in own}
+        used = 0
+        for unit, chunks in plan:
+            if unit.request_id not in pending:
+                continue  # preempted for an earlier unit's blocks
+            rows = _rows(unit)
+            while not self._allocate(rows, chunks):
+                victim = max(pending.values(), key=self._key)
+                del pending[victim.request_id]
+                self._preempt(victim)
+                out.preempted.append(victim.request_id)
+                if victim is unit:
+                    return 0
+            del pending[unit.request_id]
+            for row, n in zip(rows, chunks):
+                if n:
+                    self._add_scheduled(out, row, n)
+            used += sum(chunks)
+        return max(0, budget - used)
 
     def _schedule_waiting(self, budget: int, out: SchedulerOutput) -> None:
         while self._num_waiting and budget > 0:
@@ -238,11 +393,14 @@ class Scheduler:
         start = req.num_computed_tokens
         table = self.kv.block_table(req.request_id)
         samples = start + n == req.num_tokens
+        if not req.is_shadow:
+            self._last_run[req.request_id] = self._steps
         out.scheduled.append(ScheduledRequest(req, n, start, table, samples))
         out.num_batched_tokens += n
 
     def _preempt(self, req: Request) -> None:
         """Free its blocks (and its pair's) and queue it again; it recomputes what it had."""
+        self._last_run.pop(req.request_id, None)
         for row in _rows(req):
             del self._running[row.request_id]
             self.kv.free(row.request_id)
@@ -311,6 +469,7 @@ class Scheduler:
 
     def _finish(self, req: Request, status: RequestStatus) -> None:
         self.kv.free(req.request_id)
+        self._last_run.pop(req.request_id, None)
         del self._requests[req.request_id]
         group = self._groups[req.group_id]
         group.remove(req)
@@ -379,6 +538,27 @@ class Scheduler:
     def get(self, request_id: str) -> Request | None:
         """The waiting or running request with this id, else None."""
         return self._requests.get(request_id)
+
+
+def _water_fill(demand: dict[str, int], budget: int, turn: int) -> dict[str, int]:
+    """Max-min fair split of `budget`: an owner asking less than an equal share gets what
+    it asks, the rest share what is left equally; the remainder's odd tokens rotate."""
+    shares, left = {}, dict(demand)
+    while left:
+        fair = budget // len(left)
+        small = [owner for owner, d in left.items() if d <= fair]
+        if not small:
+            break
+        for owner in small:
+            shares[owner] = left.pop(owner)
+            budget -= shares[owner]
+    if left:
+        fair, extra = divmod(budget, len(left))
+        owners = sorted(left)
+        k = turn % len(owners)
+        for i, owner in enumerate(owners[k:] + owners[:k]):
+            shares[owner] = fair + (i < extra)
+    return shares
 
 
 def _rows(req: Request) -> list[Request]:
