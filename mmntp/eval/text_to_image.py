@@ -110,7 +110,10 @@ def evaluate(pipe: Any, settings: ImageEvalSettings, progress: Progress = lambda
             "heads": list(settings.heads),
             "guidance": list(settings.guidance),
             "seed": settings.seed,
-            "sampling": {"temperature": sampling_defaults("image").temperature, "top_k": sampling_defaults("image").top_k},
+            "sampling": {
+                "temperature": sampling_defaults("image").temperature,
+                "top_k": sampling_defaults("image").top_k,
+            },
         },
         "adherence": rows,
         "speed": timings,
