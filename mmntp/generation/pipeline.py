@@ -19,14 +19,10 @@ from typing import Any
 
 import torch
 
-from mmntp.api import (  # noqa: F401 - re-exported as the public API
-    DEFAULT_QUANTILES,
+from mmntp.api import (
     AudioChunk,
-    AudioOutput,
-    Forecast,
     GenerationOutput,
     ImageChunk,
-    ImageOutput,
     Limits,
     ModelInfo,
     OutputSpec,
@@ -34,13 +30,7 @@ from mmntp.api import (  # noqa: F401 - re-exported as the public API
     SamplingParams,
     SeriesChunk,
     TextChunk,
-    TextOutput,
-    TextPart,
-    TimeSeriesOutput,
-    TimeSeriesPart,
-    TokenIdsPart,
     TokensChunk,
-    TokensOutput,
 )
 from mmntp.engine import AsyncEngine, Engine, EngineConfig, Request
 from mmntp.generation import tokens
