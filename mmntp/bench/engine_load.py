@@ -218,17 +218,7 @@ def bench_load(pair: Pair, s: Settings) -> list[Row]:
             },
         )
     ]
-    for name, q in (("ttft_p50", 50), ("ttft_p99", 99)):
-        rows.append(
-            Row(
-                f"load_{name}",
-                ms * percentile(mm.ttfts(), q),
-                ms * percentile(hf.ttfts(), q),
-                "ms",
-                higher_is_better=False,
-                extra=dict(common),
-            )
-        )
+    rows += _latency_rows("ttft", mm.ttfts(), hf.ttfts(), common)
     rows[-1].extra.update(
         {
             "mmntp_idle_ttft_ms": ms * idle,
@@ -247,17 +237,7 @@ def bench_load(pair: Pair, s: Settings) -> list[Row]:
             "slowdown_target_met": percentile(slow, 99) <= 3,
         }
     )
-    for name, q in (("itl_p50", 50), ("itl_p99", 99)):
-        rows.append(
-            Row(
-                f"load_{name}",
-                ms * percentile(mm.itls(), q),
-                ms * percentile(hf.itls(), q),
-                "ms",
-                higher_is_better=False,
-                extra=dict(common),
-            )
-        )
+    rows += _latency_rows("itl", mm.itls(), hf.itls(), common)
     rows.append(bench_saturated(pair, w, s))
     rows.append(
         Row(
@@ -293,3 +273,19 @@ def bench_saturated(pair: Pair, w: Workload, s: Settings) -> Row:
             "mmntp_ttft_p99_ms": 1e3 * percentile(mm.ttfts(), 99),
         },
     )
+
+
+def _latency_rows(name: str, mm: list[float], hf: list[float], common: dict) -> list[Row]:
+    """p50 and p99 rows of one latency (seconds in, ms out), mmntp beside transformers."""
+    ms = 1e3
+    return [
+        Row(
+            f"load_{name}_p{q}",
+            ms * percentile(mm, q),
+            ms * percentile(hf, q),
+            "ms",
+            higher_is_better=False,
+            extra=dict(common),
+        )
+        for q in (50, 99)
+    ]

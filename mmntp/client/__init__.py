@@ -31,32 +31,10 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mmntp.api import (  # noqa: F401 - re-exported as the SDK's surface
-    DEFAULT_QUANTILES,
-    AudioChunk,
-    AudioOutput,
-    AudioPart,
-    Chunk,
-    Final,
-    ForecastResult,
-    ImageChunk,
-    ImageOutput,
-    ImagePart,
-    ModelInfo,
-    MotionChunk,
-    MotionOutput,
-    MotionPart,
-    SamplingParams,
-    SeriesChunk,
-    TextChunk,
-    TextOutput,
-    TextPart,
-    TimeSeriesOutput,
-    TimeSeriesPart,
-    TokenIdsPart,
-    TokensChunk,
-    TokensOutput,
-)
+from mmntp.api import *  # noqa: F403 - the API's types are the SDK's surface
+from mmntp.api import Chunk, ForecastResult, ModelInfo, SamplingParams, TextChunk, TextOutput
+from mmntp.api import __all__ as _API
+from mmntp.api.outputs import DEFAULT_QUANTILES
 from mmntp.client.messages import (
     ForecastCollector,
     build_request,
@@ -64,7 +42,7 @@ from mmntp.client.messages import (
     forecast_request,
     model_info,
 )
-from mmntp.client.save import (  # noqa: F401
+from mmntp.client.save import (
     save_forecast_csv,
     save_forecast_json,
     save_image,
@@ -75,35 +53,14 @@ from mmntp.v1 import generation_pb2 as pb
 from mmntp.v1 import generation_pb2_grpc
 
 __all__ = [
-    "DEFAULT_QUANTILES",
+    *_API,
     "AsyncClient",
-    "Chunk",
-    "AudioChunk",
-    "AudioOutput",
-    "AudioPart",
     "Client",
     "ClientError",
-    "Final",
-    "ForecastResult",
-    "ImageChunk",
-    "ImageOutput",
-    "ImagePart",
-    "ModelInfo",
-    "MotionChunk",
-    "MotionOutput",
-    "MotionPart",
-    "SamplingParams",
-    "SeriesChunk",
-    "TextChunk",
-    "TextOutput",
-    "TextPart",
-    "TimeSeriesOutput",
-    "TimeSeriesPart",
-    "TokenIdsPart",
-    "TokensChunk",
-    "TokensOutput",
     "build_request",
     "save_forecast_csv",
+    "save_forecast_json",
+    "save_image",
     "save_png",
     "save_wav",
 ]
