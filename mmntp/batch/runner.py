@@ -7,9 +7,9 @@ pending request run and recorded. A finished batch reruns as a no-op.
 Requests run concurrently, not one by one: locally on the pipeline's AsyncEngine
 (continuous batching), with `--server` through the SDK's AsyncClient. A window bounds
 what is in flight: locally, engine rows (a forecast runs one row per sample path, a
-guided image or audio two) up to 1.25 x the engine's `max_num_seqs`, so the engine's
-batch is full and a few requests wait prepared without overflowing its waiting queue
-(a QueueFullError is waited out and retried); with a server, `--concurrency` requests
+guided image or audio two) up to twice the engine's `max_num_seqs`, so the engine's
+batch is full and as much again waits prepared, far inside its waiting queue's bounds
+(a QueueFullError is still waited out and retried); with a server, `--concurrency` requests
 (default 16). The input is streamed; only the window's requests are in memory.
 
 Every result is recorded when it finishes: a media file first (atomically), then the
@@ -181,8 +181,9 @@ class LocalBackend:
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
-        seqs = pipe.engine_config.max_num_seqs
-        self.window_rows = seqs + seqs // 4
+        # A full engine batch running and one more waiting, prepared: a finished request's
+        # rows are replaced at the next step without waiting for the runner.
+        self.window_rows = 2 * pipe.engine_config.max_num_seqs
         self.max_requests: int | None = None
 
     def admit(self, req: Any) -> tuple[tuple[Any, str], int]:
