@@ -91,6 +91,8 @@ def admit(backend: Backend, custom_id: str, request: Any) -> tuple[Any, int] | O
         return backend.admit(req)
     except FieldError as err:
         return failed(custom_id, "INVALID_ARGUMENT", str(err), err.field)
+    except (ValueError, TypeError) as err:  # a value no field check caught: still the line's
+        return failed(custom_id, "INVALID_ARGUMENT", f"request: {err}")
 
 
 async def execute(backend: Backend, custom_id: str, admitted: Any, modality: str) -> Outcome:
@@ -245,6 +247,8 @@ class RemoteBackend:
                     received = True
                     yield chunk
                 return
+            except (ValueError, TypeError) as err:  # building the message: nothing was sent
+                raise RequestFailed("INVALID_ARGUMENT", f"request: {err}") from None
             except ClientError as err:
                 code = err.code.name
                 if code == "RESOURCE_EXHAUSTED" and not received:
