@@ -179,10 +179,13 @@ async def run_items(
 
 
 class LocalBackend:
-    """Requests on a Pipeline's AsyncEngine; validation happens at admission."""
+    """Requests on a Pipeline's AsyncEngine; validation happens at admission.
 
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
+    `priority` and `owner` go to every engine request (`Pipeline.astream`): a server
+    running batches beside interactive work can rank them below it."""
+
+    def __init__(self, pipe: Any, *, priority: int = 0, owner: str = "") -> None:
+        self.pipe, self.priority, self.owner = pipe, priority, owner
         # A full engine batch running and one more waiting, prepared: a finished request's
         # rows are replaced at the next step without waiting for the runner.
         self.window_rows = 2 * pipe.engine_config.max_num_seqs
@@ -203,7 +206,9 @@ class LocalBackend:
         while True:
             received = False
             try:
-                async for chunk in self.pipe.astream(valid):
+                async for chunk in self.pipe.astream(
+                    valid, priority=self.priority, owner=self.owner
+                ):
                     received = True
                     yield chunk
                 return
