@@ -2,6 +2,7 @@
 crash window (a test hook makes the runner die at an exact point), equal to a clean run;
 refused inputs; error lines; the --server backend."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -199,3 +200,20 @@ def test_server_backend_writes_the_local_results(pipe, tiny_model_dir, batch, cl
 
 def _no_usage(response: dict) -> dict:
     return {k: v for k, v in response.items() if k != "usage"}
+
+
+def test_a_full_engine_queue_is_waited_out_not_an_error(tiny_model_dir, batch, clean, tmp_path):
+    """A window far past the engine's waiting queue: QueueFullError answers are retried."""
+    small = Pipeline.from_pretrained(tiny_model_dir)
+    small.engine_config = dataclasses.replace(
+        small.engine_config, max_num_seqs=4, max_waiting_requests=1
+    )
+
+    def backend():
+        wide = LocalBackend(small)
+        wide.window_rows = 1000
+        return wide
+
+    report = run_batch(batch, tmp_path / "out", backend, progress=False)
+    assert report.counts.complete
+    assert _results(tmp_path / "out") == clean

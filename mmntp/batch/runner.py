@@ -55,8 +55,8 @@ class Backend(Protocol):
     window_rows: int
     max_requests: int | None
 
-    def admit(self, request: Any) -> tuple[Any, int]:
-        """(what `stream` takes, the engine rows it occupies)."""
+    def admit(self, request: Any) -> tuple[tuple[Any, str], int]:
+        """((what `stream` takes, the output modality), the engine rows it occupies)."""
 
     def stream(self, admitted: Any) -> AsyncIterator[Any]: ...
 
@@ -100,9 +100,12 @@ async def execute(backend: Backend, custom_id: str, admitted: Any, modality: str
     try:
         async for chunk in backend.stream(admitted):
             collector.add(chunk)
-        body, data = collector.result(custom_id)
     except RequestFailed as err:
         return failed(custom_id, err.code, err.message, err.field)
+    try:
+        body, data = collector.result(custom_id)
+    except ValueError as err:  # e.g. a stream that ended without its image
+        return failed(custom_id, "INTERNAL", f"incomplete result: {err}")
     return Outcome(custom_id, True, result_line(custom_id, body), data, body.get("file"))
 
 
