@@ -104,9 +104,10 @@ async def execute(backend: Backend, custom_id: str, admitted: Any, modality: str
         return failed(custom_id, err.code, err.message, err.field)
     try:
         body, data = collector.result(custom_id)
+        line = result_line(custom_id, body)  # refuses NaN: JSON has no such number
     except ValueError as err:  # e.g. a stream that ended without its image
-        return failed(custom_id, "INTERNAL", f"incomplete result: {err}")
-    return Outcome(custom_id, True, result_line(custom_id, body), data, body.get("file"))
+        return failed(custom_id, "INTERNAL", f"unusable result: {err}")
+    return Outcome(custom_id, True, line, data, body.get("file"))
 
 
 class Window:
