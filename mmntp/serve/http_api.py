@@ -296,7 +296,11 @@ class _GenerateCall:
             return  # the client left: the core logged and counted it (499)
         if self.started:  # the stream is under way: an error can only be an event now
             tail = b"" if failure is None else sse_event(error_body(failure), "error")
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            last = {"type": "http.response.body", "body": tail, "more_body": False}
+            # Bounded as every write is: after an idle stream this one may never drain.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.core.admission.config.idle_stream_seconds):
+                    await send(last)
             return
         await self._answer(failure)(scope, receive, send)
 
