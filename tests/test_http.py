@@ -25,11 +25,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving import DEFAULT_SERVICE, ServerThread, wait_until
 
 from mmntp.api.series_io import read_series
+from mmntp.cli import build_parser
 from mmntp.engine import EngineConfig
 from mmntp.generation import Pipeline
 from mmntp.serve.openapi import openapi_document
 from mmntp.serve.quotas import AdmissionConfig, KeyPolicy, key_id
-from mmntp.serve.server import ServeError, ServerConfig
+from mmntp.serve.server import ServeError, ServerConfig, server_config_for
 from mmntp.v1 import generation_pb2 as pb
 from mmntp.v1 import generation_pb2_grpc
 
@@ -451,6 +452,15 @@ def test_a_busy_http_port_fails_naming_it(tiny_model_dir, server):
     port = int(server.http_url.rsplit(":", 1)[1])
     with pytest.raises(ServeError, match=f"cannot bind HTTP 127.0.0.1:{port}: port {port} is"):
         ServerThread(Pipeline.from_pretrained(tiny_model_dir), ServerConfig(port=0, http_port=port))
+
+
+def test_http_port_comes_from_service_json_or_the_command_line(tmp_path):
+    (tmp_path / "service.json").write_text(json.dumps({"server": {"http_port": 8081}}))
+    assert server_config_for(tmp_path).http_port == 8081
+    assert server_config_for(tmp_path, http_port=0).http_port == 0
+    assert server_config_for(DEFAULT_SERVICE).http_port is None  # no HTTP unless asked
+    args = build_parser().parse_args(["serve", "--http-port", "8082"])
+    assert args.http_port == 8082
 
 
 @pytest.mark.parametrize("bad", [-1, 70000, True, "80"])
