@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 from concurrent.futures import Future
 
@@ -461,6 +462,23 @@ def test_http_port_comes_from_service_json_or_the_command_line(tmp_path):
     assert server_config_for(DEFAULT_SERVICE).http_port is None  # no HTTP unless asked
     args = build_parser().parse_args(["serve", "--http-port", "8082"])
     assert args.http_port == 8082
+
+
+def test_https_with_the_grpc_servers_certificate(tiny_model_dir, tmp_path):
+    from test_serve import _self_signed  # the TLS tests' certificate maker
+
+    from mmntp.serve.server import TlsFiles
+
+    cert, key = _self_signed(tmp_path)
+    config = ServerConfig(port=0, http_port=0, warmup=False)
+    pipe = Pipeline.from_pretrained(tiny_model_dir)
+    with ServerThread(pipe, config, tls=TlsFiles(cert, key)) as srv:
+        url = srv.http_url.replace("http://", "https://")
+        trust = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(base_url=url, verify=trust, timeout=30) as http:
+            assert http.get("/readyz").json() == {"status": "SERVING"}
+            reply = http.post("/v1/generate", json=SAMPLES["tokens"])
+            assert reply.status_code == 200 and "final" in reply.json()["responses"][-1]
 
 
 @pytest.mark.parametrize("bad", [-1, 70000, True, "80"])

@@ -9,6 +9,10 @@ the CLI prints it and exits 1). SIGTERM (or SIGINT) during start-up stops at onc
 process exits 0; afterwards it marks health NOT_SERVING, stops taking calls, lets in-flight
 streams finish within the grace period, then returns so the process exits 0.
 
+With `http_port` set, the HTTP API (serve/http_api.py: the same core, keys and limits) is
+served from the bind on, as a task of the same event loop, and stops with the gRPC server;
+its /healthz and /readyz answer what liveness and readiness say here.
+
 Health (grpc.health.v1): readiness is "", "readiness" and "mmntp.v1.GenerationService"
 (SERVING only once warm and while the engine lives; gauge `mmntp_ready`); liveness is
 "liveness" (SERVING from bind while the event loop answers; NOT_SERVING only on shutdown
