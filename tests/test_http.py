@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import ssl
 import threading
+import time
 from concurrent.futures import Future
 
 import grpc
@@ -178,6 +180,26 @@ def test_models_tokenize_and_detokenize(http, stub):
 
 
 # -- errors ------------------------------------------------------------------------------
+
+
+def test_a_bug_in_tokenize_is_500_json_and_logged(http, pipe, monkeypatch, caplog):
+    def boom(part):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(pipe, "tokenize", boom)
+    reply = http.post("/v1/tokenize", json={"part": {"text": "a"}})
+    assert reply.status_code == 500
+    assert reply.json()["error"]["message"] == "internal error; see the server log"
+    assert any(r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_a_client_leaving_mid_body_leaves_no_traceback(server, pipe, caplog):
+    host, port = server.http_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+    time.sleep(0.2)  # the server notices the close (nothing to poll for: it answers no one)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert engine_idle(pipe)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import socket
 import time
@@ -38,7 +39,7 @@ from google.protobuf.message import Message
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -51,6 +52,7 @@ from mmntp.serve.core import Failure, GenerateCore
 from mmntp.serve.openapi import openapi_document
 from mmntp.v1 import generation_pb2 as pb
 
+log = logging.getLogger("mmntp.serve")
 PLAYGROUND = Path(__file__).resolve().parent / "playground"
 TIMEOUT_HEADER = "x-request-timeout"  # seconds, like gRPC's grpc-timeout
 # gRPC status name -> HTTP status. CANCELLED is 499 (nginx's "client closed request"): only
@@ -165,6 +167,9 @@ class _Api:
             return proto_response(await self.core.unary(fn, message))
         except FieldError as err:
             raise invalid(str(err), err.field) from None
+        except Exception:
+            log.exception("%s failed", request.url.path)
+            raise HttpError(Failure("INTERNAL", "internal error; see the server log")) from None
 
 
 # -- reading requests ------------------------------------------------------------------
@@ -179,10 +184,13 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if length.isdigit() and int(length) > limit:
         raise too_large
     body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise too_large
+    try:
+        async for piece in request.stream():
+            body += piece
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect:  # left while sending: nobody reads the answer
+        raise HttpError(Failure("CANCELLED", "the client left")) from None
     try:
         data = json.loads(body)
     except UnicodeDecodeError as err:
