@@ -11,6 +11,7 @@ modality.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import socket
@@ -514,6 +515,12 @@ def test_server_config_rejects_bad_http_ports(bad):
 
 def schema_of(document: dict, name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+
+
+def test_openapi_document_is_valid_openapi_3_1():
+    from openapi_spec_validator import validate
+
+    validate(copy.deepcopy(openapi_document()))  # raises, naming the problem
 
 
 def test_openapi_names_every_field_of_the_request_recursively():
