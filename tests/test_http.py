@@ -389,6 +389,24 @@ def test_over_the_keys_quota_is_429_with_retry_after(guarded):
     assert metric(guarded, "mmntp_admission_rejections_total", reason="concurrency") >= 1
 
 
+def test_a_keys_quota_counts_its_calls_over_both_transports(guarded):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    request = json_format.ParseDict(SAMPLES["tokens"], pb.GenerateRequest())
+    with (
+        httpx.Client(base_url=guarded.http_url, timeout=60, headers=headers) as http,
+        grpc.insecure_channel(guarded.target) as channel,
+    ):
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        with engine_held(guarded.pipe):
+            first = in_background(http, SAMPLES["tokens"])  # the key's one call, over HTTP
+            wait_until(guarded.pipe.engine.has_unfinished, what="the HTTP call admitted")
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.Generate(request, metadata=[("authorization", f"Bearer {KEY}")]))
+        assert first.result(60).status_code == 200
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_concurrent=1" in err.value.details()
+
+
 def test_a_body_over_max_message_bytes_is_413(guarded):
     body = {"prompt": [{"text": "a" * 5000}], "output": {"text": {}}}
     headers = {"Authorization": f"Bearer {KEY}"}
