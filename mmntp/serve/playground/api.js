@@ -64,12 +64,19 @@ export async function* streamGenerate(body, apiKey, signal) {
     signal,
   });
   if (!response.ok) throw await errorOf(response);
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  yield* readEvents(response.body);
+}
+
+/** The JSON `data` of each Server-Sent Event of a byte stream, however its reads split. */
+export async function* readEvents(stream) {
+  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
   let buffered = "";
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
-    buffered += value.replace(/\r\n?/g, "\n");
+    // LF or CRLF line ends (sse-starlette writes CRLF); a CR split from its LF joins it
+    // on the next read before this replace sees it.
+    buffered = (buffered + value).replace(/\r\n/g, "\n");
     let end;
     while ((end = buffered.indexOf("\n\n")) >= 0) {
       const { event, data } = parseEvent(buffered.slice(0, end));

@@ -41,7 +41,8 @@ async function loadModels() {
   }
   const outputs = new Set(model.outputModalities || []);
   const params = Number(model.parameters || 0).toLocaleString("en");
-  info.textContent = `Model ${model.name}: ${params} parameters, ${model.maxSeqLen} positions`;
+  const makes = [...outputs].map((m) => NAMES[m]).filter(Boolean).join(", ");
+  info.textContent = `Model ${model.name} (${params} parameters) generates ${makes}`;
   for (const tab of document.querySelectorAll("[role=tab]")) {
     const served = outputs.has(tab.dataset.modality);
     tab.disabled = !served;

@@ -101,7 +101,9 @@ export function framesToJoints(values, numFeatures, state = { yaw: 0, x: 0, z: 0
       continue;
     }
     if (numFeatures !== 263) throw new Error(`cannot draw ${numFeatures} features per frame`);
-    const [c, s] = [Math.cos(state.yaw), Math.sin(state.yaw)];
+    // As HumanML3D's recover_from_ric: the integrated yaw is the root quaternion's
+    // half-angle, and its inverse turns the root-frame joints and velocity into the world.
+    const [c, s] = [Math.cos(2 * state.yaw), -Math.sin(2 * state.yaw)];
     const turn = ([x, y, z]) => [c * x + s * z + state.x, y, -s * x + c * z + state.z];
     const joints = [[state.x, v[3], state.z]];
     for (let j = 0; j < JOINTS - 1; j++) joints.push(turn(v.slice(4 + 3 * j, 7 + 3 * j)));
