@@ -1,10 +1,17 @@
 // The HTTP API as the page uses it: one request builder, one SSE reader, the curl form.
 
-/** An error answer of the API: {error: {code, status, message, field}}. */
+/**
+ * An error answer of the API, from its {error: {code, status, message, field}} object:
+ * one of code/status holds the gRPC status name, the other the HTTP number (this reads
+ * either order), and `httpStatus` prefers the response's own status line.
+ */
 export class ApiError extends Error {
-  constructor({ code = 0, status = "UNKNOWN", message = "", field = "" } = {}) {
-    super(message || status);
-    Object.assign(this, { code, status, field });
+  constructor({ code, status, message = "", field = "" } = {}, httpStatus = undefined) {
+    const name = [code, status].find((v) => typeof v === "string") || "UNKNOWN";
+    super(message || name);
+    this.grpcStatus = name;
+    this.httpStatus = httpStatus ?? [code, status].find(Number.isInteger) ?? 0;
+    this.field = field || "";
   }
 }
 
@@ -24,13 +31,13 @@ function headers(apiKey) {
 }
 
 async function errorOf(response) {
-  let detail = {};
+  let detail = { message: `HTTP ${response.status} ${response.statusText}` };
   try {
-    detail = (await response.json()).error || {};
+    detail = (await response.json()).error || detail;
   } catch {
     // not JSON (a proxy's page): the status line is all there is
   }
-  return new ApiError({ code: response.status, status: response.statusText, ...detail });
+  return new ApiError(detail, response.status);
 }
 
 /** GET /v1/models: the ListModelsResponse's `models`. */

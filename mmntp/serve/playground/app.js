@@ -1,6 +1,6 @@
 // The playground: tabs enabled from GET /v1/models, one run loop for every tab.
 
-import { ApiError, buildRequest, curlCommand, listModels, streamGenerate } from "./api.js";
+import { buildRequest, curlCommand, listModels, streamGenerate } from "./api.js";
 import { TABS, formReader } from "./tabs.js";
 
 const KEY_STORAGE = "mmntp.apiKey";
@@ -31,7 +31,9 @@ async function loadModels() {
   try {
     models = await listModels(apiKey());
   } catch (e) {
-    info.textContent = e.code === 401 ? "Enter the server's API key to begin." : `Models: ${e.message}`;
+    const locked = e.httpStatus === 401;
+    info.textContent = locked ? "Enter the server's API key to begin." : `No model list: ${e.message}`;
+    info.dataset.state = locked ? "locked" : "failed";
     return;
   }
   const model = models[0];
@@ -43,6 +45,7 @@ async function loadModels() {
   const params = Number(model.parameters || 0).toLocaleString("en");
   const makes = [...outputs].map((m) => NAMES[m]).filter(Boolean).join(", ");
   info.textContent = `Model ${model.name} (${params} parameters) generates ${makes}`;
+  info.dataset.state = "ready";
   for (const tab of document.querySelectorAll("[role=tab]")) {
     const served = outputs.has(tab.dataset.modality);
     tab.disabled = !served;
@@ -59,11 +62,13 @@ async function loadModels() {
   if (!current || current.disabled) selectTab(document.querySelector("[role=tab]:not(:disabled)"));
 }
 
+/** Show `error` under the form and mark the inputs of the field it names. */
 function showError(panel, error) {
   const box = panel.querySelector(".error");
   const field = (error.field || "").replace(/\[\d+\]/g, ""); // prompt[0].text -> prompt.text
   box.hidden = false;
-  box.textContent = field && !error.message.startsWith(field) ? `${field}: ${error.message}` : error.message;
+  const message = field && !error.message.startsWith(field) ? `${field}: ${error.message}` : error.message;
+  box.textContent = error.grpcStatus ? `${message} (${error.grpcStatus})` : message;
   const related = (a, b) => a === b || a.startsWith(`${b}.`) || b.startsWith(`${a}.`);
   for (const input of panel.querySelectorAll("[data-field]")) {
     if (field && related(input.dataset.field, field)) {
@@ -124,7 +129,7 @@ async function run(panel, tab) {
       }
     }
   } catch (e) {
-    showError(panel, e instanceof ApiError ? e : new ApiError({ message: String(e.message || e) }));
+    showError(panel, e); // an ApiError, or the page's own (a network failure, a bad frame)
   } finally {
     panel.dataset.streamEndAt = String(performance.now());
     tab.end?.(view);

@@ -6,13 +6,13 @@ import { ForecastChart, parseSeries } from "./chart.js";
 import { PcmPlayer, StickFigure } from "./media.js";
 
 /**
- * Form values by name: `text` as typed, `num` a number, or undefined when left blank or
- * disabled (as an HTML form leaves disabled fields out).
+ * Form values by name: `text` exactly as typed (a prompt's trailing space matters), `num`
+ * a number, or undefined when left blank or disabled (as an HTML form leaves those out).
  */
 export function formReader(form) {
-  const raw = (name) => form.elements[name].value.trim();
-  const blank = (name) => form.elements[name].disabled || raw(name) === "";
-  return { text: raw, num: (name) => (blank(name) ? undefined : Number(raw(name))) };
+  const text = (name) => form.elements[name].value;
+  const blank = (name) => form.elements[name].disabled || text(name).trim() === "";
+  return { text, num: (name) => (blank(name) ? undefined : Number(text(name))) };
 }
 
 let audioContext = null; // one per page, made on the first click (autoplay policies)
