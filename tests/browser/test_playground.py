@@ -390,3 +390,19 @@ def test_the_copied_curl_command_streams_the_same_text(page):
     messages = [json.loads(line[5:]) for line in out.splitlines() if line.startswith("data:")]
     assert "final" in messages[-1]
     assert "".join(m["text"]["delta"] for m in messages if "text" in m) == shown
+
+
+def test_stop_ends_the_stream(page):
+    panel = page.locator("#panel-text")
+    page.get_by_role("tab", name="Text").click()
+    panel.locator("[name=max_tokens]").fill("512")
+    panel.locator("button[type=submit]").click()
+    page.wait_for_function("document.querySelector('#panel-text .text-output').textContent !== ''")
+    panel.locator(".stop").click()
+    page.wait_for_function("document.querySelector('#panel-text').dataset.state !== 'running'")
+    if panel.get_attribute("data-state") == "done":
+        pytest.skip("all 512 tokens came before Stop was clicked")
+    assert panel.get_attribute("data-state") == "stopped"
+    assert "stopped" in panel.locator(".timing").text_content()
+    assert panel.locator(".error").is_hidden()  # stopping is not an error
+    assert panel.locator(".stop").is_disabled() and panel.locator("[type=submit]").is_enabled()

@@ -39,6 +39,7 @@ async function loadModels() {
   const model = models[0];
   if (!model) {
     info.textContent = "This server serves no model.";
+    info.dataset.state = "failed";
     return;
   }
   const outputs = new Set(model.outputModalities || []);
@@ -100,8 +101,6 @@ function timingText(firstChunk, total, final) {
 /** Submit one tab's form: show the curl, stream the chunks into the tab's view, time it. */
 async function run(panel, tab) {
   clearError(panel);
-  const timing = panel.querySelector(".timing");
-  const button = panel.querySelector("button[type=submit]");
   let request;
   try {
     request = tab.request(formReader(panel.querySelector("form")));
@@ -112,7 +111,11 @@ async function run(panel, tab) {
   const body = buildRequest(request);
   panel.querySelector(".curl").value = curlCommand(body, location.origin, Boolean(apiKey()));
   const view = tab.start(panel, request);
-  button.disabled = true;
+  const timing = panel.querySelector(".timing");
+  const [button, stop] = [panel.querySelector("button[type=submit]"), panel.querySelector(".stop")];
+  const abort = new AbortController(); // Stop closes the stream: the server aborts the request
+  stop.onclick = () => abort.abort();
+  [button.disabled, stop.disabled] = [true, false];
   panel.dataset.state = "running";
   timing.textContent = "waiting for the first chunk…";
   const t0 = performance.now();
@@ -120,7 +123,7 @@ async function run(panel, tab) {
   let first = null;
   let final = null;
   try {
-    for await (const message of streamGenerate(body, apiKey())) {
+    for await (const message of streamGenerate(body, apiKey(), abort.signal)) {
       if (message.final) final = message.final;
       else {
         first ??= elapsed();
@@ -128,14 +131,17 @@ async function run(panel, tab) {
         timing.textContent = `first chunk ${ms(first)} · streaming…`;
       }
     }
+    if (!final) throw new Error("the stream ended before its final message");
   } catch (e) {
-    showError(panel, e); // an ApiError, or the page's own (a network failure, a bad frame)
+    // an ApiError, or the page's own (stopped, a network failure, a frame it cannot draw)
+    if (abort.signal.aborted) tab.stop?.(view);
+    else showError(panel, e);
   } finally {
     panel.dataset.streamEndAt = String(performance.now());
     tab.end?.(view);
-    timing.textContent = timingText(first, elapsed(), final);
-    panel.dataset.state = final ? "done" : "failed";
-    button.disabled = false;
+    timing.textContent = timingText(first, elapsed(), final) + (abort.signal.aborted ? " · stopped" : "");
+    panel.dataset.state = final ? "done" : abort.signal.aborted ? "stopped" : "failed";
+    [button.disabled, stop.disabled] = [false, true];
   }
 }
 

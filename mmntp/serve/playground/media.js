@@ -24,6 +24,7 @@ export class PcmPlayer {
   }
 
   reset(seconds) {
+    this.silence();
     this.seconds = seconds;
     this.chunks = [];
     this.rate = 0;
@@ -43,10 +44,17 @@ export class PcmPlayer {
     source.connect(this.context.destination);
     const at = Math.max(this.nextTime, this.context.currentTime + LEAD_SECONDS);
     source.start(at);
+    this.sources.push(source);
     this.nextTime = at + buffer.duration;
     this.firstStartAt ??= performance.now();
     this.chunks.push(samples);
     this.draw();
+  }
+
+  /** Stop what is playing or scheduled (Stop, or a new request). */
+  silence() {
+    for (const source of this.sources || []) source.stop();
+    this.sources = [];
   }
 
   /** Min/max per pixel column over the requested duration (it fills as chunks come). */

@@ -1,4 +1,5 @@
-// One entry per tab: how its form becomes a request and how its chunks are shown.
+// One entry per tab: how its form becomes a request (`request`), and how its view is set up
+// (`start`), shows each chunk (`chunk`), and optionally stops (`stop`) and ends (`end`).
 // The run loop, timings, errors and curl live in app.js and are the same for every tab.
 
 import { ApiError } from "./api.js";
@@ -111,6 +112,7 @@ export const TABS = {
       if (view.player.firstStartAt !== null) view.chunksAfterStart++;
       view.player.push(message.audio);
     },
+    stop: ({ player }) => player.silence(),
     end({ player, panel, chunksAfterStart }) {
       // Read by the browser test: playback began while chunks were still arriving.
       if (player.firstStartAt !== null) panel.dataset.firstPlayAt = String(player.firstStartAt);
