@@ -164,25 +164,38 @@ def test_text_streams_into_the_page(page, shots):
 
 
 def test_forecast_draws_history_median_and_band(page, shots):
-    sent = submit(page, "forecast", {"horizon": "8", "num_samples": "10", "seed": "0"})
+    """An uploaded CSV (timestamp,value with a header: the README's example series)."""
+    page.get_by_role("tab", name="Forecast").click()
+    page.get_by_label("Upload CSV").set_input_files(ROOT / "examples" / "elec_equip.csv")
+    page.wait_for_function("document.querySelector('[name=csv]').value.startsWith('timestamp')")
+    sent = submit(page, "forecast", {"horizon": "24", "num_samples": "20", "seed": "0"})
     assert_done(page, "forecast")
-    assert len(sent["prompt"][0]["timeseries"]["values"]) == 72
+    rows = (ROOT / "examples" / "elec_equip.csv").read_text().splitlines()[1:]
+    assert sent["prompt"][0]["timeseries"]["values"] == [float(r.split(",")[1]) for r in rows]
     canvas = page.locator("#panel-forecast .chart")
     assert canvas.get_attribute("data-plotted") == "3"  # history, band, median
-    assert canvas.get_attribute("data-steps") == "8"
-    # The band's colour is on the canvas right of the history (read back from pixels).
-    band_pixels = page.evaluate(
-        """() => {
-          const c = document.querySelector('#panel-forecast .chart');
-          const data = c.getContext('2d').getImageData(c.width * 0.9, 0, c.width * 0.08, c.height).data;
-          let n = 0;
-          for (let i = 0; i < data.length; i += 4) {
-            if (data[i + 3] > 0 && data[i + 2] > data[i] + 40) n++;  // bluish
-          }
-          return n;
-        }"""
-    )
-    assert band_pixels > 50
+    assert canvas.get_attribute("data-steps") == "24"
+
+    # Read back from the canvas: the band's translucent blue fills an area right of the
+    # history (the median's opaque line alone would not), and the left part has none.
+    def band_pixels(left: float, right: float) -> int:
+        return page.evaluate(
+            """([left, right]) => {
+              const c = document.querySelector('#panel-forecast .chart');
+              const w = Math.round(c.width * (right - left));
+              const data = c.getContext('2d').getImageData(c.width * left, 0, w, c.height).data;
+              let n = 0;
+              for (let i = 0; i < data.length; i += 4) {
+                const [r, b, a] = [data[i], data[i + 2], data[i + 3]];
+                if (a > 40 && a < 100 && b > r + 100) n++;  // rgba(59, 130, 246, 0.25)
+              }
+              return n;
+            }""",
+            [left, right],
+        )
+
+    assert band_pixels(0.92, 0.99) > 500
+    assert band_pixels(0.1, 0.8) == 0
     assert curl_body(page, "forecast") == sent
     shoot(page, shots, "forecast")
 

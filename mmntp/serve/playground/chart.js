@@ -23,9 +23,10 @@ export class ForecastChart {
     this.reset([]);
   }
 
-  reset(history, horizon = 0) {
+  reset(history, horizon = 0, timestamps = []) {
     this.history = history;
     this.horizon = horizon;
+    this.timestamps = timestamps;
     this.steps = []; // {median, low, high} per forecast step
     this.draw();
   }
@@ -84,6 +85,12 @@ export class ForecastChart {
     canvas.dataset.steps = String(steps.length);
   }
 
+  /** The x label of position `i`: the history's timestamp (else its index), then +step. */
+  label(i) {
+    const n = this.history.length;
+    return i < n ? String(this.timestamps[i] ?? i) : `+${i - n + 1}`;
+  }
+
   axes(ctx, { total, lo, hi, x, y }) {
     const { width, height } = this.canvas;
     ctx.strokeStyle = "#94a3b8";
@@ -104,7 +111,7 @@ export class ForecastChart {
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     for (const i of ticks(0, total - 1, 10).filter(Number.isInteger)) {
-      ctx.fillText(String(i), x(i), height - PAD.bottom + 6);
+      ctx.fillText(this.label(i), x(i), height - PAD.bottom + 6);
       ctx.fillRect(Math.round(x(i)), height - PAD.bottom, 1, 4);
     }
     if (this.history.length && total > this.history.length) {

@@ -46,7 +46,7 @@ export const TABS = {
       // proto3 JSON writes a missing (NaN) double as the string "NaN"
       const values = series.values.map((v) => (Number.isNaN(v) ? "NaN" : v));
       return {
-        history: series.values,
+        history: series, // for the chart only: buildRequest sends prompt, output, sampling
         prompt: [{ timeseries: { values } }],
         output: {
           timeseries: { horizon: f.num("horizon"), numSamples: f.num("num_samples"), quantiles: [0.1, 0.5, 0.9] },
@@ -57,7 +57,8 @@ export const TABS = {
     start(panel, request) {
       const canvas = panel.querySelector(".chart");
       const chart = (canvas.chart ??= new ForecastChart(canvas));
-      chart.reset(request.history, request.output.timeseries.horizon || 0);
+      const { values, timestamps } = request.history;
+      chart.reset(values, request.output.timeseries.horizon || 0, timestamps);
       return { chart };
     },
     chunk({ chart }, message) {
