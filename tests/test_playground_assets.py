@@ -43,3 +43,10 @@ def test_a_wheel_carries_every_playground_file(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("mmntp-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"mmntp/serve/playground/{name}" for name in ASSETS} <= names
+
+
+def test_the_committed_screenshots_stay_small():
+    shots = sorted((ROOT / "docs" / "img").glob("playground-*.png"))
+    assert shots, "docs/img has no playground screenshot (MMNTP_SCREENSHOTS=docs/img ...)"
+    for shot in shots:
+        assert shot.stat().st_size < 200_000, f"{shot.name}: {shot.stat().st_size} bytes"
