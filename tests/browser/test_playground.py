@@ -55,7 +55,8 @@ def base_url():
     from mmntp.serve.server import ServerConfig
     from mmntp.serve.thread import ServerThread
 
-    config = ServerConfig(port=0, http_port=0, warmup=False)
+    # Warm: each modality's first request (lazy imports, first shapes) runs before the page.
+    config = ServerConfig(port=0, http_port=0, warmup=True)
     with ServerThread(Pipeline.from_pretrained(), config, api_keys=[KEY]) as server:
         yield server.http_url
 
