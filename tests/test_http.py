@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 from concurrent.futures import Future
 
@@ -254,17 +255,22 @@ def _timeout(seconds: float) -> dict[str, str]:
     return {"X-Request-Timeout": str(seconds)}
 
 
-def test_disconnect_aborts_the_engine_request_and_frees_its_cache(http, pipe, server):
+@pytest.mark.parametrize("stream", [True, False])
+def test_disconnect_aborts_the_engine_request_and_frees_its_cache(stream, pipe, server):
     wait_until(lambda: engine_idle(pipe), what="an idle engine")
     usage = pipe.engine.kv.usage
     before = metric(server, "mmntp_requests_total", modality="tokens", status="CANCELLED")
     # Raw tokens never stop early (no <eos>), so the request is surely still running.
     body = {"prompt": [{"tokenIds": {"ids": [1, 2]}}], "output": {"tokens": {"maxTokens": 500}}}
-    own = httpx.Client(base_url=server.http_url, timeout=60)  # its own connection
-    with own, own.stream("POST", "/v1/generate", json=body | {"stream": True}) as reply:
-        assert next(reply.iter_lines()).startswith("data: ")
-        (request,) = list(pipe.engine.scheduler._requests.values())
-    wait_until(lambda: engine_idle(pipe), what="the engine to drop the abandoned request")
+    # Steps of 10 ms at least: the 500 tokens cannot all be made before the client leaves.
+    with engine_held(pipe, each_step=0.01):
+        with raw_post(server, body | {"stream": stream}) as sock:
+            wait_until(lambda: pipe.engine.scheduler._requests, what="the engine request")
+            (request,) = list(pipe.engine.scheduler._requests.values())
+            wait_until(lambda: len(request.output_ids) > 2, what="a few tokens")
+            if stream:
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        wait_until(lambda: engine_idle(pipe), what="the engine to drop the abandoned request")
     assert request.status.value == "abort" and len(request.output_ids) < 500
     assert pipe.engine.kv.usage == usage
     wait_until(
@@ -274,6 +280,16 @@ def test_disconnect_aborts_the_engine_request_and_frees_its_cache(http, pipe, se
         ),
         what="the call recorded CANCELLED",
     )
+
+
+def raw_post(server: ServerThread, body: dict) -> socket.socket:
+    """A connection that has sent POST /v1/generate; closing it is the disconnect."""
+    host, port = server.http_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    data = json.dumps(body).encode()
+    head = f"POST /v1/generate HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(data)}\r\n"
+    sock.sendall(head.encode() + b"Content-Type: application/json\r\n\r\n" + data)
+    return sock
 
 
 def test_readiness_follows_the_health_service(http, server):
@@ -376,12 +392,13 @@ def test_a_full_engine_queue_is_429(tiny_model_dir):
 
 
 @contextlib.contextmanager
-def engine_held(pipe):
-    """Engine steps wait (in the engine's thread) until the block ends."""
+def engine_held(pipe, each_step: float | None = None):
+    """Engine steps wait (in the engine's thread) until the block ends, or `each_step`
+    seconds each."""
     gate, execute = threading.Event(), pipe.engine.runner.execute
 
     def held(scheduled):
-        gate.wait(60)
+        gate.wait(60 if each_step is None else each_step)
         return execute(scheduled)
 
     pipe.engine.runner.execute = held

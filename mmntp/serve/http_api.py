@@ -254,7 +254,10 @@ def _timeout(field: Any, header: str | None) -> float | None:
 
 
 def message_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message)
+    # Fields at their default are written too (a series' step 0, an image preview's
+    # final false): a browser need not know proto3's defaults. Unset oneof members and
+    # messages (`final` before the last response) stay absent.
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
 def proto_response(message: Message) -> JSONResponse:
