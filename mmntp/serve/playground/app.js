@@ -32,7 +32,9 @@ async function loadModels() {
     models = await listModels(apiKey());
   } catch (e) {
     const locked = e.httpStatus === 401;
-    info.textContent = locked ? "Enter the server's API key to begin." : `No model list: ${e.message}`;
+    info.textContent = locked
+      ? "Enter the server's API key to begin."
+      : `No model list: ${e.message}`;
     info.dataset.state = locked ? "locked" : "failed";
     return;
   }
@@ -50,7 +52,8 @@ async function loadModels() {
   for (const tab of document.querySelectorAll("[role=tab]")) {
     const served = outputs.has(tab.dataset.modality);
     tab.disabled = !served;
-    tab.title = served ? "" : `model '${model.name}' does not generate ${NAMES[tab.dataset.modality]}`;
+    const what = NAMES[tab.dataset.modality];
+    tab.title = served ? "" : `model '${model.name}' does not generate ${what}`;
     tab.querySelector(".reason")?.remove();
     if (!served) {
       const reason = document.createElement("small"); // textContent: a model name is not HTML
@@ -68,7 +71,8 @@ function showError(panel, error) {
   const box = panel.querySelector(".error");
   const field = (error.field || "").replace(/\[\d+\]/g, ""); // prompt[0].text -> prompt.text
   box.hidden = false;
-  const message = field && !error.message.startsWith(field) ? `${field}: ${error.message}` : error.message;
+  const named = !field || error.message.startsWith(field);
+  const message = named ? error.message : `${field}: ${error.message}`;
   box.textContent = error.grpcStatus ? `${message} (${error.grpcStatus})` : message;
   const related = (a, b) => a === b || a.startsWith(`${b}.`) || b.startsWith(`${a}.`);
   for (const input of panel.querySelectorAll("[data-field]")) {
@@ -82,7 +86,9 @@ function showError(panel, error) {
 
 function clearError(panel) {
   panel.querySelector(".error").hidden = true;
-  for (const input of panel.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+  for (const input of panel.querySelectorAll("[aria-invalid]")) {
+    input.removeAttribute("aria-invalid");
+  }
 }
 
 const ms = (seconds) => `${Math.round(seconds * 1000)} ms`;
@@ -139,7 +145,8 @@ async function run(panel, tab) {
   } finally {
     panel.dataset.streamEndAt = String(performance.now());
     tab.end?.(view);
-    timing.textContent = timingText(first, elapsed(), final) + (abort.signal.aborted ? " · stopped" : "");
+    const stopped = abort.signal.aborted ? " · stopped" : "";
+    timing.textContent = timingText(first, elapsed(), final) + stopped;
     panel.dataset.state = final ? "done" : abort.signal.aborted ? "stopped" : "failed";
     [button.disabled, stop.disabled] = [false, true];
   }

@@ -143,8 +143,8 @@ export class StickFigure {
     const frames = framesToJoints(chunk.values || [], chunk.numFeatures, this.state);
     this.frames.push(...frames);
     for (const [x, y] of frames.flat()) {
-      const b = this.bounds;
-      this.bounds = b ? [Math.min(b[0], x), Math.max(b[1], x), Math.min(b[2], y), Math.max(b[3], y)] : [x, x, y, y];
+      const [x0, x1, y0, y1] = this.bounds ?? [x, x, y, y];
+      this.bounds = [Math.min(x0, x), Math.max(x1, x), Math.min(y0, y), Math.max(y1, y)];
     }
   }
 
@@ -164,7 +164,10 @@ export class StickFigure {
     const [x0, x1, y0, y1] = this.bounds; // over every frame so far: the figure keeps its size
     const { width, height } = this.canvas;
     const scale = (0.9 * Math.min(width, height)) / Math.max(x1 - x0, y1 - y0, 1e-6);
-    const px = ([x, y]) => [width / 2 + (x - (x0 + x1) / 2) * scale, height * 0.95 - (y - y0) * scale];
+    const px = ([x, y]) => [
+      width / 2 + (x - (x0 + x1) / 2) * scale,
+      height * 0.95 - (y - y0) * scale,
+    ];
     ctx.strokeStyle = "#1d4ed8";
     ctx.lineWidth = 3;
     for (const chain of CHAINS) {

@@ -41,7 +41,8 @@ export const TABS = {
       try {
         series = parseSeries(f.text("csv"));
       } catch (e) {
-        throw new ApiError({ status: "INVALID_ARGUMENT", message: e.message, field: "prompt.timeseries" });
+        const field = "prompt.timeseries";
+        throw new ApiError({ status: "INVALID_ARGUMENT", message: e.message, field });
       }
       // proto3 JSON writes a missing (NaN) double as the string "NaN"
       const values = series.values.map((v) => (Number.isNaN(v) ? "NaN" : v));
@@ -49,7 +50,11 @@ export const TABS = {
         history: series, // for the chart only: buildRequest sends prompt, output, sampling
         prompt: [{ timeseries: { values } }],
         output: {
-          timeseries: { horizon: f.num("horizon"), numSamples: f.num("num_samples"), quantiles: [0.1, 0.5, 0.9] },
+          timeseries: {
+            horizon: f.num("horizon"),
+            numSamples: f.num("num_samples"),
+            quantiles: [0.1, 0.5, 0.9], // the band's edges and the median
+          },
         },
         sampling: { seed: f.num("seed") },
       };
