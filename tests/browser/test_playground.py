@@ -413,7 +413,8 @@ def test_a_wrong_key_is_refused_inline(page):
 def test_the_copied_curl_command_streams_the_same_text(page):
     """Paste the shown command into a shell (with the key in $MMNTP_API_KEY): its SSE
     stream carries the same seeded text the page showed."""
-    submit(page, "text", {"prompt": "Once ", "max_tokens": "16", "seed": "7"})
+    # a single quote in the prompt: the command's shell quoting must carry it
+    sent = submit(page, "text", {"prompt": "It's ", "max_tokens": "16", "seed": "7"})
     assert_done(page, "text")
     shown = page.locator("#panel-text .text-output").text_content()
     command = page.locator("#panel-text .curl").input_value()
@@ -422,6 +423,7 @@ def test_the_copied_curl_command_streams_the_same_text(page):
         ["bash", "-c", command], env=env, capture_output=True, text=True, timeout=120, check=True
     ).stdout
     messages = [json.loads(line[5:]) for line in out.splitlines() if line.startswith("data:")]
+    assert curl_body(page, "text")["prompt"] == sent["prompt"] == [{"text": "It's "}]
     assert "final" in messages[-1]
     assert "".join(m["text"]["delta"] for m in messages if "text" in m) == shown
 
