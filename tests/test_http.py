@@ -308,7 +308,11 @@ def test_playground_and_openapi_are_served(http):
     page = http.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert http.get("/playground/index.html").text == page.text
-    assert http.get("/playground/absent.js").status_code == 404
+    missing = http.get("/playground/absent.js")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "NOT_FOUND"
+    wrong = http.get("/v1/generate")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["code"] == "UNIMPLEMENTED"
     assert http.get("/openapi.json").json() == json.loads(json.dumps(openapi_document()))
 
 

@@ -15,7 +15,9 @@ from mmntp.cli.options import (
 
 
 def add_serve_parser(sub) -> None:
-    srv = sub.add_parser("serve", help="serve a service folder over gRPC (and HTTP with --http-port)")
+    srv = sub.add_parser(
+        "serve", help="serve a service folder over gRPC (and HTTP with --http-port)"
+    )
     srv.add_argument("service", nargs="?", help="service or model folder (default: bundled)")
     srv.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     srv.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")

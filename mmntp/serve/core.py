@@ -116,9 +116,12 @@ class GenerateCore:
 
     async def _write(self, send: Send, response: pb.GenerateResponse) -> None:
         # A bounded write: a client that stops reading must not hold its stream (and the
-        # engine's memory) open forever.
+        # engine's memory) open forever. asyncio.timeout, not wait_for: Python 3.11's
+        # wait_for drops a cancellation that lands as the write completes, and the call
+        # would go on with nobody to read it.
         try:
-            await asyncio.wait_for(send(response), self.admission.config.idle_stream_seconds)
+            async with asyncio.timeout(self.admission.config.idle_stream_seconds):
+                await send(response)
         except TimeoutError:
             raise _IdleStream from None
 

@@ -36,6 +36,7 @@ from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -116,8 +117,21 @@ def build_app(
     return Starlette(
         routes=routes,
         middleware=[Middleware(_RequireKey, keys=keys)],
-        exception_handlers={HttpError: lambda request, err: err.response()},
+        exception_handlers={
+            HttpError: lambda request, err: err.response(),
+            404: _route,
+            405: _route,
+        },
     )
+
+
+def _route(request: Request, err: HTTPException) -> Response:
+    """An unknown path or method, in the API's error body (gRPC: UNIMPLEMENTED)."""
+    code = "NOT_FOUND" if err.status_code == 404 else "UNIMPLEMENTED"
+    message = f"{request.method} {request.url.path}: {err.detail}"
+    response = HttpError(Failure(code, message), err.status_code).response()
+    response.headers.update(err.headers or {})  # a 405's Allow
+    return response
 
 
 class _Api:
@@ -296,7 +310,11 @@ class _GenerateCall:
             return  # the client left: the core logged and counted it (499)
         if self.started:  # the stream is under way: an error can only be an event now
             tail = b"" if failure is None else sse_event(error_body(failure), "error")
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            last = {"type": "http.response.body", "body": tail, "more_body": False}
+            # Bounded as every write is: after an idle stream this one may never drain.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.core.admission.config.idle_stream_seconds):
+                    await send(last)
             return
         await self._answer(failure)(scope, receive, send)
 
