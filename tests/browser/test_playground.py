@@ -15,10 +15,16 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from serving import wait_until
+
+from mmntp.generation import Pipeline
+from mmntp.serve.server import ServerConfig
+from mmntp.serve.thread import ServerThread
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
@@ -48,17 +54,18 @@ ARGS = [
 
 
 @pytest.fixture(scope="module")
-def base_url():
+def server():
     """The bundled default service with an HTTP port and one API key: every test goes
     through the page's key box as a person with a keyed server would."""
-    from mmntp.generation import Pipeline
-    from mmntp.serve.server import ServerConfig
-    from mmntp.serve.thread import ServerThread
-
     # Warm: each modality's first request (lazy imports, first shapes) runs before the page.
     config = ServerConfig(port=0, http_port=0, warmup=True)
     with ServerThread(Pipeline.from_pretrained(), config, api_keys=[KEY]) as server:
-        yield server.http_url
+        yield server
+
+
+@pytest.fixture(scope="module")
+def base_url(server):
+    return server.http_url
 
 
 @pytest.fixture(scope="module")
@@ -428,7 +435,20 @@ def test_the_copied_curl_command_streams_the_same_text(page):
     assert "".join(m["text"]["delta"] for m in messages if "text" in m) == shown
 
 
-def test_stop_ends_the_stream(page):
+def test_stop_ends_the_stream_and_the_server_request(page, server, monkeypatch):
+    def cancelled() -> float:
+        labels = {"modality": "text", "status": "CANCELLED"}
+        return server.server.metrics.registry.get_sample_value("mmntp_requests_total", labels) or 0
+
+    runner = server.pipe.engine.runner
+    execute = runner.execute
+
+    def paced(plan):  # steps of 20 ms at least: 512 tokens surely outlast the click on Stop
+        time.sleep(0.02)
+        return execute(plan)
+
+    monkeypatch.setattr(runner, "execute", paced)
+    before, usage = cancelled(), server.pipe.engine.kv.usage
     panel = page.locator("#panel-text")
     page.get_by_role("tab", name="Text").click()
     panel.locator("[name=max_tokens]").fill("512")
@@ -436,9 +456,10 @@ def test_stop_ends_the_stream(page):
     page.wait_for_function("document.querySelector('#panel-text .text-output').textContent !== ''")
     panel.locator(".stop").click()
     page.wait_for_function("document.querySelector('#panel-text').dataset.state !== 'running'")
-    if panel.get_attribute("data-state") == "done":
-        pytest.skip("all 512 tokens came before Stop was clicked")
     assert panel.get_attribute("data-state") == "stopped"
     assert "stopped" in panel.locator(".timing").text_content()
     assert panel.locator(".error").is_hidden()  # stopping is not an error
     assert panel.locator(".stop").is_disabled() and panel.locator("[type=submit]").is_enabled()
+    # Closing the fetch is a disconnect: the server ends the call and frees its cache.
+    wait_until(lambda: cancelled() == before + 1, timeout=30, what="the call recorded CANCELLED")
+    wait_until(lambda: server.pipe.engine.kv.usage == usage, timeout=30, what="the cache freed")
