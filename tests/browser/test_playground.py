@@ -227,6 +227,17 @@ def test_forecast_csv_errors_name_the_line_before_sending(page):
     assert panel.locator("[name=csv]").get_attribute("aria-invalid") == "true"
 
 
+def test_forecast_sends_a_missing_value_as_nan(page):
+    """An empty value in timestamp,value is a gap: proto3 JSON's "NaN", which the server
+    takes as missing (the forecast still comes), and a break in the history's line."""
+    rows = [f"2020-{m:02d},{'' if m == 5 else 10 + m % 3}" for m in range(1, 13)] * 2
+    sent = submit(page, "forecast", {"csv": "month,value\n" + "\n".join(rows), "horizon": "3"})
+    assert_done(page, "forecast")
+    values = sent["prompt"][0]["timeseries"]["values"]
+    assert len(values) == 24 and values[4] == values[16] == "NaN" and values[5] == 10 + 6 % 3
+    assert page.locator("#panel-forecast .chart").get_attribute("data-steps") == "3"
+
+
 def test_image_previews_then_a_decoded_png_of_the_asked_size(page, shots):
     sent = submit(page, "image", {"width": "48", "height": "40", "seed": "0"})
     assert_done(page, "image")
