@@ -30,6 +30,12 @@ def add_eval_parser(sub) -> None:
         "(series no training reads; needs the data extra); default both",
     )
     ts.add_argument("--plot", help="draw the zero-shot forecasts with their 80%% bands (PNG)")
+    ts.add_argument(
+        "--head",
+        default="tokens",
+        choices=("tokens", "patch"),
+        help="forecast head: binned tokens, or the next-patch head where the model has one",
+    )
     add_torch_threads(ts)
     ts.set_defaults(func=cmd_eval)
     im = kinds.add_parser(
@@ -83,7 +89,7 @@ def cmd_eval(args) -> int:
             raise ValueError(f"--datasets names no dataset: {args.datasets!r}")
     tables = tuple(t.strip().replace("-", "_") for t in args.tables.split(",") if t.strip())
     settings = EvalSettings(
-        num_samples=args.num_samples, seed=args.seed, datasets=names, tables=tables
+        num_samples=args.num_samples, seed=args.seed, datasets=names, tables=tables, head=args.head
     )
     if names:
         check_dataset_names(names, tables)  # an unknown name fails before the model loads

@@ -116,6 +116,7 @@ class EvalSettings:
     windows: int = HOLDOUT_WINDOWS
     levels: tuple[float, ...] = DEFAULT_QUANTILES
     tables: tuple[str, ...] = TABLES
+    head: str = "tokens"  # the forecast head: "tokens" or "patch" (TimeSeriesOutput.head)
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tables if t not in TABLES]
@@ -129,6 +130,7 @@ class EvalSettings:
             "datasets": list(self.datasets) if self.datasets else None,
             "windows_per_series": self.windows,
             "tables": list(self.tables),
+            "head": self.head,
             "quantile_levels": list(self.levels),
             "sampling": {
                 "temperature": sampling_defaults("timeseries").temperature,
@@ -250,6 +252,7 @@ def forecast_mmntp(
     seed: int,
     levels: Sequence[float] = DEFAULT_QUANTILES,
     progress: Progress = _quiet,
+    head: str = "tokens",
 ) -> list[QuantileForecast]:
     """The pipeline's forecasts for ``windows``, their requests batched on its engine.
 
@@ -259,7 +262,7 @@ def forecast_mmntp(
     items = [
         (
             TimeSeriesPart(w.context),
-            TimeSeriesOutput(w.horizon, num_samples, tuple(levels)),
+            TimeSeriesOutput(w.horizon, num_samples, tuple(levels), head),
             replace(sampling_defaults("timeseries"), seed=window_seed(seed, w)),
         )
         for w in windows
@@ -485,7 +488,7 @@ def _table(
     progress(f"{len(windows)} windows in {len(labels)} datasets: {', '.join(labels)}")
     t0 = time.perf_counter()  # mmntp first: a bad request fails before the baselines run
     mmntp = forecast_mmntp(
-        pipe, windows, settings.num_samples, settings.seed, settings.levels, progress
+        pipe, windows, settings.num_samples, settings.seed, settings.levels, progress, settings.head
     )
     mmntp_s = time.perf_counter() - t0
     t0 = time.perf_counter()
