@@ -21,7 +21,7 @@ def report(tmp_path_factory):
     """One small run through the CLI: (stdout JSON, --out JSON)."""
     out = tmp_path_factory.mktemp("eval") / "eval.json"
     argv = ["eval", "timeseries", "--datasets", "nile,danish_data/lrm", "--num-samples", "4"]
-    argv += ["--tables", "in_domain"]
+    argv += ["--tables", "in_domain", "--latency-runs", "2"]
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main([*argv, "--seed", "1", "--json", "--out", str(out)])
@@ -50,6 +50,9 @@ def test_eval_reports_well_formed_relative_scores(report):
         rel = [d["relative"][model]["mase"] for d in table["datasets"]]
         assert agg[model]["mase"] == pytest.approx(math.sqrt(rel[0] * rel[1]))
     # nile is yearly, danish_data quarterly: each frequency's mean is its one dataset.
+    lat = printed["latency"]
+    assert lat["head"] == "tokens" and (lat["horizon"], lat["num_samples"]) == (24, 20)
+    assert len(lat["runs_ms"]) == 2 and lat["p50_ms"] == pytest.approx(np.median(lat["runs_ms"]))
     by_freq = table["by_frequency"]
     assert list(by_freq) == ["Y", "Q"]
     assert by_freq["Y"]["mmntp"] == table["datasets"][0]["relative"]["mmntp"]
@@ -119,8 +122,9 @@ def test_zero_shot_table_with_plot(tmp_path):
     argv = ["eval", "timeseries", "--datasets", "nile,fpp2/oil", "--num-samples", "4"]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-        assert main([*argv, "--json", "--plot", str(png)]) == 0
+        assert main([*argv, "--json", "--plot", str(png), "--latency-runs", "0"]) == 0
     printed = json.loads(stdout.getvalue())
+    assert "latency" not in printed
     # Each name lands in the table whose pool holds it: nile in-domain, oil zero-shot.
     assert [d["name"] for d in printed["in_domain"]["datasets"]] == ["nile"]
     zs = printed["zero_shot"]

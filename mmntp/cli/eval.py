@@ -36,6 +36,12 @@ def add_eval_parser(sub) -> None:
         choices=("tokens", "patch"),
         help="forecast head: binned tokens, or the next-patch head where the model has one",
     )
+    ts.add_argument(
+        "--latency-runs",
+        type=int,
+        default=5,
+        help="timed 24-step, 20-path forecasts after the tables (default 5; 0: none)",
+    )
     add_torch_threads(ts)
     ts.set_defaults(func=cmd_eval)
     im = kinds.add_parser(
@@ -89,7 +95,12 @@ def cmd_eval(args) -> int:
             raise ValueError(f"--datasets names no dataset: {args.datasets!r}")
     tables = tuple(t.strip().replace("-", "_") for t in args.tables.split(",") if t.strip())
     settings = EvalSettings(
-        num_samples=args.num_samples, seed=args.seed, datasets=names, tables=tables, head=args.head
+        num_samples=args.num_samples,
+        seed=args.seed,
+        datasets=names,
+        tables=tables,
+        head=args.head,
+        latency_runs=args.latency_runs,
     )
     if names:
         check_dataset_names(names, tables)  # an unknown name fails before the model loads

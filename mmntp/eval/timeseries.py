@@ -117,11 +117,14 @@ class EvalSettings:
     levels: tuple[float, ...] = DEFAULT_QUANTILES
     tables: tuple[str, ...] = TABLES
     head: str = "tokens"  # the forecast head: "tokens" or "patch" (TimeSeriesOutput.head)
+    latency_runs: int = 5  # timed 24-step, 20-path forecasts (0: none)
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tables if t not in TABLES]
         if unknown or not self.tables:
             raise ValueError(f"tables must be some of {list(TABLES)}, got {list(self.tables)}")
+        if self.latency_runs < 0:
+            raise ValueError(f"latency_runs must be >= 0, got {self.latency_runs}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -558,8 +561,35 @@ def evaluate(pipe: Any, settings: EvalSettings, progress: Progress = _quiet) -> 
         )
     if "zero_shot" in report:
         report["zero_shot"]["split_digest"] = default_split().digest()
+    if settings.latency_runs:
+        report["latency"] = forecast_latency(pipe, settings.head, settings.latency_runs)
     report["seconds"] = {"total": time.perf_counter() - started}
     return report
+
+
+LATENCY_HORIZON, LATENCY_SAMPLES = 24, 20
+
+
+def forecast_latency(pipe: Any, head: str, runs: int) -> dict[str, Any]:
+    """Wall time of one 24-step, 20-path forecast alone on the pipeline (the issue's
+    speed figure): one warm-up, then ``runs`` timed calls on elnino's last 512 values."""
+    context = next(s for s in bundled_series() if s.name == "elnino").values[-512:]
+    output = TimeSeriesOutput(LATENCY_HORIZON, LATENCY_SAMPLES, DEFAULT_QUANTILES, head)
+    params = replace(sampling_defaults("timeseries"), seed=0)
+    times = []
+    for k in range(runs + 1):
+        t0 = time.perf_counter()
+        pipe(TimeSeriesPart(context), output, params)
+        if k:  # the first call warms caches up
+            times.append(time.perf_counter() - t0)
+    return {
+        "head": head,
+        "horizon": LATENCY_HORIZON,
+        "num_samples": LATENCY_SAMPLES,
+        "context": int(context.size),
+        "runs_ms": [1000 * t for t in times],
+        "p50_ms": 1000 * float(np.median(times)),
+    }
 
 
 def to_json(report: dict[str, Any]) -> dict[str, Any]:
@@ -628,6 +658,13 @@ def format_table(report: dict[str, Any]) -> str:
         if name in report:
             lines += ["", f"== {report[name]['description']} =="]
             lines += _format_one(report[name])
+    if "latency" in report:
+        lat = report["latency"]
+        lines.append(
+            f"latency ({lat['head']} head): {lat['horizon']} steps x {lat['num_samples']} paths "
+            f"from {lat['context']} values, p50 {lat['p50_ms']:.0f} ms over "
+            f"{len(lat['runs_ms'])} runs"
+        )
     lines.append(f"took {report['seconds']['total']:.1f}s on {report['machine']['nproc']} cores")
     return "\n".join(lines)
 
