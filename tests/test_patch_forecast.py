@@ -138,3 +138,11 @@ def test_proto_head_reaches_the_api():
     spec = pb.OutputSpec(timeseries=pb.TimeSeriesSpec(horizon=3, head="patch"))
     assert output_spec(spec).head == "patch"
     assert output_spec(pb.OutputSpec(timeseries=pb.TimeSeriesSpec(horizon=3))).head == "tokens"
+
+
+def test_the_client_sends_the_head():
+    from mmntp.client.messages import _output_spec, forecast_request
+
+    _, output, _ = forecast_request([1.0] * 20, 4, None, (0.5,), None, None, "patch")
+    assert output.head == "patch"
+    assert output_spec(_output_spec(output, False)).head == "patch"
