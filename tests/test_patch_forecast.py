@@ -146,3 +146,16 @@ def test_the_client_sends_the_head():
     _, output, _ = forecast_request([1.0] * 20, 4, None, (0.5,), None, None, "patch")
     assert output.head == "patch"
     assert output_spec(_output_spec(output, False)).head == "patch"
+
+
+def test_generate_cli_takes_the_series_head(capsys):
+    from pathlib import Path
+
+    from mmntp.cli import main
+
+    nile = Path(__file__).resolve().parents[1] / "examples" / "nile.csv"
+    args = ["generate", "--modality", "timeseries", "--context", str(nile), "--horizon", "4"]
+    assert main([*args, "--head", "patch"]) == 2
+    assert "'patch' is not available on this model" in capsys.readouterr().err
+    assert main([*args, "--head", "flow"]) == 2
+    assert "must be tokens or patch" in capsys.readouterr().err

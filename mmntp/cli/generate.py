@@ -47,7 +47,12 @@ def add_generate_parser(sub) -> None:
         help=f"forecast sample paths (default {DEFAULT_NUM_SAMPLES}, capped by the service)",
     )
     gen.add_argument("--max-tokens", type=int, default=128)
-    gen.add_argument("--head", choices=["vq", "flow", "diffusion"], default="vq", help="image head")
+    gen.add_argument(
+        "--head",
+        choices=["vq", "flow", "diffusion", "tokens", "patch"],
+        help="image: vq (default), flow, diffusion; timeseries: tokens (default) or patch "
+        "(the next-patch head, where the model has one)",
+    )
     gen.add_argument("--guidance", type=float, help="image/audio: classifier-free guidance scale")
     gen.add_argument("--seconds", type=float, default=1.0, help="audio: duration (default 1)")
     gen.add_argument("--steps", type=int, help="image: flow / diffusion sampling steps")
@@ -131,7 +136,8 @@ def build_request(args, modality: str, target) -> Request:
         if not args.context:
             raise ValueError("--context FILE is required for --modality timeseries")
         values, stamps = read_context(args.context, args.column, args.timestamp_column)
-        output = api.TimeSeriesOutput(horizon=args.horizon, num_samples=args.num_samples)
+        head = args.head or "tokens"
+        output = api.TimeSeriesOutput(args.horizon, args.num_samples, head=head)
         return Request(modality, api.TimeSeriesPart(values), output, sampling, values, stamps)
     if args.prompt is None:
         hint = {"image": " (the caption)", "audio": ' ("a sine tone at 440 Hz")'}.get(modality, "")
@@ -142,7 +148,10 @@ def build_request(args, modality: str, target) -> Request:
             raise ValueError("-o/--output FILE.png is required for --modality image")
         guided = sampling_from_args(args, guidance_scale=args.guidance, num_steps=args.steps)
         return Request(
-            modality, args.prompt, api.ImageOutput(args.width, args.height, args.head), guided
+            modality,
+            args.prompt,
+            api.ImageOutput(args.width, args.height, args.head or "vq"),
+            guided,
         )
     if modality == "audio":
         if target is None:
