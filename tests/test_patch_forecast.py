@@ -66,8 +66,7 @@ def test_patch_documents_scale_by_the_context_only():
         TimeSeriesPatchSource(vocab, tokenizers["timeseries"], patch=PATCH, min_length=4)
 
 
-@pytest.fixture(scope="module")
-def patch_pipe(tmp_path_factory):
+def _patch_model_dir(root, meta=None):
     tokenizers = build_tokenizers()
     vocab = build_vocab(tokenizers)
     torch.manual_seed(0)
@@ -75,9 +74,25 @@ def patch_pipe(tmp_path_factory):
     dim = model.config.dim
     head = FlowHead(FlowHeadConfig(DenoiserConfig(WIDE, dim, hidden=16, depth=1), num_steps=3))
     register_head(model, head, "patch")
-    path = tmp_path_factory.mktemp("models") / "patch"
-    save_model(path, model.eval(), vocab, tokenizers)
-    return Pipeline.from_pretrained(path)
+    save_model(root, model.eval(), vocab, tokenizers, meta)
+    return root
+
+
+@pytest.fixture(scope="module")
+def patch_pipe(tmp_path_factory):
+    return Pipeline.from_pretrained(_patch_model_dir(tmp_path_factory.mktemp("models") / "p"))
+
+
+def test_a_patch_only_model_defaults_to_the_patch_head(tmp_path, patch_pipe):
+    # A model that trained tokens and patches offers both, tokens first (the default).
+    assert patch_pipe.capabilities().series_heads == ("tokens", "patch")
+    recipe = {"data": {"mixture": [{"source": "timeseries_patch", "weight": 1.0}]}}
+    pipe = Pipeline.from_pretrained(_patch_model_dir(tmp_path / "m", {"recipe": recipe}))
+    assert pipe.capabilities().series_heads == ("patch",)
+    out = pipe(TimeSeriesPart(CONTEXT), TimeSeriesOutput(horizon=5, num_samples=2))
+    assert out.forecast.samples.shape == (2, 5)
+    with pytest.raises(FieldError, match="'tokens' is not available.*heads: patch"):
+        pipe(TimeSeriesPart(CONTEXT), TimeSeriesOutput(horizon=5, head="tokens"))
 
 
 CONTEXT = np.sin(np.arange(40) / 3.0) * 10 + 50
@@ -137,7 +152,8 @@ def test_a_model_without_the_patch_head_refuses_it():
 def test_proto_head_reaches_the_api():
     spec = pb.OutputSpec(timeseries=pb.TimeSeriesSpec(horizon=3, head="patch"))
     assert output_spec(spec).head == "patch"
-    assert output_spec(pb.OutputSpec(timeseries=pb.TimeSeriesSpec(horizon=3))).head == "tokens"
+    # Empty is the model's default, chosen by validation.
+    assert output_spec(pb.OutputSpec(timeseries=pb.TimeSeriesSpec(horizon=3))).head is None
 
 
 def test_the_client_sends_the_head():
@@ -146,6 +162,8 @@ def test_the_client_sends_the_head():
     _, output, _ = forecast_request([1.0] * 20, 4, None, (0.5,), None, None, "patch")
     assert output.head == "patch"
     assert output_spec(_output_spec(output, False)).head == "patch"
+    _, output, _ = forecast_request([1.0] * 20, 4, None, (0.5,), None, None)
+    assert output_spec(_output_spec(output, False)).head is None
 
 
 def test_generate_cli_takes_the_series_head(capsys):

@@ -33,7 +33,7 @@ class TimeSeriesOutput:
     horizon: int
     num_samples: int | None = None  # None: DEFAULT_NUM_SAMPLES, capped by the service's limit
     quantiles: Sequence[float] = DEFAULT_QUANTILES
-    head: str = "tokens"
+    head: str | None = None  # None: the model's default, "tokens" where it has them
 
 
 @dataclass

@@ -32,9 +32,9 @@ def add_eval_parser(sub) -> None:
     ts.add_argument("--plot", help="draw the zero-shot forecasts with their 80%% bands (PNG)")
     ts.add_argument(
         "--head",
-        default="tokens",
         choices=("tokens", "patch"),
-        help="forecast head: binned tokens, or the next-patch head where the model has one",
+        help="forecast head: binned tokens, or the next-patch head where the model has one "
+        "(default: the model's own)",
     )
     ts.add_argument(
         "--latency-runs",

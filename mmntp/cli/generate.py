@@ -50,8 +50,8 @@ def add_generate_parser(sub) -> None:
     gen.add_argument(
         "--head",
         choices=["vq", "flow", "diffusion", "tokens", "patch"],
-        help="image: vq (default), flow, diffusion; timeseries: tokens (default) or patch "
-        "(the next-patch head, where the model has one)",
+        help="image: vq (default), flow, diffusion; timeseries: tokens or patch (the "
+        "next-patch head, where the model has one; default: the model's own)",
     )
     gen.add_argument("--guidance", type=float, help="image/audio: classifier-free guidance scale")
     gen.add_argument("--seconds", type=float, default=1.0, help="audio: duration (default 1)")
@@ -136,8 +136,7 @@ def build_request(args, modality: str, target) -> Request:
         if not args.context:
             raise ValueError("--context FILE is required for --modality timeseries")
         values, stamps = read_context(args.context, args.column, args.timestamp_column)
-        head = args.head or "tokens"
-        output = api.TimeSeriesOutput(args.horizon, args.num_samples, head=head)
+        output = api.TimeSeriesOutput(args.horizon, args.num_samples, head=args.head)
         return Request(modality, api.TimeSeriesPart(values), output, sampling, values, stamps)
     if args.prompt is None:
         hint = {"image": " (the caption)", "audio": ' ("a sine tone at 440 Hz")'}.get(modality, "")

@@ -252,12 +252,12 @@ class Client(_Base):
         sampling: SamplingParams | None = None,
         timeout: float | None = None,
         return_samples: bool = False,
-        head: str = "tokens",
+        head: str | None = None,
     ) -> ForecastResult:
         """Forecast `horizon` steps after `values` (shaped (time_length,), NaN = missing).
 
         `seed` alone keeps the server's forecasting sampling (temperature 1, top-k 50);
-        `head` "patch" uses the next-patch head where the served model has one.
+        `head` "tokens" or "patch" (None: the served model's default).
         """
         part, output, params = forecast_request(
             values, horizon, num_samples, quantiles, seed, sampling, head
@@ -398,7 +398,7 @@ class AsyncClient(_Base):
         sampling: SamplingParams | None = None,
         timeout: float | None = None,
         return_samples: bool = False,
-        head: str = "tokens",
+        head: str | None = None,
     ) -> ForecastResult:
         """Forecast `horizon` steps after `values` (see Client.forecast)."""
         part, output, params = forecast_request(

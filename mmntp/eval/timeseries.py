@@ -116,7 +116,7 @@ class EvalSettings:
     windows: int = HOLDOUT_WINDOWS
     levels: tuple[float, ...] = DEFAULT_QUANTILES
     tables: tuple[str, ...] = TABLES
-    head: str = "tokens"  # the forecast head: "tokens" or "patch" (TimeSeriesOutput.head)
+    head: str | None = None  # "tokens" or "patch" (TimeSeriesOutput.head); None: the model's
     latency_runs: int = 5  # timed 24-step, 20-path forecasts (0: none)
 
     def __post_init__(self) -> None:
@@ -255,7 +255,7 @@ def forecast_mmntp(
     seed: int,
     levels: Sequence[float] = DEFAULT_QUANTILES,
     progress: Progress = _quiet,
-    head: str = "tokens",
+    head: str | None = None,
 ) -> list[QuantileForecast]:
     """The pipeline's forecasts for ``windows``, their requests batched on its engine.
 
@@ -546,6 +546,8 @@ def evaluate(pipe: Any, settings: EvalSettings, progress: Progress = _quiet) -> 
     for ``--plot`` and are dropped from the JSON by :func:`to_json`.
     """
     started = time.perf_counter()
+    if settings.head is None:  # report the head the model defaults to
+        settings = replace(settings, head=pipe.capabilities().series_heads[0])
     report: dict[str, Any] = {
         "benchmark": "timeseries",
         "model": getattr(pipe, "name", None),

@@ -25,6 +25,7 @@ class ModelContext:
     heads: Mapping[str, Any]  # the model's output heads by name ("token", "flow", "audio")
     limits: Limits
     max_seq_len: int  # the model's context: a prompt and its output must fit in it
+    series_tokens: bool = True  # False: the token head never learnt series (patch-only)
 
     def tokenizer(self, modality: str):
         if modality not in self.tokenizers:
@@ -40,8 +41,9 @@ class ModelContext:
         return heads
 
     def series_heads(self) -> tuple[str, ...]:
-        """Forecast heads: "tokens" with a series tokenizer, "patch" with a next-patch head."""
-        heads = ("tokens",) if "timeseries" in self.tokenizers else ()
+        """Forecast heads, the default first: "tokens" with a series tokenizer the token head
+        was trained on, "patch" with a next-patch head."""
+        heads = ("tokens",) if "timeseries" in self.tokenizers and self.series_tokens else ()
         return heads + ((PATCH_HEAD,) if PATCH_HEAD in self.heads else ())
 
     def patch_width(self) -> int:

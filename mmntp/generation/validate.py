@@ -59,7 +59,8 @@ class Capabilities:
     tokenizers: frozenset[str]  # modalities with a tokenizer ("text", "image", ...)
     image_heads: tuple[str, ...]  # "vq" and/or "flow" / "diffusion"
     limits: Limits
-    series_heads: tuple[str, ...] = ("tokens",)  # "tokens" and/or "patch" (width in patch_width)
+    # "tokens" and/or "patch" (width in patch_width), the model's default first
+    series_heads: tuple[str, ...] = ("tokens",)
     patch_width: int = 0  # values per position of the "patch" head
 
     @property
@@ -312,7 +313,9 @@ def _fits_a_patch(part: TimeSeriesPart, caps: Capabilities) -> None:
         )
 
 
-def _series_head(head: str, caps: Capabilities) -> str:
+def _series_head(head: str | None, caps: Capabilities) -> str:
+    if head is None and caps.series_heads:
+        return caps.series_heads[0]  # the model's default
     if head not in SERIES_HEADS:
         raise FieldError("head", f"must be tokens or patch, got {head!r}")
     if head not in caps.series_heads:

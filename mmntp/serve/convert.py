@@ -150,7 +150,7 @@ def output_spec(spec: pb.OutputSpec) -> OutputSpec:
             ts.horizon,
             ts.num_samples or None,
             tuple(ts.quantiles) or DEFAULT_QUANTILES,
-            ts.head or "tokens",
+            ts.head or None,
         )
     if kind == "image":
         image = spec.image
