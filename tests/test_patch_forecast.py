@@ -1,6 +1,8 @@
 """The continuous next-patch series head: patching, training documents, the forecast job
 through the pipeline on a tiny random model, and the errors that name the field."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -167,8 +169,6 @@ def test_the_client_sends_the_head():
 
 
 def test_generate_cli_takes_the_series_head(capsys):
-    from pathlib import Path
-
     from mmntp.cli import main
 
     nile = Path(__file__).resolve().parents[1] / "examples" / "nile.csv"
@@ -177,3 +177,16 @@ def test_generate_cli_takes_the_series_head(capsys):
     assert "'patch' is not available on this model" in capsys.readouterr().err
     assert main([*args, "--head", "flow"]) == 2
     assert "must be tokens or patch" in capsys.readouterr().err
+
+
+def test_the_bundled_patch_service_forecasts_with_its_head():
+    root = Path(__file__).resolve().parents[1]
+    pipe = Pipeline.from_pretrained(root / "services" / "forecast-patch")
+    assert pipe.capabilities().series_heads == ("patch",)
+    nile = np.loadtxt(root / "examples" / "nile.csv", skiprows=1)
+    out = pipe(TimeSeriesPart(nile), TimeSeriesOutput(horizon=24, num_samples=4),
+               SamplingParams(seed=0))  # fmt: skip
+    fc = out.forecast
+    assert fc.samples.shape == (4, 24) and np.isfinite(fc.samples).all()
+    # A trained forecaster stays near the river's level (500..1400 in the record).
+    assert 400 < fc.median.mean() < 1500
