@@ -37,7 +37,7 @@ SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty
 OUTPUT_FIELDS: dict[str, tuple[str, ...]] = {
     "text": ("prompt", "max_tokens"),
     "tokens": ("prompt_ids", "max_tokens", "stop_ids"),
-    "timeseries": ("context", "timestamps", "horizon", "num_samples", "quantiles"),
+    "timeseries": ("context", "timestamps", "horizon", "num_samples", "quantiles", "head"),
     "image": ("prompt", "width", "height", "head", "guidance", "steps"),
     "audio": ("prompt", "seconds", "guidance"),
     "motion": ("prompt", "frames"),
@@ -145,7 +145,10 @@ def _timeseries(given):
     if not isinstance(quantiles, list | tuple):
         raise FieldError("quantiles", f"must be a list of levels, got {type(quantiles).__name__}")
     output = TimeSeriesOutput(
-        _required(given, "horizon", "timeseries"), given.get("num_samples"), tuple(quantiles)
+        _required(given, "horizon", "timeseries"),
+        given.get("num_samples"),
+        tuple(quantiles),
+        head=given.get("head"),
     )
     return TimeSeriesPart(values, stamps), output
 

@@ -47,7 +47,12 @@ def add_generate_parser(sub) -> None:
         help=f"forecast sample paths (default {DEFAULT_NUM_SAMPLES}, capped by the service)",
     )
     gen.add_argument("--max-tokens", type=int, default=128)
-    gen.add_argument("--head", choices=["vq", "flow", "diffusion"], default="vq", help="image head")
+    gen.add_argument(
+        "--head",
+        choices=["vq", "flow", "diffusion", "tokens", "patch"],
+        help="image: vq (default), flow, diffusion; timeseries: tokens or patch (the "
+        "next-patch head, where the model has one; default: the model's own)",
+    )
     gen.add_argument("--guidance", type=float, help="image/audio: classifier-free guidance scale")
     gen.add_argument("--seconds", type=float, default=1.0, help="audio: duration (default 1)")
     gen.add_argument("--steps", type=int, help="image: flow / diffusion sampling steps")

@@ -252,13 +252,15 @@ class Client(_Base):
         sampling: SamplingParams | None = None,
         timeout: float | None = None,
         return_samples: bool = False,
+        head: str | None = None,
     ) -> ForecastResult:
         """Forecast `horizon` steps after `values` (shaped (time_length,), NaN = missing).
 
-        `seed` alone keeps the server's forecasting sampling (temperature 1, top-k 50).
+        `seed` alone keeps the server's forecasting sampling (temperature 1, top-k 50);
+        `head` "tokens" or "patch" (None: the served model's default).
         """
         part, output, params = forecast_request(
-            values, horizon, num_samples, quantiles, seed, sampling
+            values, horizon, num_samples, quantiles, seed, sampling, head
         )
         collector = ForecastCollector()
         for chunk in self.generate(
@@ -396,10 +398,11 @@ class AsyncClient(_Base):
         sampling: SamplingParams | None = None,
         timeout: float | None = None,
         return_samples: bool = False,
+        head: str | None = None,
     ) -> ForecastResult:
         """Forecast `horizon` steps after `values` (see Client.forecast)."""
         part, output, params = forecast_request(
-            values, horizon, num_samples, quantiles, seed, sampling
+            values, horizon, num_samples, quantiles, seed, sampling, head
         )
         collector = ForecastCollector()
         async for chunk in self.generate(
