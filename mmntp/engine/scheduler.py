@@ -14,6 +14,11 @@ more owners have work, a step computes at most that many rows and tokens, each s
 max-min fairly between the owners, and each
 owner's running rows take turns (least recently scheduled first), so a flood of rows does
 not make every step of another owner's small request as slow as the whole flood.
+Background work (priority >= BACKGROUND_PRIORITY: a server's batch jobs) only fills
+idle steps: while any other unit waits or runs, running background units are preempted
+(their KV blocks freed; they recompute later, from the prefix cache when it still holds
+their blocks) and waiting ones are not admitted, so an interactive request never shares
+a step with batch rows.
 The waiting queue is bounded in client requests (the rows of one `group`, e.g. a
 forecast's sample paths and guidance shadows, count once) and in prompt tokens.
 Plain Python over integer ids: no tensors.
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mmntp.engine.kv_cache import KVCacheManager
-from mmntp.engine.request import QueueFullError, Request, RequestStatus
+from mmntp.engine.request import BACKGROUND_PRIORITY, QueueFullError, Request, RequestStatus
 
 _FINISH_STATUS = {"stop": RequestStatus.FINISHED_STOPPED, "length": RequestStatus.FINISHED_LENGTH}
 
@@ -163,16 +168,54 @@ class Scheduler:
         out = SchedulerOutput([], 0, [], finished_request_ids=self._finished_ids)
         self._finished_ids = []
         self._steps += 1
-        room = self._make_room()
-        shares = self._fair_shares()
-        if shares is None:
-            budget = self._schedule_running(self.config.max_num_batched_tokens, out)
-        else:
-            budget = self._schedule_running_fair(*shares, out)
-        if not out.preempted:
-            self._schedule_waiting(budget, out)
-        out.preempted[:0] = room
+        yielded, hidden = self._yield_background()
+        try:
+            room = self._make_room()
+            shares = self._fair_shares()
+            if shares is None:
+                budget = self._schedule_running(self.config.max_num_batched_tokens, out)
+            else:
+                budget = self._schedule_running_fair(*shares, out)
+            if not out.preempted:
+                self._schedule_waiting(budget, out)
+        finally:
+            self._unhide(hidden)
+        out.preempted[:0] = yielded + room
         return out
+
+    # -- background work (batch jobs) ---------------------------------------------------
+
+    def _yield_background(self) -> tuple[list[str], dict[str, list[Request]]]:
+        """While foreground work waits or runs: preempt the running background units and
+        hide the waiting background rows from this step. Returns (preempted ids, the
+        hidden rows per owner) for `_unhide`; nothing when there is no foreground work."""
+        running = [r for r in self._running.values() if not r.is_shadow]
+        foreground = any(r.priority < BACKGROUND_PRIORITY for r in running) or any(
+            self._key(q[0])[0] < BACKGROUND_PRIORITY for q in self._queues.values()
+        )  # a queue is sorted by priority first: its head is its best row
+        if not foreground:
+            return [], {}
+        yielded = []
+        for unit in running:
+            if unit.priority >= BACKGROUND_PRIORITY:
+                self._preempt(unit)
+                yielded.append(unit.request_id)
+        hidden = {}
+        for owner, queue in list(self._queues.items()):
+            cut = bisect.bisect_left(queue, BACKGROUND_PRIORITY, key=lambda r: self._key(r)[0])
+            if cut < len(queue):
+                hidden[owner] = queue[cut:]
+                del queue[cut:]
+                self._num_waiting -= len(hidden[owner])
+                if not queue:
+                    del self._queues[owner]
+                    self._active.pop(owner, None)  # its idle rows must not make steps fair
+        return yielded, hidden
+
+    def _unhide(self, hidden: dict[str, list[Request]]) -> None:
+        for owner, rows in hidden.items():
+            self._queues.setdefault(owner, []).extend(rows)  # they rank after the rest
+            self._num_waiting += len(rows)
 
     def _schedule_running(self, budget: int, out: SchedulerOutput) -> int:
         # Shadows ride with their partner, so the queue holds one entry per unit.
