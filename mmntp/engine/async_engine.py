@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from mmntp.engine.engine import Engine, RequestOutput
-from mmntp.engine.request import Request
+from mmntp.engine.request import BACKGROUND_PRIORITY, Request
 
 
 class EngineFailedError(RuntimeError):
@@ -70,6 +70,11 @@ class AsyncEngine:
         self.dead: BaseException | None = None  # set if a step raised: health should fail
         # Called once, on the event loop, with the cause when the engine dies.
         self.on_failure: list[Callable[[BaseException], None]] = []
+        # Foreground (interactive) requests in flight; background work (batch jobs)
+        # waits for `foreground_idle` before it queues more (see `wait_foreground_idle`).
+        self.num_foreground = 0
+        self._foreground_idle = asyncio.Event()
+        self._foreground_idle.set()
 
     @property
     def stats(self):
@@ -103,6 +108,10 @@ class AsyncEngine:
         if self.dead is not None:
             raise EngineFailedError(self.dead)
         await self.start()
+        foreground = request.priority < BACKGROUND_PRIORITY
+        if foreground:
+            self.num_foreground += 1
+            self._foreground_idle.clear()
         collector = _Collector()
         accepted = asyncio.get_running_loop().create_future()
         self._collectors[request.request_id] = collector
@@ -116,10 +125,20 @@ class AsyncEngine:
                 finished = out.finished
                 yield out
         finally:
+            if foreground:
+                self.num_foreground -= 1
+                if not self.num_foreground:
+                    self._foreground_idle.set()
             self._collectors.pop(request.request_id, None)
             if not finished and accepted.done() and accepted.exception() is None:
                 self._aborts.append(request.request_id)
                 self._wakeup.set()
+
+    async def wait_foreground_idle(self) -> None:
+        """Return once no foreground request is in flight. Background work calls it
+        before queueing a request, so that interactive requests find the queue short;
+        the scheduler keeps what is already queued out of their steps."""
+        await self._foreground_idle.wait()
 
     def abort(self, request_id: str) -> None:
         self._aborts.append(request_id)

@@ -9,8 +9,8 @@ the CLI prints it and exits 1). SIGTERM (or SIGINT) during start-up stops at onc
 process exits 0; afterwards it marks health NOT_SERVING, stops taking calls, lets in-flight
 streams finish within the grace period, then returns so the process exits 0.
 
-Health (grpc.health.v1): readiness is "", "readiness" and "mmntp.v1.GenerationService"
-(SERVING only once warm and while the engine lives; gauge `mmntp_ready`); liveness is
+Health (grpc.health.v1): readiness is "", "readiness", "mmntp.v1.GenerationService" and
+"mmntp.v1.BatchService" (SERVING only once warm and while the engine lives; gauge `mmntp_ready`); liveness is
 "liveness" (SERVING from bind while the event loop answers; NOT_SERVING only on shutdown
 or once the engine is dead, which this process cannot recover from).
 
@@ -48,18 +48,22 @@ from mmntp.api import SamplingParams, TimeSeriesOutput, TimeSeriesPart, TokenIds
 from mmntp.engine.async_engine import EngineFailedError
 from mmntp.engine.compiled_decode import warm_up_prompts
 from mmntp.serve.auth import ApiKeyInterceptor, FailureLog
+from mmntp.serve.batch_servicer import BatchServicer
+from mmntp.serve.batches import BatchLimits, BatchManager
 from mmntp.serve.metrics import ServerHealthMetrics, ServiceMetrics
 from mmntp.serve.quotas import AdmissionConfig
 from mmntp.serve.servicer import GenerationServicer
+from mmntp.v1 import batch_pb2, batch_pb2_grpc, generation_pb2_grpc
 from mmntp.v1 import generation_pb2 as pb
-from mmntp.v1 import generation_pb2_grpc
 
 log = logging.getLogger("mmntp.serve")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+BATCH_SERVICE_NAME = batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-READINESS = ("", "readiness", SERVICE_NAME)  # health names that follow the engine
+# Health names that follow the engine.
+READINESS = ("", "readiness", SERVICE_NAME, BATCH_SERVICE_NAME)
 LIVENESS = "liveness"  # SERVING while the process is worth keeping
 FAILURE_GRACE_SECONDS = 5.0  # grace for other calls when the engine has died
 T = TypeVar("T")
@@ -94,11 +98,23 @@ class ServerConfig:
     # Serve without API keys on a non-loopback address, or with a blank key set
     # (`--allow-unauthenticated`); without it such a server refuses to start.
     allow_unauthenticated: bool = False
+    # Where BatchService keeps its batches (`--state-dir`; `mmntp serve` defaults to
+    # $XDG_STATE_HOME/mmntp/<service name>). None: BatchService answers
+    # FAILED_PRECONDITION. See docs/operations.md ("Batch jobs").
+    state_dir: str | None = None
+    batch_max_lines: int = 50_000  # request lines per batch
+    batch_max_line_bytes: int = 1 << 20  # bytes per JSONL line
+    max_batches: int = 100  # batches kept; creating one more evicts the oldest ended one
+    # Batch requests in the engine at once, over all batches: each one that runs when an
+    # interactive request arrives is preempted; fewer of them wait less to be parked.
+    batch_concurrency: int = 4
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"server.port must be in [0, 65535], got {self.port}")
-        for name in ("max_message_bytes", "max_concurrent_rpcs"):
+        positive = ("max_message_bytes", "max_concurrent_rpcs", "batch_max_lines")
+        positive += ("batch_max_line_bytes", "max_batches", "batch_concurrency")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"server.{name} must be positive, got {getattr(self, name)}")
         if self.grace_seconds < 0:
@@ -205,13 +221,23 @@ class Server:
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(
             GenerationServicer(self.pipe, self.metrics, self.admission), self.grpc
         )
+        self.batches = None
+        if self.config.state_dir is not None:
+            self.batches = BatchManager(self.pipe, self.config.state_dir, self._batch_limits())
+        batch_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(self.batches), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        names = (SERVICE_NAME, BATCH_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.grpc)
         self.port: int | None = None
         self.failure: BaseException | None = None
         self.failed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+
+    def _batch_limits(self) -> BatchLimits:
+        cfg = self.config
+        return BatchLimits(
+            cfg.batch_max_lines, cfg.batch_max_line_bytes, cfg.max_batches, cfg.batch_concurrency
+        )
 
     def _check_auth(self) -> None:
         host, loopback = self.config.host, _is_loopback(self.config.host)
@@ -257,6 +283,11 @@ class Server:
                 raise self._fatal("warmup", err) from err
         if self.failure is not None:  # the engine died under the warm-up's last request
             raise ServeError(f"engine failed: {_reason(self.failure)}")
+        if self.batches is not None:  # after the warm-up: resumed batches are not first
+            try:
+                await self.batches.start()
+            except Exception as err:
+                raise self._fatal("batches", err, f"state dir {self.config.state_dir}") from err
         await self._set_ready(True)
         scheme = "grpcs" if self.tls else "grpc"
         auth = f"{len(self.api_keys)} API key(s)" if self.api_keys else "no authentication"
@@ -340,6 +371,8 @@ class Server:
         await self.health.enter_graceful_shutdown()
         log.info("shutting down: in-flight calls have %.0f s to finish", grace)
         await self.grpc.stop(grace)
+        if self.batches is not None:  # stopped where they are: they resume on restart
+            await self.batches.stop()
         engine = self.pipe.async_engine
         if self._engine_failed in engine.on_failure:
             engine.on_failure.remove(self._engine_failed)
