@@ -22,7 +22,8 @@ all use; its API is kept stable):
   every start, then `.flush()` after recording results, keeps `DIR/results.jsonl` to
   every custom_id exactly once through any kill -9 (results.py says how).
 - `responses`: `ResponseCollector(modality)` turns a stream of api chunks (local
-  pipeline or SDK) into the response JSON, writing images, audio and motion under
+  pipeline or SDK) into the response JSON and a media file's bytes; `save_media` writes
+  images, audio and motion under
   `DIR/files/<file_stem(custom_id)>.<ext>`.
 
 The runners: `runner` (local, on the pipeline's AsyncEngine, or `--server` through the

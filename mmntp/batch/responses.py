@@ -73,9 +73,11 @@ class ResponseCollector:
         elif isinstance(chunk, TextChunk | TokensChunk | ImageChunk | AudioChunk | MotionChunk):
             self.chunks.append(chunk)
 
-    def response(self, directory: Path, custom_id: str) -> dict[str, Any]:
-        """The response JSON; a media result's file is written (atomically) first."""
+    def result(self, custom_id: str) -> tuple[dict[str, Any], bytes | None]:
+        """(the response JSON, the media file's bytes or None). The file is not written
+        here, so that a Ray actor can send it to the driver: `save_media` writes it."""
         body: dict[str, Any]
+        data = None
         if self.modality == "timeseries":
             body = forecast_json(self.forecast.result())
         elif self.modality == "text":
@@ -87,31 +89,37 @@ class ResponseCollector:
                 "logprobs": [float(p) for c in toks for p in c.logprobs],
             }
         else:
-            body = self._media(directory, custom_id)
+            body, data = self._media(custom_id)
         body["finish_reason"] = self.finish_reason
         body["usage"] = dict(self.usage)
-        return body
+        return body, data
 
-    def _media(self, directory: Path, custom_id: str) -> dict[str, Any]:
-        ext = MEDIA_EXT[self.modality]
-        relative = f"{FILES_DIR}/{file_stem(custom_id)}.{ext}"
-        body: dict[str, Any] = {"file": relative}
+    def _media(self, custom_id: str) -> tuple[dict[str, Any], bytes]:
+        body: dict[str, Any] = {"file": media_path(custom_id, self.modality)}
         if self.modality == "image":
-            data = image_bytes(self.chunks)
-        elif self.modality == "audio":
-            data = wav_bytes(self.chunks)
+            return body, image_bytes(self.chunks)
+        if self.modality == "audio":
             audio = [c for c in self.chunks if isinstance(c, AudioChunk)]
             body["seconds"] = sum(len(c.samples) for c in audio) / audio[0].sample_rate
-        else:
-            frames = sorted(
-                (c for c in self.chunks if isinstance(c, MotionChunk)), key=lambda c: c.first_frame
-            )
-            values = np.concatenate([c.values for c in frames]).astype(np.float32)
-            buf = io.BytesIO()
-            np.save(buf, values, allow_pickle=False)  # values: [frames, features]
-            data = buf.getvalue()
-        write_atomically(directory / relative, data)
-        return body
+            return body, wav_bytes(audio)
+        frames = sorted(
+            (c for c in self.chunks if isinstance(c, MotionChunk)), key=lambda c: c.first_frame
+        )
+        values = np.concatenate([c.values for c in frames]).astype(np.float32)
+        buf = io.BytesIO()
+        np.save(buf, values, allow_pickle=False)  # values: [frames, features]
+        return body, buf.getvalue()
+
+
+def media_path(custom_id: str, modality: str) -> str:
+    """Where a media result goes, relative to the batch folder."""
+    return f"{FILES_DIR}/{file_stem(custom_id)}.{MEDIA_EXT[modality]}"
+
+
+def save_media(directory: Path, relative: str | None, data: bytes | None) -> None:
+    """Write a result's file (if it has one) at `relative` (its response's `file`)."""
+    if relative is not None and data is not None:
+        write_atomically(Path(directory) / relative, data)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
