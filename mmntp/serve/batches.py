@@ -40,12 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mmntp.api import FieldError
-from mmntp.batch.lines import BatchRefused, InputLine, check_input, parse_request, read_lines
-from mmntp.batch.responses import FILES_DIR, ResponseCollector
+from mmntp.batch.lines import BatchRefused, InputLine, check_input, read_lines
+from mmntp.batch.responses import FILES_DIR
 from mmntp.batch.results import RESULTS_FILE, ResultsWriter, error_body, result_line
+from mmntp.batch.runner import LocalBackend, Outcome, Recorder, admit, execute
 from mmntp.batch.store import BatchStore, Fingerprint
-from mmntp.engine import BACKGROUND_PRIORITY, QueueFullError
+from mmntp.engine import BACKGROUND_PRIORITY
 from mmntp.engine.async_engine import EngineFailedError
 
 log = logging.getLogger("mmntp.serve.batches")
@@ -54,7 +54,6 @@ INPUT_FILE = "input.jsonl"
 BATCHES_DIR = "batches"
 INCOMING_PREFIX = ".incoming-"
 ENDED = ("cancelled", "completed", "failed")
-QUEUE_FULL_RETRY_SECONDS = 0.5  # a full engine queue (interactive load): try the row again
 _ID = re.compile(r"b-[0-9a-f]{16}")
 T = TypeVar("T")
 
@@ -313,7 +312,8 @@ class BatchManager:
             await self._io(_repair, writer)
             await self._refresh_counts(batch, store)
             if not batch.cancel_requested:
-                await self._feed(batch, store, writer)
+                recorder = await self._io(Recorder, store, writer, False)
+                await self._feed(batch, store, recorder)
             if batch.cancel_requested:
                 await self._io(_cancel_pending, store, writer)
                 await self._refresh_counts(batch, store)
@@ -333,7 +333,7 @@ class BatchManager:
                 task.cancel()
             await self._set_status(batch, "failed", f"{type(err).__name__}: {err}")
 
-    async def _feed(self, batch: _Batch, store: BatchStore, writer: ResultsWriter) -> None:
+    async def _feed(self, batch: _Batch, store: BatchStore, recorder: Recorder) -> None:
         """Queue each pending line as a background request while capacity allows."""
         finished = await self._io(store.finished_ids)
         engine = self.pipe.async_engine
@@ -343,7 +343,7 @@ class BatchManager:
                 continue
             if failure or not await self._take_slot(batch, engine):
                 break
-            task = asyncio.get_running_loop().create_task(self._one(batch, store, writer, line))
+            task = asyncio.get_running_loop().create_task(self._one(batch, recorder, line))
             batch.inflight.add(task)
             task.add_done_callback(lambda t: self._row_done(batch, t, failure))
         while batch.inflight:
@@ -383,48 +383,22 @@ class BatchManager:
         if not task.cancelled() and task.exception() is not None:
             failure.append(task.exception())
 
-    async def _one(self, batch: _Batch, store: BatchStore, writer: ResultsWriter, line: InputLine):
-        """Run one request and record its result line (first result wins)."""
+    async def _one(self, batch: _Batch, recorder: Recorder, line: InputLine) -> None:
+        """Run one request through the batch core's admit/execute and record it."""
+        backend = _BackgroundBackend(self.pipe, f"batch:{batch.info.id}")
         cid = line.custom_id
-        try:
-            parsed = parse_request(line.request, cid)
-            valid = await asyncio.to_thread(
-                self.pipe.validate, parsed.prompt, parsed.output, parsed.sampling
-            )
-            collector = ResponseCollector(parsed.modality)
-            await self._stream(batch, line, valid, collector)
-        except FieldError as err:
-            ok, text = (
-                False,
-                result_line(cid, error=error_body("invalid_request", str(err), err.field)),
-            )
-        except ValueError as err:  # the engine's intake: e.g. longer than max_seq_len
-            ok, text = False, result_line(cid, error=error_body("invalid_request", str(err)))
+        # Validation decodes images and audio: off the event loop.
+        got = await asyncio.to_thread(admit, backend, cid, line.request)
+        if isinstance(got, Outcome):
+            outcome = got
         else:
-            response = await self._io(collector.response, batch.directory, cid)
-            ok, text = True, result_line(cid, response)
-        await self._io(_record, store, writer, cid, ok, text)
-        if ok:
+            (valid, modality), _rows = got
+            outcome = await execute(backend, cid, valid, modality)
+        await self._io(recorder, outcome)
+        if outcome.ok:
             batch.info.done += 1
         else:
             batch.info.failed += 1
-
-    async def _stream(self, batch: _Batch, line: InputLine, valid, collector) -> None:
-        tag = f"{batch.info.id}.{line.number}"
-        while True:
-            try:
-                stream = self.pipe.astream(
-                    valid,
-                    request_id=tag,
-                    priority=BACKGROUND_PRIORITY,
-                    owner=f"batch:{batch.info.id}",
-                )
-                async with contextlib.aclosing(stream):
-                    async for chunk in stream:
-                        collector.add(chunk)
-                return
-            except QueueFullError:  # interactive load fills the queue: wait, then retry
-                await asyncio.sleep(QUEUE_FULL_RETRY_SECONDS)
 
     async def _refresh_counts(self, batch: _Batch, store: BatchStore) -> None:
         counts, cancelled = await self._io(lambda: (store.counts(), store.get_meta("cancelled")))
@@ -545,3 +519,25 @@ def _files_of(directory: Path, record: dict) -> list[tuple[str, bytes]]:
         return []
     path = directory / name
     return [(name, path.read_bytes())] if path.is_file() else []
+
+
+class _BackgroundPipe:
+    """The pipeline, except that its requests are background work of one owner."""
+
+    def __init__(self, pipe: Any, owner: str) -> None:
+        self._pipe, self._owner = pipe, owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def astream(self, *args: Any, **kwargs: Any):
+        kwargs.update(priority=BACKGROUND_PRIORITY, owner=self._owner)
+        return self._pipe.astream(*args, **kwargs)
+
+
+class _BackgroundBackend(LocalBackend):
+    """The local runner's backend (validation, QueueFullError waited out, error lines)
+    over the background pipeline. Never closed: the engine is the server's."""
+
+    def __init__(self, pipe: Any, owner: str) -> None:
+        super().__init__(_BackgroundPipe(pipe, owner))
