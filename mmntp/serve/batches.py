@@ -311,6 +311,9 @@ class BatchManager:
         try:
             await self._io(_repair, writer)
             await self._refresh_counts(batch, store)
+            info = batch.info
+            left = info.total - info.done - info.failed - info.cancelled
+            log.info("batch %s: %d of %d requests to run", info.id, left, info.total)
             if not batch.cancel_requested:
                 recorder = await self._io(Recorder, store, writer, False)
                 await self._feed(batch, store, recorder)
