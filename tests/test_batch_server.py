@@ -223,3 +223,40 @@ def test_interactive_request_is_scheduled_before_queued_batch_rows(server, pipe)
     for i in range(first, interactive[-1] + 1):
         assert steps[i][1] == 0, steps[first - 1 : interactive[-1] + 2]
     assert steps[first][2] > 0
+
+
+def test_a_restarted_server_resumes_its_batch(pipe, tmp_path):
+    config = ServerConfig(port=0, warmup=False, state_dir=str(tmp_path), batch_concurrency=2)
+    lines = [line(f"t{i}", modality="text", prompt="The ", max_tokens=60) for i in range(6)]
+    with ServerThread(pipe, config) as first, Client(first.target, timeout=60) as client:
+        batch_id = client.submit_batch(lines).id
+        wait_until(lambda: client.get_batch(batch_id).done >= 1, 60, "a first result")
+    # Stopped mid-batch (not cancelled): the next server on the folder goes on.
+    with ServerThread(pipe, config) as second, Client(second.target, timeout=60) as client:
+        before = client.get_batch(batch_id)
+        assert before.done >= 1 and before.status in ("in_progress", "completed")
+        job = finish(client, batch_id)
+        ids = [r.custom_id for r in client.batch_results(batch_id)]
+    assert (job.status, job.done) == ("completed", 6)
+    assert sorted(ids) == sorted(f"t{i}" for i in range(6))
+
+
+def test_max_batches_evicts_the_oldest_ended_batch_or_refuses(pipe, tmp_path):
+    config = ServerConfig(port=0, warmup=False, state_dir=str(tmp_path), max_batches=2)
+    with ServerThread(pipe, config) as srv, Client(srv.target, timeout=60) as client:
+        old = finish(client, client.submit_batch([forecast("a")]).id)
+        long = [line(f"t{i}", modality="text", prompt="The ", max_tokens=400) for i in range(4)]
+        running = client.submit_batch(long)
+        newest = client.submit_batch([forecast("b")])  # evicts `old`, which had ended
+        assert {b.id for b in client.list_batches()} == {running.id, newest.id}
+        assert not (tmp_path / "batches" / old.id).exists()
+        with pytest.raises(ClientError) as err:
+            client.get_batch(old.id)
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        finish(client, newest.id)
+        client.submit_batch(long)  # evicts `newest`: `running` has not ended
+        with pytest.raises(ClientError) as err:
+            client.submit_batch([forecast("d")])  # both kept batches are running
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_batches=2" in err.value.details
+        client.cancel_batch(running.id)
