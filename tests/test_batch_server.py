@@ -226,7 +226,7 @@ def test_interactive_request_is_scheduled_before_queued_batch_rows(server, pipe)
 
 
 def test_a_restarted_server_resumes_its_batch(pipe, tmp_path):
-    config = ServerConfig(port=0, warmup=False, state_dir=str(tmp_path), batch_concurrency=2)
+    config = ServerConfig(port=0, warmup=False, state_dir=str(tmp_path), batch_rows=2)
     lines = [line(f"t{i}", modality="text", prompt="The ", max_tokens=60) for i in range(6)]
     with ServerThread(pipe, config) as first, Client(first.target, timeout=60) as client:
         batch_id = client.submit_batch(lines).id

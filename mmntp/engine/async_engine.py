@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -75,6 +77,11 @@ class AsyncEngine:
         self.num_foreground = 0
         self._foreground_idle = asyncio.Event()
         self._foreground_idle.set()
+        # Background rows do not step until this many seconds after the last foreground
+        # request ended: a burst of interactive requests, one after another, then never
+        # waits behind a batch step (0 = batch steps resume at once).
+        self.background_delay = 0.0
+        self._foreground_ended = -math.inf
 
     @property
     def stats(self):
@@ -87,6 +94,10 @@ class AsyncEngine:
                 "this AsyncEngine runs on another event loop (one pipeline per server)"
             )
         if self._task is None:
+            # Events belong to the loop that first waits on them: made anew per loop.
+            self._foreground_idle = asyncio.Event()
+            if not self.num_foreground:
+                self._foreground_idle.set()
             self._wakeup = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name="mmntp-engine-loop")
 
@@ -128,6 +139,7 @@ class AsyncEngine:
             if foreground:
                 self.num_foreground -= 1
                 if not self.num_foreground:
+                    self._foreground_ended = time.monotonic()
                     self._foreground_idle.set()
             self._collectors.pop(request.request_id, None)
             if not finished and accepted.done() and accepted.exception() is None:
@@ -138,6 +150,7 @@ class AsyncEngine:
         """Return once no foreground request is in flight. Background work calls it
         before queueing a request, so that interactive requests find the queue short;
         the scheduler keeps what is already queued out of their steps."""
+        await self.start()
         await self._foreground_idle.wait()
 
     def abort(self, request_id: str) -> None:
@@ -179,11 +192,23 @@ class AsyncEngine:
                 if not self._adds and not self._aborts:
                     await self._wakeup.wait()
                 continue
+            hold = self._background_hold()
+            if hold > 0:  # only background work, and interactive work ended just now
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), hold)
+                continue
             outputs = await asyncio.to_thread(self.engine.step)
             for out in outputs:
                 collector = self._collectors.get(out.request_id)
                 if collector is not None:
                     collector.put(out)
+
+    def _background_hold(self) -> float:
+        """Seconds to keep the engine's (background-only) work parked; 0 to step now."""
+        if self.num_foreground or not self.background_delay:
+            return 0.0
+        return self._foreground_ended + self.background_delay - time.monotonic()
 
     def _die(self, cause: BaseException) -> None:
         """Fail every waiting and running request, then tell the supervisors."""

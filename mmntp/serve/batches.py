@@ -16,8 +16,10 @@ interrupted uploads are removed on start.
 Priority: every batch request goes to the pipeline's AsyncEngine at BACKGROUND_PRIORITY
 with owner "batch:<id>". The scheduler runs background rows only in steps without
 foreground work (preempting running ones when an interactive request arrives), and the
-runner here queues a new row only while no interactive request is in flight, with at most
-`server.batch_concurrency` batch requests in the engine (over all batches).
+runner here queues a new request only while no interactive request is in flight, with at
+most `server.batch_rows` engine rows of batch work in flight (over all batches), and the
+AsyncEngine steps batch rows only `server.batch_idle_seconds` after the last interactive
+request ended.
 
 All SQLite and file work runs in one IO thread (a store connection belongs to the thread
 that made it), so the event loop only routes.
@@ -37,13 +39,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mmntp.batch.lines import BatchRefused, InputLine, check_input, read_lines
+from mmntp.batch.lines import BatchRefused, check_input, read_lines
 from mmntp.batch.responses import FILES_DIR
 from mmntp.batch.results import RESULTS_FILE, ResultsWriter, error_body, result_line
-from mmntp.batch.runner import LocalBackend, Outcome, Recorder, admit, execute
+from mmntp.batch.runner import LocalBackend, Outcome, Recorder, Window, admit, execute
 from mmntp.batch.store import BatchStore, Fingerprint
 from mmntp.engine import BACKGROUND_PRIORITY
 from mmntp.engine.async_engine import EngineFailedError
@@ -73,7 +76,7 @@ class BatchLimits:
     max_lines: int = 50_000  # request lines per batch
     max_line_bytes: int = 1 << 20  # bytes per line
     max_batches: int = 100  # batches kept; the oldest ended ones go first
-    concurrency: int = 4  # batch requests in the engine at once, over all batches
+    rows: int = 16  # engine rows of batch work in flight, over all batches
 
 
 @dataclass
@@ -112,7 +115,8 @@ class BatchManager:
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="mmntp-batch-io")
         self._stores: dict[str, BatchStore] = {}  # touched only in the IO thread
         self._batches: dict[str, _Batch] = {}
-        self._slots = asyncio.Semaphore(limits.concurrency)
+        self._rows = Window(limits.rows)  # engine rows of batch work, over all batches
+        self._releases: set[asyncio.Task] = set()
         self._create_lock = asyncio.Lock()
         self._stopping = False
 
@@ -337,36 +341,44 @@ class BatchManager:
             await self._set_status(batch, "failed", f"{type(err).__name__}: {err}")
 
     async def _feed(self, batch: _Batch, store: BatchStore, recorder: Recorder) -> None:
-        """Queue each pending line as a background request while capacity allows."""
+        """Queue each pending line as a background request while the row budget allows."""
         finished = await self._io(store.finished_ids)
         engine = self.pipe.async_engine
+        backend = _BackgroundBackend(self.pipe, f"batch:{batch.info.id}")
         failure: list[BaseException] = []
         for line in read_lines(batch.directory / INPUT_FILE):
             if line.custom_id in finished:
                 continue
-            if failure or not await self._take_slot(batch, engine):
+            # Validation decodes images and audio: off the event loop.
+            got = await asyncio.to_thread(admit, backend, line.custom_id, line.request)
+            if isinstance(got, Outcome):  # an invalid request: its error line, no engine
+                await self._record(batch, recorder, got)
+                continue
+            (valid, modality), rows = got
+            if failure or not await self._take_rows(batch, engine, rows):
                 break
-            task = asyncio.get_running_loop().create_task(self._one(batch, recorder, line))
+            run = self._run_row(batch, recorder, backend, line.custom_id, valid, modality)
+            task = asyncio.get_running_loop().create_task(run)
             batch.inflight.add(task)
-            task.add_done_callback(lambda t: self._row_done(batch, t, failure))
+            task.add_done_callback(partial(self._row_done, batch, rows, failure))
         while batch.inflight:
             await asyncio.wait(set(batch.inflight))
         if failure:
             raise failure[0]
 
-    async def _take_slot(self, batch: _Batch, engine) -> bool:
-        """Wait for a slot while no interactive request is in flight; False (holding no
-        slot) if the batch is cancelled meanwhile."""
+    async def _take_rows(self, batch: _Batch, engine, rows: int) -> bool:
+        """Wait until `rows` fit the budget while no interactive request is in flight;
+        False (holding nothing) if the batch is cancelled meanwhile."""
 
-        async def idle_slot() -> None:
-            while True:  # interactive work first: take a row only when none is in flight
+        async def when_idle() -> None:
+            while True:  # interactive work first: take rows only when none is in flight
                 await engine.wait_foreground_idle()
-                await self._slots.acquire()
+                await self._rows.acquire(rows)
                 if not engine.num_foreground:
                     return
-                self._slots.release()
+                await self._rows.release(rows)
 
-        waiter = asyncio.ensure_future(idle_slot())
+        waiter = asyncio.ensure_future(when_idle())
         cancelled = asyncio.ensure_future(batch.cancel_event.wait())
         try:
             await asyncio.wait({waiter, cancelled}, return_when=asyncio.FIRST_COMPLETED)
@@ -377,27 +389,22 @@ class BatchManager:
             await waiter
             if not batch.cancel_requested:
                 return True
-            self._slots.release()
+            await self._rows.release(rows)
         return False
 
-    def _row_done(self, batch: _Batch, task: asyncio.Task, failure: list) -> None:
+    def _row_done(self, batch: _Batch, rows: int, failure: list, task: asyncio.Task) -> None:
         batch.inflight.discard(task)
-        self._slots.release()
+        release = asyncio.get_running_loop().create_task(self._rows.release(rows))
+        self._releases.add(release)  # held until done: the loop keeps only weak references
+        release.add_done_callback(self._releases.discard)
         if not task.cancelled() and task.exception() is not None:
             failure.append(task.exception())
 
-    async def _one(self, batch: _Batch, recorder: Recorder, line: InputLine) -> None:
-        """Run one request through the batch core's admit/execute and record it."""
-        backend = _BackgroundBackend(self.pipe, f"batch:{batch.info.id}")
-        cid = line.custom_id
-        # Validation decodes images and audio: off the event loop.
-        got = await asyncio.to_thread(admit, backend, cid, line.request)
-        if isinstance(got, Outcome):
-            outcome = got
-        else:
-            (valid, modality), _rows = got
-            outcome = await execute(backend, cid, valid, modality)
-        await self._io(recorder, outcome)
+    async def _run_row(self, batch, recorder, backend, custom_id, valid, modality) -> None:
+        await self._record(batch, recorder, await execute(backend, custom_id, valid, modality))
+
+    async def _record(self, batch: _Batch, recorder: Recorder, outcome: Outcome) -> None:
+        await self._io(recorder, outcome)  # file, store, results.jsonl (first result wins)
         if outcome.ok:
             batch.info.done += 1
         else:

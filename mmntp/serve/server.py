@@ -105,18 +105,26 @@ class ServerConfig:
     batch_max_lines: int = 50_000  # request lines per batch
     batch_max_line_bytes: int = 1 << 20  # bytes per JSONL line
     max_batches: int = 100  # batches kept; creating one more evicts the oldest ended one
-    # Batch requests in the engine at once, over all batches: each one that runs when an
-    # interactive request arrives is preempted; fewer of them wait less to be parked.
-    batch_concurrency: int = 4
+    # Engine rows of batch work in flight, over all batches (a forecast takes one row per
+    # sample path; one request always goes, whatever its rows). An interactive request
+    # that arrives mid-step waits for that step, whose time grows with its rows.
+    batch_rows: int = 16
+    # Batch rows step only after this many seconds without an interactive request in
+    # flight, so requests sent one after another do not each wait for a batch step.
+    batch_idle_seconds: float = 0.2
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"server.port must be in [0, 65535], got {self.port}")
         positive = ("max_message_bytes", "max_concurrent_rpcs", "batch_max_lines")
-        positive += ("batch_max_line_bytes", "max_batches", "batch_concurrency")
+        positive += ("batch_max_line_bytes", "max_batches", "batch_rows")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"server.{name} must be positive, got {getattr(self, name)}")
+        if not self.batch_idle_seconds >= 0:
+            raise ValueError(
+                f"server.batch_idle_seconds must be >= 0, got {self.batch_idle_seconds}"
+            )
         if self.grace_seconds < 0:
             raise ValueError(f"server.grace_seconds must be >= 0, got {self.grace_seconds}")
         if isinstance(self.torch_threads, bool) or not isinstance(self.torch_threads, int):
@@ -224,6 +232,7 @@ class Server:
         self.batches = None
         if self.config.state_dir is not None:
             self.batches = BatchManager(self.pipe, self.config.state_dir, self._batch_limits())
+            self.pipe.async_engine.background_delay = self.config.batch_idle_seconds
         batch_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(self.batches), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = (SERVICE_NAME, BATCH_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
@@ -236,7 +245,7 @@ class Server:
     def _batch_limits(self) -> BatchLimits:
         cfg = self.config
         return BatchLimits(
-            cfg.batch_max_lines, cfg.batch_max_line_bytes, cfg.max_batches, cfg.batch_concurrency
+            cfg.batch_max_lines, cfg.batch_max_line_bytes, cfg.max_batches, cfg.batch_rows
         )
 
     def _check_auth(self) -> None:
