@@ -14,7 +14,7 @@ import json
 import random
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mmntp.bench.common import Row, now, percentile, progress
@@ -24,11 +24,14 @@ TTFT_TARGET = 1.5  # the issue's bound on p99 with a batch running / idle
 
 @dataclass(frozen=True)
 class InteractiveSettings:
-    probes: int = 40  # interactive requests per phase (idle, busy)
+    probes: int = 60  # interactive requests per phase (idle, busy), over all rounds
+    rounds: int = 3  # idle and busy phases alternate this many times
     batch_lines: int = 200  # forecasts in the background batch (more than the probes need)
     batch_samples: int = 20  # sample paths per forecast (engine rows)
     max_tokens: int = 8  # of each interactive text request
-    gap_seconds: float = 0.05  # between probes: arrivals fall at any point of a batch step
+    # Between probes. Shorter than batch_idle_seconds: a client sending one request after
+    # another (the batch stays parked); longer: each request finds the batch stepping.
+    gap_seconds: float = 0.05
     seed: int = 0
     batch_rows: int | None = None  # the server's batch_rows / batch_idle_seconds
     batch_idle_seconds: float | None = None  # (None: ServerConfig's defaults)
@@ -50,12 +53,12 @@ def batch_lines(settings: InteractiveSettings) -> list[str]:
     return lines
 
 
-def probe_ttfts(client: Any, settings: InteractiveSettings, tag: str) -> list[float]:
+def probe_ttfts(client: Any, settings: InteractiveSettings, tag: str, n: int) -> list[float]:
     """Send the interactive requests one at a time; their times to first chunk (s)."""
     from mmntp.client import Final, SamplingParams, TextOutput
 
     ttfts = []
-    for i in range(settings.probes):
+    for i in range(n):
         start, first = now(), None
         sampling = SamplingParams(seed=settings.seed + i)
         output = TextOutput(max_tokens=settings.max_tokens)
@@ -68,29 +71,33 @@ def probe_ttfts(client: Any, settings: InteractiveSettings, tag: str) -> list[fl
 
 
 def measure(pipe: Any, settings: InteractiveSettings) -> dict[str, list[float]]:
-    """{"idle": ttfts, "busy": ttfts} on one in-process server over `pipe`."""
+    """{"idle": ttfts, "busy": ttfts, "batch_done": [requests finished while busy]} on one
+    in-process server over `pipe`. Idle and busy phases alternate for `rounds` rounds (a
+    new batch each round, cancelled after), so a drift in the machine's load weighs on
+    both alike."""
     from mmntp.client import Client
     from mmntp.serve.server import ServerConfig
     from mmntp.serve.thread import ServerThread
 
+    tuning = {"batch_rows": settings.batch_rows}
+    tuning["batch_idle_seconds"] = settings.batch_idle_seconds
+    given = {k: v for k, v in tuning.items() if v is not None}
+    found: dict[str, list[float]] = {"idle": [], "busy": [], "batch_done": []}
+    per_round = max(1, settings.probes // settings.rounds)
     with tempfile.TemporaryDirectory(prefix="mmntp-bench-batch-") as state:
-        tuning = {"batch_rows": settings.batch_rows}
-        tuning["batch_idle_seconds"] = settings.batch_idle_seconds
-        given = {k: v for k, v in tuning.items() if v is not None}
         config = ServerConfig(port=0, warmup=False, state_dir=state, **given)
         with ServerThread(pipe, config) as server, Client(server.target, timeout=120) as client:
-            probe_ttfts(client, settings, "warm-up")  # first-call costs out of both phases
-            progress(f"interactive: {settings.probes} requests on the idle server")
-            idle = probe_ttfts(client, settings, "idle")
-            job = client.submit_batch(batch_lines(settings))
-            _wait_running(client, job.id, pipe)
-            progress(f"interactive: {settings.probes} requests with batch {job.id} running")
-            busy = probe_ttfts(client, settings, "busy")
-            after = client.get_batch(job.id)
-            client.cancel_batch(job.id)
-    if after.ended:
-        progress("warning: the batch ended before the busy phase did; raise batch_lines")
-    return {"idle": idle, "busy": busy, "batch_done": [after.done]}
+            probe_ttfts(client, settings, "warm-up", per_round)  # first-call costs out
+            for r in range(settings.rounds):
+                progress(f"interactive round {r + 1}/{settings.rounds}: idle, then a batch")
+                found["idle"] += probe_ttfts(client, settings, "idle", per_round)
+                job = client.submit_batch(batch_lines(settings))
+                _wait_running(client, job.id, pipe)
+                found["busy"] += probe_ttfts(client, settings, "busy", per_round)
+                if client.cancel_batch(job.id).status != "cancelled":
+                    progress("warning: the batch ended before the busy phase did")
+                found["batch_done"].append(client.get_batch(job.id).done)
+    return found
 
 
 def _wait_running(client: Any, batch_id: str, pipe: Any, timeout: float = 60.0) -> None:
@@ -102,25 +109,35 @@ def _wait_running(client: Any, batch_id: str, pipe: Any, timeout: float = 60.0) 
         time.sleep(0.01)
 
 
+def sparse_gap(settings: InteractiveSettings) -> float:
+    """A gap past the server's batch_idle_seconds: each request finds the batch stepping."""
+    from mmntp.serve.server import ServerConfig
+
+    idle = settings.batch_idle_seconds
+    return (ServerConfig.batch_idle_seconds if idle is None else idle) + 0.3
+
+
 def interactive_rows(pipe: Any, settings: InteractiveSettings | None = None) -> list[Row]:
-    """The p50 and p99 rows: time to first chunk with a batch running vs idle."""
+    """p50 and p99 time to first chunk with a batch running vs idle, for requests sent one
+    after another (`gap_seconds` apart) and for sparse ones (`sparse_gap` apart)."""
     settings = settings or InteractiveSettings()
-    ttfts = measure(pipe, settings)
     rows = []
-    for q in (50, 99):
-        busy = percentile(ttfts["busy"], q) * 1000
-        idle = percentile(ttfts["idle"], q) * 1000
-        extra: dict[str, Any] = {"busy_over_idle": busy / idle, "probes": settings.probes}
-        if q == 99:
-            extra["target_busy_over_idle"] = TTFT_TARGET
-        rows.append(
-            Row(
-                f"interactive ttft p{q}: batch running vs idle",
-                busy,
-                idle,
-                "ms",
-                higher_is_better=False,
-                extra=extra,
-            )
-        )
+    for pattern, gap in (("back-to-back", settings.gap_seconds), ("sparse", None)):
+        run = replace(settings, gap_seconds=sparse_gap(settings) if gap is None else gap)
+        if gap is None:  # a slower phase: fewer requests
+            run = replace(run, probes=max(run.rounds, settings.probes // 2))
+        ttfts = measure(pipe, run)
+        for q in (50, 99):
+            busy = percentile(ttfts["busy"], q) * 1000
+            idle = percentile(ttfts["idle"], q) * 1000
+            extra: dict[str, Any] = {
+                "busy_over_idle": busy / idle,
+                "probes": run.probes,
+                "gap_s": run.gap_seconds,
+                "batch_done_while_busy": sum(ttfts["batch_done"]),
+            }
+            if q == 99:
+                extra["target_busy_over_idle"] = TTFT_TARGET
+            name = f"interactive ttft p{q}, {pattern}: batch running vs idle"
+            rows.append(Row(name, busy, idle, "ms", higher_is_better=False, extra=extra))
     return rows
