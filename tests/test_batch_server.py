@@ -5,6 +5,7 @@ interactive requests scheduled before batch rows."""
 from __future__ import annotations
 
 import json
+import re
 
 import grpc
 import pytest
@@ -26,6 +27,11 @@ def line(cid, **request):
 def forecast(cid, n=16, **kw):
     context = [float((i * 7) % 11) for i in range(n)]
     return line(cid, modality="timeseries", context=context, horizon=4, num_samples=4, **kw)
+
+
+def long_line(cid, max_tokens=400):
+    """Raw tokens without a stop id: exactly max_tokens engine steps, never ended early."""
+    return line(cid, modality="tokens", prompt_ids=[5, 6, 7], max_tokens=max_tokens)
 
 
 MIXED = [
@@ -145,7 +151,7 @@ def batch_rows(engine, batch_id):
 
 
 def test_cancel_stops_the_batch_within_one_engine_step(server, pipe):
-    long_text = [line(f"t{i}", modality="text", prompt="The ", max_tokens=400) for i in range(8)]
+    long_text = [long_line(f"t{i}", 400) for i in range(8)]
     engine = pipe.engine
     with Client(server.target, timeout=60) as client:
         job = client.submit_batch(long_text)
@@ -206,7 +212,7 @@ def test_interactive_request_is_scheduled_before_queued_batch_rows(server, pipe)
 
     engine.scheduler.schedule = logged
     try:
-        lines = [line(f"t{i}", modality="text", prompt="The ", max_tokens=200) for i in range(8)]
+        lines = [long_line(f"t{i}", 200) for i in range(8)]
         with Client(server.target, timeout=60) as client:
             job = client.submit_batch(lines)
             wait_until(lambda: batch_rows(engine, job.id), 30, "batch rows in the engine")
@@ -227,7 +233,7 @@ def test_interactive_request_is_scheduled_before_queued_batch_rows(server, pipe)
 
 def test_a_restarted_server_resumes_its_batch(pipe, tmp_path):
     config = ServerConfig(port=0, warmup=False, state_dir=str(tmp_path), batch_rows=2)
-    lines = [line(f"t{i}", modality="text", prompt="The ", max_tokens=60) for i in range(6)]
+    lines = [long_line(f"t{i}", 60) for i in range(6)]
     with ServerThread(pipe, config) as first, Client(first.target, timeout=60) as client:
         batch_id = client.submit_batch(lines).id
         wait_until(lambda: client.get_batch(batch_id).done >= 1, 60, "a first result")
@@ -245,7 +251,7 @@ def test_max_batches_evicts_the_oldest_ended_batch_or_refuses(pipe, tmp_path):
     config = ServerConfig(port=0, warmup=False, state_dir=str(tmp_path), max_batches=2)
     with ServerThread(pipe, config) as srv, Client(srv.target, timeout=60) as client:
         old = finish(client, client.submit_batch([forecast("a")]).id)
-        long = [line(f"t{i}", modality="text", prompt="The ", max_tokens=400) for i in range(4)]
+        long = [long_line(f"t{i}", 400) for i in range(4)]
         running = client.submit_batch(long)
         newest = client.submit_batch([forecast("b")])  # evicts `old`, which had ended
         assert {b.id for b in client.list_batches()} == {running.id, newest.id}
@@ -260,3 +266,35 @@ def test_max_batches_evicts_the_oldest_ended_batch_or_refuses(pipe, tmp_path):
         assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_batches=2" in err.value.details
         client.cancel_batch(running.id)
+
+
+def test_cli_submit_status_cancel(server, tmp_path, capsys):
+    infile = tmp_path / "in.jsonl"
+    infile.write_text("\n".join(long_line(f"t{i}", 300) for i in range(3)))
+    common = ["--server", server.target]
+    assert main(["batch", "submit", str(infile), *common, "--name", "cli"]) == 0
+    batch_id = capsys.readouterr().out.strip()
+    assert re.fullmatch(r"b-[0-9a-f]{16}", batch_id)
+    assert main(["batch", "status", batch_id, *common, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["id"] == batch_id and status["total"] == 3 and status["name"] == "cli"
+    assert main(["batch", "cancel", batch_id, *common]) == 0
+    assert capsys.readouterr().out.startswith(f"{batch_id}  cancelled")
+    assert main(["batch", "status", *common]) == 0  # every batch, one line each
+    assert capsys.readouterr().out.startswith(f"{batch_id}  cancelled  3/3")
+    assert main(["batch", "status", "b-0000000000000000", *common]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"batch_rows": 0}, "server.batch_rows must be positive"),
+        ({"batch_max_lines": 0}, "server.batch_max_lines must be positive"),
+        ({"max_batches": -1}, "server.max_batches must be positive"),
+        ({"batch_idle_seconds": -0.1}, "server.batch_idle_seconds must be >= 0"),
+    ],
+)
+def test_batch_settings_are_checked(setting, message):
+    with pytest.raises(ValueError, match=message):
+        ServerConfig(**setting)
