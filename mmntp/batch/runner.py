@@ -271,6 +271,8 @@ class Recorder:
         self.bar = _progress_bar(counts) if progress else None
 
     def __call__(self, outcome: Outcome) -> None:
+        if self.store.state(outcome.custom_id) != "pending":
+            return  # delivered twice (a retried Ray task): the first result stands
         save_media(self.store.directory, outcome.file, outcome.data)
         self.store.record(outcome.custom_id, outcome.ok, outcome.line)
         if crash_point("recorded"):
