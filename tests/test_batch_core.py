@@ -105,3 +105,29 @@ def test_repair_drops_torn_unmarked_and_repeated_lines_then_rewrites_them(tmp_pa
     path.write_text(good.splitlines()[0] + "\n")
     assert writer.repair().rewritten == 2 and writer.flush() == 2
     assert sorted(json.loads(x)["custom_id"] for x in _lines(tmp_path)) == ["a", "b", "c"]
+
+
+def test_response_collector_writes_media_under_files_and_names_it(tmp_path):
+    import numpy as np
+
+    from mmntp.api import Final, ImageChunk, TextChunk
+    from mmntp.batch.responses import ResponseCollector
+
+    final = Final("length", 3, 4, 0.0, 0.0, 0.0)
+    text = ResponseCollector("text")
+    for chunk in (TextChunk("ab"), TextChunk("c"), final):
+        text.add(chunk)
+    assert text.response(tmp_path, "t") == {
+        "text": "abc",
+        "finish_reason": "length",
+        "usage": {"prompt_tokens": 3, "output_tokens": 4},
+    }
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+    image = ResponseCollector("image")
+    image.add(ImageChunk.from_pixels(pixels, 2, 4, False))
+    image.add(ImageChunk.from_pixels(pixels + 9, 4, 4, True))
+    body = image.response(tmp_path, "a/b")
+    assert body["file"] == "files/a%2Fb.png"
+    assert (tmp_path / body["file"]).read_bytes() == ImageChunk.from_pixels(
+        pixels + 9, 4, 4, True
+    ).png

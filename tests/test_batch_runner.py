@@ -2,6 +2,7 @@
 crash window (a test hook makes the runner die at an exact point), equal to a clean run;
 refused inputs; error lines; the --server backend."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -45,7 +46,10 @@ BAD = [
         "custom_id": "bad-horizon",
         "request": {"modality": "timeseries", "context": SERIES, "horizon": 1000},
     },
+    {"custom_id": "bad-context", "request": {"context": ["a", "b"], "horizon": 2}},
+    {"custom_id": "bad-ids", "request": {"modality": "tokens", "prompt_ids": ["x"]}},
 ]
+BAD_IDS = {line["custom_id"] for line in BAD}
 
 
 def _write(path: Path, lines: list) -> Path:
@@ -78,7 +82,7 @@ def clean_dir(pipe, batch, tmp_path_factory):
     """A clean run's folder (in-process)."""
     out = tmp_path_factory.mktemp("clean")
     report = run_batch(batch, out, lambda: LocalBackend(pipe), progress=False)
-    assert report.counts.total == 19 and report.counts.complete
+    assert report.counts.total == 21 and report.counts.complete
     return out
 
 
@@ -94,17 +98,18 @@ def _cli(*args, env=None) -> subprocess.Popen:
 
 
 def test_clean_run_makes_every_line_once_with_error_lines_naming_fields(clean):
-    assert len(clean) == 19
+    assert len(clean) == 21
     ok = [r for r in clean.values() if r["status"] == "ok"]
     assert len(ok) == 16 and all(r["error"] is None for r in ok)
     forecast = clean["req/0"]["response"]
     assert len(forecast["median"]) == 4 and set(forecast["quantiles"]) >= {"0.1", "0.5", "0.9"}
     assert isinstance(clean["req/1"]["response"]["text"], str)
-    errors = {cid: clean[cid]["error"] for cid in ("bad-modality", "bad-field", "bad-horizon")}
+    errors = {cid: clean[cid]["error"] for cid in BAD_IDS}
     assert all(clean[cid]["status"] == "error" for cid in errors)
     assert errors["bad-modality"]["field"] == "modality"
     assert errors["bad-field"]["field"] == "colour"
     assert errors["bad-horizon"]["field"] == "output.timeseries.horizon"
+    assert errors["bad-context"]["field"] == "prompt[0].timeseries.values"
     assert all(e["code"] == "INVALID_ARGUMENT" and e["message"] for e in errors.values())
 
 
@@ -157,7 +162,7 @@ def test_finished_batch_reruns_as_a_no_op_without_loading_a_model(
     before = (out / RESULTS_FILE).read_bytes()
     # A model folder that does not exist: loading it would fail, so nothing is loaded.
     assert main(["batch", "run", str(batch), "--out", str(out), "--model", "/nowhere"]) == 0
-    assert "batch already complete: 19 requests, 16 ok, 3 errors" in capsys.readouterr().out
+    assert "batch already complete: 21 requests, 16 ok, 5 errors" in capsys.readouterr().out
     assert (out / RESULTS_FILE).read_bytes() == before
 
 
@@ -190,12 +195,25 @@ def test_server_backend_writes_the_local_results(pipe, tiny_model_dir, batch, cl
     assert {k: strip(v) for k, v in got.items() if v["status"] == "ok"} == {
         k: strip(v) for k, v in clean.items() if v["status"] == "ok"
     }
-    assert {k for k, v in got.items() if v["status"] == "error"} == {
-        "bad-modality",
-        "bad-field",
-        "bad-horizon",
-    }
+    assert {k for k, v in got.items() if v["status"] == "error"} == BAD_IDS
 
 
 def _no_usage(response: dict) -> dict:
     return {k: v for k, v in response.items() if k != "usage"}
+
+
+def test_a_full_engine_queue_is_waited_out_not_an_error(tiny_model_dir, batch, clean, tmp_path):
+    """A window far past the engine's waiting queue: QueueFullError answers are retried."""
+    small = Pipeline.from_pretrained(tiny_model_dir)
+    small.engine_config = dataclasses.replace(
+        small.engine_config, max_num_seqs=4, max_waiting_requests=1
+    )
+
+    def backend():
+        wide = LocalBackend(small)
+        wide.window_rows = 1000
+        return wide
+
+    report = run_batch(batch, tmp_path / "out", backend, progress=False)
+    assert report.counts.complete
+    assert _results(tmp_path / "out") == clean

@@ -23,9 +23,14 @@ all use; its API is kept stable):
   every custom_id exactly once through any kill -9 (results.py says how).
 - `responses`: `ResponseCollector(modality)` turns a stream of api chunks (local
   pipeline or SDK) into the response JSON and a media file's bytes; `save_media` writes
-  images, audio and motion under
-  `DIR/files/<file_stem(custom_id)>.<ext>`.
+  images, audio and motion under `DIR/files/<file_stem(custom_id)>.<ext>`.
 
-The runners: `runner` (local, on the pipeline's AsyncEngine, or `--server` through the
-SDK's AsyncClient) and `ray_backend` (Ray Data `map_batches` over an actor pool).
+The runners: `runner.run_items(backend, items, on_outcome)` runs (custom_id, request)
+items concurrently within the backend's window and hands each `Outcome` (result line,
+media bytes and path) to `on_outcome`; `runner.LocalBackend(pipe, priority=, owner=)`
+runs them on a pipeline's AsyncEngine (a server's batch worker can reuse it with a
+priority below interactive work), `RemoteBackend` through the SDK's AsyncClient;
+`runner.run_batch` is `mmntp batch run` (`Recorder` records each outcome: file, store,
+results.jsonl). `ray_backend.run_batch_ray` is `--backend ray` (Ray Data `map_batches`
+over an actor pool, the driver recording).
 """

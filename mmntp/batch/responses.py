@@ -73,6 +73,12 @@ class ResponseCollector:
         elif isinstance(chunk, TextChunk | TokensChunk | ImageChunk | AudioChunk | MotionChunk):
             self.chunks.append(chunk)
 
+    def response(self, directory: Path, custom_id: str) -> dict[str, Any]:
+        """The response JSON, its media file (if any) written under `directory` first."""
+        body, data = self.result(custom_id)
+        save_media(directory, body.get("file"), data)
+        return body
+
     def result(self, custom_id: str) -> tuple[dict[str, Any], bytes | None]:
         """(the response JSON, the media file's bytes or None). The file is not written
         here, so that a Ray actor can send it to the driver: `save_media` writes it."""

@@ -7,9 +7,9 @@ pending request run and recorded. A finished batch reruns as a no-op.
 Requests run concurrently, not one by one: locally on the pipeline's AsyncEngine
 (continuous batching), with `--server` through the SDK's AsyncClient. A window bounds
 what is in flight: locally, engine rows (a forecast runs one row per sample path, a
-guided image or audio two) up to 1.25 x the engine's `max_num_seqs`, so the engine's
-batch is full and a few requests wait prepared without overflowing its waiting queue
-(a QueueFullError is waited out and retried); with a server, `--concurrency` requests
+guided image or audio two) up to twice the engine's `max_num_seqs`, so the engine's
+batch is full and as much again waits prepared, far inside its waiting queue's bounds
+(a QueueFullError is still waited out and retried); with a server, `--concurrency` requests
 (default 16). The input is streamed; only the window's requests are in memory.
 
 Every result is recorded when it finishes: a media file first (atomically), then the
@@ -55,8 +55,8 @@ class Backend(Protocol):
     window_rows: int
     max_requests: int | None
 
-    def admit(self, request: Any) -> tuple[Any, int]:
-        """(what `stream` takes, the engine rows it occupies)."""
+    def admit(self, request: Any) -> tuple[tuple[Any, str], int]:
+        """((what `stream` takes, the output modality), the engine rows it occupies)."""
 
     def stream(self, admitted: Any) -> AsyncIterator[Any]: ...
 
@@ -91,6 +91,8 @@ def admit(backend: Backend, custom_id: str, request: Any) -> tuple[Any, int] | O
         return backend.admit(req)
     except FieldError as err:
         return failed(custom_id, "INVALID_ARGUMENT", str(err), err.field)
+    except (ValueError, TypeError) as err:  # a value no field check caught: still the line's
+        return failed(custom_id, "INVALID_ARGUMENT", f"request: {err}")
 
 
 async def execute(backend: Backend, custom_id: str, admitted: Any, modality: str) -> Outcome:
@@ -98,10 +100,14 @@ async def execute(backend: Backend, custom_id: str, admitted: Any, modality: str
     try:
         async for chunk in backend.stream(admitted):
             collector.add(chunk)
-        body, data = collector.result(custom_id)
     except RequestFailed as err:
         return failed(custom_id, err.code, err.message, err.field)
-    return Outcome(custom_id, True, result_line(custom_id, body), data, body.get("file"))
+    try:
+        body, data = collector.result(custom_id)
+        line = result_line(custom_id, body)  # refuses NaN: JSON has no such number
+    except ValueError as err:  # e.g. a stream that ended without its image
+        return failed(custom_id, "INTERNAL", f"unusable result: {err}")
+    return Outcome(custom_id, True, line, data, body.get("file"))
 
 
 class Window:
@@ -177,12 +183,16 @@ async def run_items(
 
 
 class LocalBackend:
-    """Requests on a Pipeline's AsyncEngine; validation happens at admission."""
+    """Requests on a Pipeline's AsyncEngine; validation happens at admission.
 
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
-        seqs = pipe.engine_config.max_num_seqs
-        self.window_rows = seqs + seqs // 4
+    `priority` and `owner` go to every engine request (`Pipeline.astream`): a server
+    running batches beside interactive work can rank them below it."""
+
+    def __init__(self, pipe: Any, *, priority: int = 0, owner: str = "") -> None:
+        self.pipe, self.priority, self.owner = pipe, priority, owner
+        # A full engine batch running and one more waiting, prepared: a finished request's
+        # rows are replaced at the next step without waiting for the runner.
+        self.window_rows = 2 * pipe.engine_config.max_num_seqs
         self.max_requests: int | None = None
 
     def admit(self, req: Any) -> tuple[tuple[Any, str], int]:
@@ -200,7 +210,9 @@ class LocalBackend:
         while True:
             received = False
             try:
-                async for chunk in self.pipe.astream(valid):
+                async for chunk in self.pipe.astream(
+                    valid, priority=self.priority, owner=self.owner
+                ):
                     received = True
                     yield chunk
                 return
@@ -244,6 +256,8 @@ class RemoteBackend:
                     received = True
                     yield chunk
                 return
+            except (ValueError, TypeError) as err:  # building the message: nothing was sent
+                raise RequestFailed("INVALID_ARGUMENT", f"request: {err}") from None
             except ClientError as err:
                 code = err.code.name
                 if code == "RESOURCE_EXHAUSTED" and not received:

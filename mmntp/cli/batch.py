@@ -47,11 +47,24 @@ def add_run_parser(actions) -> None:
     )
     run.add_argument("input", metavar="IN.jsonl")
     run.add_argument("--out", required=True, metavar="DIR", help="the batch folder")
-    run.add_argument("--model", help="model or service folder (default: the bundled service)")
-    run.add_argument("--server", metavar="HOST:PORT", help="send the requests to this mmntp server")
-    run.add_argument("--backend", choices=["local", "ray"], default="local")
     run.add_argument(
-        "--workers", type=positive_int, default=2, help="ray: actors, one pipeline each (default 2)"
+        "--model",
+        help="model or service folder (default: the bundled service); with --server, the "
+        "served model's name",
+    )
+    run.add_argument("--server", metavar="HOST:PORT", help="send the requests to this mmntp server")
+    run.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (or --server); ray: Ray Data actors (pip install 'mmntp[ray]')",
+    )
+    run.add_argument(
+        "--workers",
+        type=positive_int,
+        default=2,
+        metavar="N",
+        help="ray: actors, one pipeline each (default 2)",
     )
     run.add_argument(
         "--ray-address",
@@ -61,6 +74,7 @@ def add_run_parser(actions) -> None:
     run.add_argument(
         "--concurrency",
         type=positive_int,
+        metavar="N",
         help="requests in flight (default: local, the engine's rows; --server, 16)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

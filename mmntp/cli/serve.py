@@ -1,4 +1,4 @@
-"""`mmntp serve` (a service folder over gRPC) and `mmntp health` (ask a running server)."""
+"""`mmntp serve` (a service folder over gRPC, and HTTP) and `mmntp health` (ask a running server)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,18 @@ from mmntp.cli.options import (
 
 
 def add_serve_parser(sub) -> None:
-    srv = sub.add_parser("serve", help="serve a service folder over gRPC")
+    srv = sub.add_parser(
+        "serve", help="serve a service folder over gRPC (and HTTP with --http-port)"
+    )
     srv.add_argument("service", nargs="?", help="service or model folder (default: bundled)")
     srv.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     srv.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
+    srv.add_argument(
+        "--http-port",
+        type=int,
+        help="also serve the HTTP API and playground on this port (0 picks a free one; "
+        "service.json server.http_port)",
+    )
     srv.add_argument("--api-keys-file", help="one API key per line (else $MMNTP_API_KEYS)")
     srv.add_argument(
         "--allow-unauthenticated",
@@ -67,6 +75,7 @@ def cmd_serve(args) -> int:
         args.service,
         host=args.host,
         port=args.port,
+        http_port=args.http_port,
         grace_seconds=args.grace,
         warmup=False if args.no_warmup else None,
         torch_threads=args.torch_threads,
