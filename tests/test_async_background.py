@@ -74,3 +74,24 @@ def test_background_rows_wait_out_the_delay_after_foreground_work(model):
         await engine.stop()
 
     asyncio.run(main())
+
+
+def test_a_consumer_cancelled_before_intake_is_skipped_not_fatal(model):
+    async def main():
+        engine = engine_for(model)
+
+        async def consume():
+            return await collect(engine, background("gone"))
+
+        task = asyncio.create_task(consume())
+        while not engine._adds:  # queued, waiting for intake
+            await asyncio.sleep(0)
+        task.cancel()  # cancels its `accepted` future now; its finally runs later
+        engine._apply_pending()  # what the loop may do in between: must not raise
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert engine.engine.scheduler.get("gone") is None and engine.dead is None
+        assert len(await collect(engine, background("next", 3))) == 3
+        await engine.stop()
+
+    asyncio.run(main())

@@ -163,7 +163,9 @@ class AsyncEngine:
     def _apply_pending(self) -> None:
         adds, self._adds = self._adds, []
         for request, accepted in adds:
-            if request.request_id not in self._collectors:  # consumer left before intake
+            # The consumer left before intake: its finally may not have run yet, but
+            # cancelling it cancelled `accepted` at once.
+            if accepted.done() or request.request_id not in self._collectors:
                 continue
             try:
                 self.engine.add_request(request)
