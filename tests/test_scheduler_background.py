@@ -4,6 +4,7 @@ The runner is simulated as in test_scheduler.py: a sampled token is a function o
 tokens so far, so a background request that was preempted recomputes to the same output.
 """
 
+import pytest
 from test_scheduler import make, new, reference_output, run, step
 
 from mmntp.engine.request import BACKGROUND_PRIORITY
@@ -86,3 +87,46 @@ def test_background_queue_bounds_still_apply():
     step(sched)  # b0 hidden during the step, then back in its queue
     assert sched.num_waiting == 1 and sched.num_waiting_requests == 1
     assert sched.get("b0") is not None
+
+
+def test_background_steps_compute_at_most_the_cap_and_take_turns():
+    sched = new(num_blocks=256, background_rows_per_step=4)
+    batch = [make(f"b{i}", 6, 5, priority=BG, base=i, owner="batch:x") for i in range(10)]
+    for r in batch:
+        sched.add_request(r)
+    seen = set()
+    while sched.has_unfinished():
+        out = step(sched)
+        assert len(out.scheduled) <= 4
+        seen |= scheduled_ids(out)
+    assert seen == {r.request_id for r in batch}  # none starved
+    assert [r.output_ids for r in batch] == [reference_output(6, 5, base=i) for i in range(10)]
+
+
+def test_the_cap_lets_running_units_take_turns_keeping_their_cache():
+    sched = new(num_blocks=256, background_rows_per_step=2, max_num_batched_tokens=64)
+    batch = [make(f"b{i}", 6, 8, priority=BG, base=i, owner="batch:x") for i in range(2)]
+    for r in batch:
+        sched.add_request(r)
+    step(sched)  # both admitted (the cap's room)
+    for extra in ("b2", "b3"):
+        sched.add_request(make(extra, 6, 8, priority=BG, base=int(extra[1]), owner="batch:x"))
+    rounds = [scheduled_ids(step(sched)) for _ in range(4)]
+    assert all(len(ids) <= 2 for ids in rounds)
+    assert sched.num_running == 2 and sched.num_waiting == 2  # no admission while at the cap
+    assert all(r.num_preemptions == 0 for r in batch)  # parked rows keep their KV
+
+
+def test_cap_zero_is_off():
+    sched = new(num_blocks=256, background_rows_per_step=0)
+    for i in range(10):
+        sched.add_request(make(f"b{i}", 6, 5, priority=BG, base=i, owner="batch:x"))
+    assert len(step(sched).scheduled) == 10
+
+
+def test_the_cap_is_an_engine_setting():
+    from mmntp.engine import EngineConfig
+
+    assert EngineConfig(background_rows_per_step=2).scheduler_config().background_rows_per_step == 2
+    with pytest.raises(ValueError, match="engine.background_rows_per_step must be 0"):
+        EngineConfig(background_rows_per_step=-1)
