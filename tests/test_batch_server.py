@@ -249,9 +249,10 @@ def test_a_restarted_server_resumes_its_batch(pipe, tmp_path):
 
 def test_max_batches_evicts_the_oldest_ended_batch_or_refuses(pipe, tmp_path):
     config = ServerConfig(port=0, warmup=False, state_dir=str(tmp_path), max_batches=2)
+    # Long enough (12 x 500 steps of rows taking turns) never to end during the test.
+    long = [long_line(f"t{i}", 500) for i in range(12)]
     with ServerThread(pipe, config) as srv, Client(srv.target, timeout=60) as client:
         old = finish(client, client.submit_batch([forecast("a")]).id)
-        long = [long_line(f"t{i}", 400) for i in range(4)]
         running = client.submit_batch(long)
         newest = client.submit_batch([forecast("b")])  # evicts `old`, which had ended
         assert {b.id for b in client.list_batches()} == {running.id, newest.id}
@@ -259,8 +260,8 @@ def test_max_batches_evicts_the_oldest_ended_batch_or_refuses(pipe, tmp_path):
         with pytest.raises(ClientError) as err:
             client.get_batch(old.id)
         assert err.value.code == grpc.StatusCode.NOT_FOUND
-        finish(client, newest.id)
-        client.submit_batch(long)  # evicts `newest`: `running` has not ended
+        assert client.cancel_batch(newest.id).ended
+        client.submit_batch(long)  # evicts `newest` (cancelled): `running` has not ended
         with pytest.raises(ClientError) as err:
             client.submit_batch([forecast("d")])  # both kept batches are running
         assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
