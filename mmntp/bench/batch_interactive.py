@@ -36,6 +36,11 @@ class InteractiveSettings:
     batch_rows: int | None = None  # the server's batch_rows / batch_idle_seconds
     batch_idle_seconds: float | None = None  # (None: ServerConfig's defaults)
 
+    def __post_init__(self) -> None:
+        for name in ("probes", "rounds", "batch_lines", "batch_samples", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
 
 def batch_lines(settings: InteractiveSettings) -> list[str]:
     rng = random.Random(settings.seed)
@@ -141,3 +146,32 @@ def interactive_rows(pipe: Any, settings: InteractiveSettings | None = None) -> 
             name = f"interactive ttft p{q}, {pattern}: batch running vs idle"
             rows.append(Row(name, busy, idle, "ms", higher_is_better=False, extra=extra))
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mmntp.bench.batch_interactive [--model DIR] [--probes N] [--json]`."""
+    import argparse
+
+    from mmntp.bench.common import format_table, write_results
+    from mmntp.generation import Pipeline
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model or service folder (default: the bundled one)")
+    parser.add_argument("--probes", type=int, default=InteractiveSettings.probes)
+    parser.add_argument("--json", action="store_true", help="one JSON object per row")
+    parser.add_argument("--out", default="bench-results/batch_interactive.json")
+    args = parser.parse_args(argv)
+    pipe = Pipeline.from_pretrained(args.model)
+    rows = interactive_rows(pipe, InteractiveSettings(probes=args.probes))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.to_dict()), flush=True)
+    else:
+        print(format_table(rows))
+    meta = {"benchmark": "batch_interactive", "model": args.model or "services/default"}
+    progress(f"wrote {write_results(args.out, rows, meta)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
