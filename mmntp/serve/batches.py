@@ -118,7 +118,6 @@ class BatchManager:
         self._rows = Window(limits.rows)  # engine rows of batch work, over all batches
         self._releases: set[asyncio.Task] = set()
         self._create_lock = asyncio.Lock()
-        self._stopping = False
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io_pool, fn, *args)
@@ -151,7 +150,6 @@ class BatchManager:
 
     async def stop(self) -> None:
         """Stop running batches where they are (not a cancel: they resume on restart)."""
-        self._stopping = True
         tasks = [b.task for b in self._batches.values() if b.task is not None]
         for task in tasks:
             task.cancel()
