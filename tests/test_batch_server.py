@@ -4,6 +4,7 @@ interactive requests scheduled before batch rows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
@@ -299,3 +300,23 @@ def test_cli_submit_status_cancel(server, tmp_path, capsys):
 def test_batch_settings_are_checked(setting, message):
     with pytest.raises(ValueError, match=message):
         ServerConfig(**setting)
+
+
+def test_async_client_has_the_same_batch_methods(server):
+    from mmntp.client import AsyncClient
+
+    async def main():
+        async with AsyncClient(server.target, timeout=60) as client:
+            job = await client.submit_batch([forecast("a"), forecast("b")], name="async")
+            assert (await client.get_batch(job.id)).total == 2
+            assert [b.id for b in await client.list_batches()] == [job.id]
+            while not (await client.get_batch(job.id)).ended:
+                await asyncio.sleep(0.05)
+            ids = sorted([r.custom_id async for r in client.batch_results(job.id)])
+            assert ids == ["a", "b"]
+            assert (await client.cancel_batch(job.id)).status == "completed"
+            with pytest.raises(ClientError) as err:
+                await client.get_batch("b-0000000000000000")
+            assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+    asyncio.run(main())

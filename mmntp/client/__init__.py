@@ -367,6 +367,7 @@ class AsyncClient(_Base):
                     self.target, self._creds, options=CHANNEL_OPTIONS
                 )
             self._stub = generation_pb2_grpc.GenerationServiceStub(self._channel)
+            self._batches = batch_pb2_grpc.BatchServiceStub(self._channel)
             self._health = health_pb2_grpc.HealthStub(self._channel)
         return self._channel
 
@@ -492,3 +493,58 @@ class AsyncClient(_Base):
         self._open()
         response = await self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
         return [model_info(m) for m in response.models]
+
+    # -- batch jobs (BatchService; see Client) -----------------------------------------
+
+    async def submit_batch(
+        self,
+        source: str | Path | Sequence[str | bytes],
+        *,
+        name: str = "",
+        timeout: float | None = None,
+    ) -> BatchJob:
+        """Send a JSONL batch (a path or lines); see Client.submit_batch."""
+        self._open()
+        try:
+            message = await self._batches.CreateBatch(
+                create_messages(source, name),
+                timeout=self._attempts(timeout).time_left(),
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as err:
+            raise _client_error(err) from None
+        return batch_job(message)
+
+    async def get_batch(self, batch_id: str, *, timeout: float | None = None) -> BatchJob:
+        self._open()
+        request = bpb.GetBatchRequest(id=batch_id)
+        return batch_job(await self._unary(self._batches.GetBatch, request, timeout))
+
+    async def list_batches(self, *, timeout: float | None = None) -> list[BatchJob]:
+        self._open()
+        request = bpb.ListBatchesRequest()
+        response = await self._unary(self._batches.ListBatches, request, timeout)
+        return [batch_job(b) for b in response.batches]
+
+    async def cancel_batch(self, batch_id: str, *, timeout: float | None = None) -> BatchJob:
+        self._open()
+        request = bpb.CancelBatchRequest(id=batch_id)
+        return batch_job(await self._unary(self._batches.CancelBatch, request, timeout))
+
+    async def batch_results(
+        self, batch_id: str, *, timeout: float | None = None
+    ) -> AsyncIterator[BatchResult]:
+        """The results written so far (all of them once the batch has ended)."""
+        self._open()
+        call = self._batches.GetBatchResults(
+            bpb.GetBatchResultsRequest(id=batch_id),
+            timeout=self._attempts(timeout).time_left(),
+            metadata=self._metadata,
+        )
+        try:
+            async for message in call:
+                yield batch_result(message)
+        except grpc.RpcError as err:
+            raise _client_error(err) from None
+        finally:
+            call.cancel()
