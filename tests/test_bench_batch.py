@@ -11,6 +11,7 @@ from mmntp.cli import main
 def test_bench_batch_writes_one_row_per_path(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "batch.json"
     argv = ["bench", "batch", "--model", str(tiny_model_dir), "--modalities", "timeseries"]
+    argv += ["--no-interactive"]  # the server-batch rows: tests/test_bench_batch_interactive.py
     assert main([*argv, "--forecasts", "3", "--json", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["scenario"] for r in rows] == ["batch_local_timeseries", "batch_server_timeseries"]

@@ -11,7 +11,10 @@ bundled captions), the same request lines go:
 
 Each path runs on its own freshly loaded model (none finds the others' prompts in its
 prefix cache) after one warm-up request. Each row is requests per second, `ratio` =
-batch / one at a time. Figures go to stdout and to --out (bench-results/batch.json).
+batch / one at a time. Then (unless --no-interactive) the `interactive ttft` rows of
+batch_interactive.py: small interactive requests' time to first chunk on a server with a
+BatchService batch running against the same server idle (`busy_over_idle`). Figures go
+to stdout and to --out (bench-results/batch.json).
 """
 
 from __future__ import annotations
@@ -134,6 +137,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> list[Row]:
 def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="mmntp-bench-batch-") as tmp:
         rows = measure(args, Path(tmp))
+    if not getattr(args, "no_interactive", False):
+        rows += _interactive(args)
     if args.json:
         for row in rows:
             print(json.dumps(row.to_dict()), flush=True)
@@ -148,3 +153,11 @@ def run(args: argparse.Namespace) -> int:
     path = write_results(args.out, rows, meta)
     progress(f"wrote {path}")
     return 0
+
+
+def _interactive(args: argparse.Namespace) -> list[Row]:
+    from mmntp.bench.batch_interactive import InteractiveSettings, interactive_rows
+    from mmntp.generation import Pipeline
+
+    settings = InteractiveSettings(probes=getattr(args, "probes", InteractiveSettings.probes))
+    return interactive_rows(Pipeline.from_pretrained(args.model), settings)

@@ -2,7 +2,8 @@
 
 `run` executes a JSONL batch here: on a local model, on a server (`--server`), or on
 Ray Data (`--backend ray`). Each action is one `add_*_parser(actions)` function in
-`BATCH_ACTIONS`; a new action (submit, status, ...) adds its own there.
+`BATCH_ACTIONS`; submit, status, results and cancel (a server's batches) are in
+batch_server.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sys
 from functools import partial
 
+from mmntp.cli.batch_server import SERVER_ACTIONS
 from mmntp.cli.options import (
     API_KEY_ENV,
     add_connection_arguments,
@@ -81,7 +83,7 @@ def add_run_parser(actions) -> None:
     run.set_defaults(func=cmd_run)
 
 
-BATCH_ACTIONS = [add_run_parser]
+BATCH_ACTIONS = [add_run_parser, *SERVER_ACTIONS]
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -99,6 +99,17 @@ def add_bench_batch_parser(bench_subparsers) -> argparse.ArgumentParser:
         default=BATCH_MODALITIES,
         help=f"comma-separated (default {','.join(BATCH_MODALITIES)})",
     )
+    parser.add_argument(
+        "--probes",
+        type=positive_int,
+        default=60,
+        help="interactive requests per phase for the server-batch rows (default 60)",
+    )
+    parser.add_argument(
+        "--no-interactive",
+        action="store_true",
+        help="skip the rows of interactive latency with a server batch running",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per row")
     parser.add_argument(
         "--out", default=DEFAULT_BATCH_OUT, help=f"write JSON here (default {DEFAULT_BATCH_OUT})"

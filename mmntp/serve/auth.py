@@ -10,7 +10,7 @@ is meant. With no key source at all the server only starts open on a loopback ad
 (`mmntp_auth_failures_total{reason}`) and logged at most once per `log_every` seconds,
 with their count and method, never the key that was sent.
 
-What is protected: every method of `mmntp.v1.GenerationService`. The health service
+What is protected: every method of `mmntp.v1.GenerationService` and `mmntp.v1.BatchService`. The health service
 stays open so that load balancers and orchestrators can probe without a secret, and
 reflection stays open too: it only describes the public API (which is in the repository
 anyway) and lets `grpcurl` discover it; it runs no model and reads no data.
@@ -30,7 +30,7 @@ import grpc
 log = logging.getLogger(__name__)
 
 ENV_VAR = "MMNTP_API_KEYS"
-PROTECTED_PREFIXES = ("/mmntp.v1.GenerationService/",)
+PROTECTED_PREFIXES = ("/mmntp.v1.GenerationService/", "/mmntp.v1.BatchService/")
 
 
 def load_api_keys(

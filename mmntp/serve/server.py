@@ -13,8 +13,8 @@ With `http_port` set, the HTTP API (serve/http_api.py: the same core, keys and l
 served from the bind on, as a task of the same event loop, and stops with the gRPC server;
 its /healthz and /readyz answer what liveness and readiness say here.
 
-Health (grpc.health.v1): readiness is "", "readiness" and "mmntp.v1.GenerationService"
-(SERVING only once warm and while the engine lives; gauge `mmntp_ready`); liveness is
+Health (grpc.health.v1): readiness is "", "readiness", "mmntp.v1.GenerationService" and
+"mmntp.v1.BatchService" (SERVING only once warm and while the engine lives; gauge `mmntp_ready`); liveness is
 "liveness" (SERVING from bind while the event loop answers; NOT_SERVING only on shutdown
 or once the engine is dead, which this process cannot recover from).
 
@@ -52,20 +52,24 @@ from mmntp.api import SamplingParams, TimeSeriesOutput, TimeSeriesPart, TokenIds
 from mmntp.engine.async_engine import EngineFailedError
 from mmntp.engine.compiled_decode import warm_up_prompts
 from mmntp.serve.auth import ApiKeyInterceptor, FailureLog, KeyCheck
+from mmntp.serve.batch_servicer import BatchServicer
+from mmntp.serve.batches import BatchLimits, BatchManager
 from mmntp.serve.core import engine_failure
 from mmntp.serve.http_api import HttpServer
 from mmntp.serve.metrics import ServerHealthMetrics, ServiceMetrics
 from mmntp.serve.quotas import AdmissionConfig
 from mmntp.serve.servicer import GenerationServicer
+from mmntp.v1 import batch_pb2, batch_pb2_grpc, generation_pb2_grpc
 from mmntp.v1 import generation_pb2 as pb
-from mmntp.v1 import generation_pb2_grpc
 
 log = logging.getLogger("mmntp.serve")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+BATCH_SERVICE_NAME = batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-READINESS = ("", "readiness", SERVICE_NAME)  # health names that follow the engine
+# Health names that follow the engine.
+READINESS = ("", "readiness", SERVICE_NAME, BATCH_SERVICE_NAME)
 LIVENESS = "liveness"  # SERVING while the process is worth keeping
 FAILURE_GRACE_SECONDS = 5.0  # grace for other calls when the engine has died
 T = TypeVar("T")
@@ -100,6 +104,20 @@ class ServerConfig:
     # Serve without API keys on a non-loopback address, or with a blank key set
     # (`--allow-unauthenticated`); without it such a server refuses to start.
     allow_unauthenticated: bool = False
+    # Where BatchService keeps its batches (`--state-dir`; `mmntp serve` defaults to
+    # $XDG_STATE_HOME/mmntp/<service name>). None: BatchService answers
+    # FAILED_PRECONDITION. See docs/operations.md ("Batch jobs").
+    state_dir: str | None = None
+    batch_max_lines: int = 50_000  # request lines per batch
+    batch_max_line_bytes: int = 1 << 20  # bytes per JSONL line
+    max_batches: int = 100  # batches kept; creating one more evicts the oldest ended one
+    # Engine rows of batch work in flight, over all batches (a forecast takes one row per
+    # sample path; one request always goes, whatever its rows). An interactive request
+    # that arrives mid-step waits for that step, whose time grows with its rows.
+    batch_rows: int = 16
+    # Batch rows step only after this many seconds without an interactive request in
+    # flight, so requests sent one after another do not each wait for a batch step.
+    batch_idle_seconds: float = 0.2
     # The HTTP API's port (serve/http_api.py; 0 picks a free one; None: no HTTP), served
     # by the same process and event loop, on the same host.
     http_port: int | None = None
@@ -113,9 +131,15 @@ class ServerConfig:
             or not 0 <= self.http_port <= 65535
         ):
             raise ValueError(f"server.http_port must be in [0, 65535], got {self.http_port!r}")
-        for name in ("max_message_bytes", "max_concurrent_rpcs"):
+        positive = ("max_message_bytes", "max_concurrent_rpcs", "batch_max_lines")
+        positive += ("batch_max_line_bytes", "max_batches", "batch_rows")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"server.{name} must be positive, got {getattr(self, name)}")
+        if not self.batch_idle_seconds >= 0:
+            raise ValueError(
+                f"server.batch_idle_seconds must be >= 0, got {self.batch_idle_seconds}"
+            )
         if self.grace_seconds < 0:
             raise ValueError(f"server.grace_seconds must be >= 0, got {self.grace_seconds}")
         if isinstance(self.torch_threads, bool) or not isinstance(self.torch_threads, int):
@@ -219,8 +243,13 @@ class Server:
         )
         self.servicer = GenerationServicer(self.pipe, self.metrics, self.admission)
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(self.servicer, self.grpc)
+        self.batches = None
+        if self.config.state_dir is not None:
+            self.batches = BatchManager(self.pipe, self.config.state_dir, self._batch_limits())
+            self.pipe.async_engine.background_delay = self.config.batch_idle_seconds
+        batch_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(self.batches), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        names = (SERVICE_NAME, BATCH_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.grpc)
         self.port: int | None = None
         self.http_port: int | None = None
@@ -229,6 +258,12 @@ class Server:
         self.failure: BaseException | None = None
         self.failed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+
+    def _batch_limits(self) -> BatchLimits:
+        cfg = self.config
+        return BatchLimits(
+            cfg.batch_max_lines, cfg.batch_max_line_bytes, cfg.max_batches, cfg.batch_rows
+        )
 
     def _check_auth(self) -> None:
         host, loopback = self.config.host, _is_loopback(self.config.host)
@@ -277,6 +312,11 @@ class Server:
                 raise self._fatal("warmup", err) from err
         if self.failure is not None:  # the engine died under the warm-up's last request
             raise ServeError(f"engine failed: {_reason(self.failure)}")
+        if self.batches is not None:  # after the warm-up: resumed batches are not first
+            try:
+                await self.batches.start()
+            except Exception as err:
+                raise self._fatal("batches", err, f"state dir {self.config.state_dir}") from err
         await self._set_ready(True)
         scheme = "grpcs" if self.tls else "grpc"
         auth = f"{len(self.api_keys)} API key(s)" if self.api_keys else "no authentication"
@@ -383,6 +423,8 @@ class Server:
         if self.http is not None:
             stopping.append(self.http.stop(grace))
         await asyncio.gather(*stopping)
+        if self.batches is not None:  # stopped where they are: they resume on restart
+            await self.batches.stop()
         engine = self.pipe.async_engine
         if self._engine_failed in engine.on_failure:
             engine.on_failure.remove(self._engine_failed)
