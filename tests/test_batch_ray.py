@@ -15,9 +15,9 @@ from mmntp.batch.results import CRASH_ENV, RESULTS_FILE
 from mmntp.batch.runner import LocalBackend, run_batch
 from mmntp.generation import Pipeline
 
+# In the default suite (the dev extra installs Ray): about 80 s on 2 cores, Ray's start and
+# two actors loading the model per run included.
 ray = pytest.importorskip("ray")
-# About 2 minutes on 2 shared cores (Ray start, two actors loading the model per run).
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = [10 + (i % 12) + 0.1 * i for i in range(48)]
 
