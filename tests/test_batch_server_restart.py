@@ -34,7 +34,8 @@ def stop(server: ServeProcess) -> None:
         server.proc.wait(30)
 
 
-@pytest.mark.slow  # two server processes: ~20 s on an idle 2-core machine, more when busy
+# Two server processes, ~20 s: in the default suite, since it is the proof that a server
+# batch is exactly once after kill -9.
 def test_batch_survives_kill_9_and_finishes_exactly_once(tmp_path):
     state, infile = tmp_path / "state", tmp_path / "in.jsonl"
     infile.write_text("\n".join(LINES) + "\n")
