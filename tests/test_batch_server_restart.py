@@ -8,7 +8,6 @@ import json
 import re
 import signal
 
-import pytest
 from serving import DEFAULT_SERVICE, wait_until
 from test_serve_process import ServeProcess
 
