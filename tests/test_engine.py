@@ -288,14 +288,16 @@ def test_priority_runs_first_under_a_tight_budget(model):
 
 
 def test_kv_slots_slice_consecutive_blocks_and_list_fragmented_ones():
-    from mmntp.engine.runner import _slot_ids, _slots
+    from mmntp.engine.runner import _slot_matrix, _slots
 
     # blocks 3, 4 (consecutive) with block size 4: positions 2..6 sit in slots 14..18
     assert _slots([3, 4], 2, 7, 4) == slice(14, 19)
     # fragmented blocks 5, 2: positions 1..6 are slots 21, 22, 23, 8, 9, 10
     fragmented = _slots([5, 2], 1, 7, 4)
     assert fragmented.tolist() == [21, 22, 23, 8, 9, 10]
-    assert _slot_ids(slice(14, 19), "cpu").tolist() == [14, 15, 16, 17, 18]
+    # one row per table, padded with block 0 past a short table
+    matrix = _slot_matrix([[5, 2], [3]], 7, 4, "cpu")
+    assert matrix.tolist() == [[20, 21, 22, 23, 8, 9, 10], [12, 13, 14, 15, 0, 1, 2]]
 
 
 def test_batch_one_decode_reads_keys_in_place_and_equals_reference(model):
