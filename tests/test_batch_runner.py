@@ -113,6 +113,20 @@ def test_clean_run_makes_every_line_once_with_error_lines_naming_fields(clean):
     assert all(e["code"] == "INVALID_ARGUMENT" and e["message"] for e in errors.values())
 
 
+@pytest.mark.parametrize("custom_id", ["req/0", "req/1", "req/4"])
+def test_a_line_run_alone_equals_its_result_inside_the_batch(pipe, clean, tmp_path, custom_id):
+    """Continuous batching does not change seeded results: a forecast (its sample paths
+    attend beside the other forecasts' rows of the same length) or a text line run as a
+    one-line batch gives what it gave among the 16."""
+    line = next(x for x in _requests(16) if x["custom_id"] == custom_id)
+    out = tmp_path / "alone"
+    report = run_batch(
+        _write(tmp_path / "one.jsonl", [line]), out, lambda: LocalBackend(pipe), progress=False
+    )
+    assert report.counts.complete
+    assert _results(out)[custom_id] == clean[custom_id]
+
+
 def _resume(pipe, batch, out):
     """The same batch again, in this process (the killed one was another)."""
     report = run_batch(batch, out, lambda: LocalBackend(pipe), progress=False)

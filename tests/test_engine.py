@@ -288,14 +288,16 @@ def test_priority_runs_first_under_a_tight_budget(model):
 
 
 def test_kv_slots_slice_consecutive_blocks_and_list_fragmented_ones():
-    from mmntp.engine.runner import _slot_ids, _slots
+    from mmntp.engine.runner import _slot_matrix, _slots
 
     # blocks 3, 4 (consecutive) with block size 4: positions 2..6 sit in slots 14..18
     assert _slots([3, 4], 2, 7, 4) == slice(14, 19)
     # fragmented blocks 5, 2: positions 1..6 are slots 21, 22, 23, 8, 9, 10
     fragmented = _slots([5, 2], 1, 7, 4)
     assert fragmented.tolist() == [21, 22, 23, 8, 9, 10]
-    assert _slot_ids(slice(14, 19), "cpu").tolist() == [14, 15, 16, 17, 18]
+    # one row per table, padded with block 0 past a short table
+    matrix = _slot_matrix([[5, 2], [3]], 7, 4, "cpu")
+    assert matrix.tolist() == [[20, 21, 22, 23, 8, 9, 10], [12, 13, 14, 15, 0, 1, 2]]
 
 
 def test_batch_one_decode_reads_keys_in_place_and_equals_reference(model):
@@ -346,6 +348,41 @@ def test_concurrent_requests_keep_consecutive_blocks_and_attend_in_place(model):
     assert len(seen) >= 4 * 19 * model.config.n_layers and all(seen)
     for req, prompt in zip(reqs, prompts):
         assert req.output_ids == generate_reference(model, prompt, 20, GREEDY).token_ids[0]
+
+
+def test_same_length_rows_attend_as_one_batch_and_keep_their_seeded_tokens(model):
+    """Sample paths of one shared prompt (prefix-cached, so fragmented slots) plus other
+    prompts of the same length: rows of equal length attend in one gathered batch, and
+    each seeded request still draws what it draws alone and what the reference draws."""
+    from mmntp.engine import runner
+
+    batched = []
+    original = runner.PagedAttention._decode
+
+    def spy(d, q, kc, vc):
+        if not isinstance(d.key_slots, slice) and d.key_slots.dim() == 2 and d.mask is None:
+            batched.append(d.key_slots.shape[0])
+        return original(d, q, kc, vc)
+
+    rng = random.Random(9)
+    shared = [rng.randrange(VOCAB) for _ in range(70)]
+    prompts = [shared] * 4 + [[rng.randrange(VOCAB) for _ in range(70)] for _ in range(2)]
+    params = [SamplingParams(temperature=1.0, top_k=20, seed=i) for i in range(len(prompts))]
+
+    def make():
+        return [Request(f"r{i}", p, free_plan(10), params[i]) for i, p in enumerate(prompts)]
+
+    runner.PagedAttention._decode = staticmethod(spy)
+    try:
+        crowd = _engine(model).run_to_completion(make())
+    finally:
+        runner.PagedAttention._decode = staticmethod(original)
+    assert batched and min(batched) >= 2  # groups of several rows (prefills split them)
+    for req in make():
+        alone = _engine(model).run_to_completion([req])[req.request_id]
+        assert crowd[req.request_id].output_ids == alone.output_ids
+        ref = generate_reference(model, req.prompt_ids, 10, req.params).token_ids[0]
+        assert alone.output_ids == ref
 
 
 def _run_both(model, make_requests, every=1):

@@ -23,11 +23,12 @@ from mmntp.engine.sampler import Sampler
 from mmntp.model.heads import Guidance, StepRows, as_output_head
 from mmntp.model.transformer import ContinuousInput, Transformer
 
-# Decode rows with at least this many keys attend one by one, over their own slots (a
-# view where their blocks are consecutive): SDPA then takes its fused kernel and reads
-# each row's keys once. Shorter rows share one padded, masked batch, where the per-call
-# overhead would outweigh the padding. Measured on 32 rows of 50-550 keys: padded and
-# masked batches 6.7 ms per layer, rows one by one 2.1 ms (1.2 ms as views).
+# Decode rows with at least this many keys attend without padding: alone over their own
+# slots (a view where their blocks are consecutive), or beside the other rows of the same
+# length in one unmasked batch (a forecast's sample paths: one gather and one SDPA call
+# instead of one per row). Shorter rows share one padded, masked batch, where the
+# per-call overhead would outweigh the padding. Measured on 32 rows of 50-550 keys: padded
+# and masked batches 6.7 ms per layer, rows one by one 2.1 ms (1.2 ms as views).
 PER_ROW_MIN_KEYS = 64
 
 
@@ -66,7 +67,7 @@ class _Decodes:
     padded batch over [Bd, Kmax] slot ids (padding is slot 0, masked out)."""
 
     rows: torch.Tensor | int | None  # flat token indices [Bd], one index, or None: the step
-    key_slots: Slots
+    key_slots: Slots  # a slice or [K] slot ids (one row), or [Bd, Kmax] slot ids
     mask: torch.Tensor | None  # [Bd, 1, 1, Kmax]; None when no row is padded
 
 
@@ -118,7 +119,7 @@ class PagedAttention:
         """q [Bd, H, Dh] of one decode group -> attention output [Bd, H, Dh]."""
         if isinstance(d.key_slots, slice):  # one row over a consecutive run: views
             keys, vals = kc[None, :, d.key_slots], vc[None, :, d.key_slots]  # [1, Hkv, ctx, Dh]
-        elif not isinstance(d.rows, torch.Tensor):  # one row over fragmented slots
+        elif d.key_slots.dim() == 1:  # one row over fragmented slots
             keys = _read(kc, d.key_slots)[None]
             vals = _read(vc, d.key_slots)[None]
         else:
@@ -189,7 +190,7 @@ class ModelRunner:
     def _compiled_row(self, ids, positions, slots, continuous, decodes, prefills):
         """A CompiledRow from `compiled` when the step is one decode row; else None (the
         eager path)."""
-        if self.compiled is None or prefills or len(decodes) != 1:
+        if self.compiled is None or prefills or len(decodes) != 1 or ids.shape[0] != 1:
             return None
         keys = decodes[0].key_slots
         if decodes[0].rows is not None or not isinstance(slots, slice):
@@ -261,19 +262,22 @@ class ModelRunner:
         as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=self.device)  # noqa: E731
         if len(slots) == 1 and isinstance(slots[0], slice):
             step_slots: Slots = slots[0]
-        else:
-            step_slots = torch.cat([_slot_ids(x, self.device) for x in slots])
+        else:  # one tensor from a list: a decode row's slot is a 1-slot slice
+            flat: list[int] = []
+            for x in slots:
+                flat.extend(range(x.start, x.stop) if isinstance(x, slice) else x.tolist())
+            step_slots = as_long(flat)
         return as_long(ids), as_long(positions), step_slots, continuous
 
     def _attention_plan(self, scheduled):
         bs, dev = self.store.block_size, self.device
-        dec_rows, dec_slots, dec_lens, prefills, cursor = [], [], [], [], 0
+        dec_rows, dec_tables, dec_lens, prefills, cursor = [], [], [], [], 0
         for s in scheduled:
             ctx = s.start + s.num_tokens  # keys visible to the chunk's last token
             n = s.num_tokens
             if n == 1:
                 dec_rows.append(cursor)
-                dec_slots.append(_slots(s.block_table, 0, ctx, bs))
+                dec_tables.append(s.block_table)
                 dec_lens.append(ctx)
             elif s.start == 0:
                 prefills.append(_Prefill(slice(cursor, cursor + n), None, None))
@@ -284,31 +288,46 @@ class ModelRunner:
                 prefills.append(_Prefill(slice(cursor, cursor + n), key_slots, mask))
             cursor += n
         if not prefills and len(dec_rows) == 1:  # the whole step is one decode row
-            return [_Decodes(None, _on(dec_slots[0], dev), None)], prefills
-        decodes = [
-            _Decodes(row, _on(slots, dev), None)
-            for row, slots, n in zip(dec_rows, dec_slots, dec_lens)
-            if n >= PER_ROW_MIN_KEYS
-        ]
-        short = [i for i, n in enumerate(dec_lens) if n < PER_ROW_MIN_KEYS]
-        if short:
-            pick = lambda xs: [xs[i] for i in short]  # noqa: E731
-            decodes.append(_padded(pick(dec_rows), pick(dec_slots), pick(dec_lens), dev))
+            return [_Decodes(None, _on(_slots(dec_tables[0], 0, dec_lens[0], bs), dev), None)], []
+        by_len: dict[int, list[int]] = {}
+        for i, n in enumerate(dec_lens):
+            by_len.setdefault(n if n >= PER_ROW_MIN_KEYS else 0, []).append(i)
+        decodes = []
+        for n, group in by_len.items():
+            pick = lambda xs: [xs[i] for i in group]  # noqa: E731, B023
+            if n == 0:  # the short rows
+                decodes.append(_padded(pick(dec_rows), pick(dec_tables), pick(dec_lens), bs, dev))
+            elif len(group) == 1:
+                i = group[0]
+                decodes.append(
+                    _Decodes(dec_rows[i], _on(_slots(dec_tables[i], 0, n, bs), dev), None)
+                )
+            else:
+                slots = _slot_matrix(pick(dec_tables), n, bs, dev)
+                decodes.append(_Decodes(torch.tensor(pick(dec_rows), device=dev), slots, None))
+        if not prefills and len(decodes) == 1:
+            decodes[0].rows = None  # one group is the whole step, in step order
         return decodes, prefills
 
 
-def _padded(rows: list[int], slots: list[Slots], lens: list[int], device) -> _Decodes:
-    """One SDPA batch of decode rows: key slots padded to the longest row, masked beyond
-    each row's length."""
+def _padded(rows: list[int], tables: list[list[int]], lens: list[int], bs: int, device):
+    """One SDPA batch of decode rows: key slots padded to the longest row (slot 0), masked
+    beyond each row's length."""
     kmax = max(lens)
-    padded = torch.zeros(len(slots), kmax, dtype=torch.long, device=device)  # [Bd, Kmax]
-    for i, k in enumerate(slots):
-        padded[i, : lens[i]] = _slot_ids(k, device)
-    mask = None
-    if min(lens) < kmax:
-        lens_t = torch.tensor(lens, device=device)
-        mask = (torch.arange(kmax, device=device)[None] < lens_t[:, None])[:, None, None]
-    return _Decodes(torch.tensor(rows, device=device), padded, mask)
+    slots = _slot_matrix(tables, kmax, bs, device)  # [Bd, Kmax]
+    lens_t = torch.tensor(lens, device=device)
+    valid = torch.arange(kmax, device=device)[None] < lens_t[:, None]
+    mask = valid[:, None, None] if min(lens) < kmax else None
+    return _Decodes(torch.tensor(rows, device=device), slots.masked_fill(~valid, 0), mask)
+
+
+def _slot_matrix(tables: list[list[int]], length: int, bs: int, device) -> torch.Tensor:
+    """Slot ids of positions 0..length-1 of each block table -> [rows, length]; a table
+    shorter than that is padded with block 0."""
+    nb = -(-length // bs)
+    blocks = torch.tensor([t[:nb] + [0] * (nb - len(t[:nb])) for t in tables], device=device)
+    ids = blocks[:, :, None] * bs + torch.arange(bs, device=device)  # [rows, nb, bs]
+    return ids.flatten(1)[:, :length]
 
 
 def _take(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
@@ -353,12 +372,6 @@ def _slots(table: list[int], start: int, end: int, bs: int) -> Slots:
 
 def _on(slots: Slots, device) -> Slots:
     return slots if isinstance(slots, slice) else slots.to(device)
-
-
-def _slot_ids(slots: Slots, device) -> torch.Tensor:
-    if isinstance(slots, slice):
-        return torch.arange(slots.start, slots.stop, device=device)
-    return slots.to(device)
 
 
 def _vector_at(req: Request, position: int) -> torch.Tensor | None:

@@ -74,17 +74,63 @@ def filtered_sorted_probs(
     logits: torch.Tensor, rows: RowParams
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Temperature, top-k, top-p, min-p per row -> (probs in descending order, order) [R, V]."""
-    temp = rows.temperature.clamp_min(1e-6)[:, None]
-    sorted_logits, order = torch.sort(logits.float() / temp, dim=-1, descending=True, stable=True)
-    probs = sorted_logits.softmax(-1)
+    scaled = _scaled(logits, rows)
+    order = torch.sort(scaled, dim=-1, descending=True, stable=True).indices
+    return _filtered(scaled, order, rows)
+
+
+def leading_filtered_probs(
+    logits: torch.Tensor, rows: RowParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`filtered_sorted_probs`' first C columns [R, C], C >= every row's kept ids: when
+    every row has a top-k below the vocabulary, only the kmax largest logits are sorted
+    (`torch.topk`), and the columns equal the full sort's bit for bit; else all of them."""
+    scaled = _scaled(logits, rows)
+    order = _top_k_order(scaled, rows.top_k)
+    if order is None:
+        order = torch.sort(scaled, dim=-1, descending=True, stable=True).indices
+    return _filtered(scaled, order, rows)
+
+
+def _scaled(logits: torch.Tensor, rows: RowParams) -> torch.Tensor:
+    return logits.float() / rows.temperature.clamp_min(1e-6)[:, None]
+
+
+def _filtered(
+    scaled: torch.Tensor, order: torch.Tensor, rows: RowParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities of `scaled` [R, V] at `order` [R, C] (a prefix of the
+    descending order), with the filters' dropped ids zeroed."""
+    # exp over the unsorted row, normalised once, then gathered: the same numbers whatever
+    # part of the order is asked for.
+    weights = (scaled - scaled.amax(-1, keepdim=True)).exp()
+    weights /= weights.sum(-1, keepdim=True)
+    probs = weights.gather(-1, order)
     rank = torch.arange(probs.shape[-1], device=probs.device)[None]
-    k = torch.where(rows.top_k > 0, rows.top_k, probs.shape[-1])[:, None]
+    k = torch.where(rows.top_k > 0, rows.top_k, scaled.shape[-1])[:, None]
     drop = rank >= k
     # top-p: drop a token once the mass before it already reaches p (the top one stays)
     drop |= (probs.cumsum(-1) - probs) >= rows.top_p[:, None]
     drop |= probs < rows.min_p[:, None] * probs[:, :1]
     drop[:, 0] = False
     return probs.masked_fill(drop, 0.0), order
+
+
+def _top_k_order(scaled: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor | None:
+    """The first kmax ids of the stable descending sort of each row [R, kmax], found with
+    `torch.topk`; None (sort the whole row) when a row has no top-k below the vocabulary
+    or when ties straddle the kmax-th value (then topk's pick among them is arbitrary)."""
+    vocab = scaled.shape[-1]
+    if not bool(((top_k > 0) & (top_k < vocab)).all()):
+        return None
+    kmax = int(top_k.max())
+    values, ids = torch.topk(scaled, kmax, dim=-1, sorted=False)
+    if bool(((scaled >= values.amin(-1, keepdim=True)).sum(-1) != kmax).any()):
+        return None
+    # Ids ascending, then a stable sort by value: ties keep the full sort's id order.
+    ids, by_id = ids.sort(-1)
+    values = values.gather(-1, by_id)
+    return ids.gather(-1, values.sort(dim=-1, descending=True, stable=True).indices)
 
 
 def sample_rows(logits: torch.Tensor, rows: RowParams, uniforms: torch.Tensor) -> torch.Tensor:
@@ -96,10 +142,12 @@ def sample_rows(logits: torch.Tensor, rows: RowParams, uniforms: torch.Tensor) -
     ids = logits.argmax(-1)
     if bool(greedy.all()):
         return ids
-    probs, order = filtered_sorted_probs(logits, rows)
+    probs, order = leading_filtered_probs(logits, rows)
     cdf = probs.cumsum(-1)
     target = (uniforms.to(cdf.dtype) * cdf[:, -1])[:, None]
-    pick = torch.searchsorted(cdf, target, right=True).clamp_max(cdf.shape[-1] - 1)
+    # Kept ids are a prefix of `order`: a target rounding up to the total takes the last one.
+    last = (probs > 0).sum(-1, keepdim=True) - 1
+    pick = torch.searchsorted(cdf, target, right=True).minimum(last)
     sampled = order.gather(-1, pick).squeeze(-1)
     return torch.where(greedy, ids, sampled)
 
