@@ -15,6 +15,7 @@ import logging
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving import ServerThread
 
 from mmntp.cli import main
@@ -121,9 +122,18 @@ def test_every_generation_method_needs_a_key_and_refusals_are_counted(pipe, capl
                     call(stub, name, key)
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, (name, key)
             assert call(stub, name, "k-one") is not None
+        # with the key, each method answers with content, not just without an error
+        assert call(stub, "ListModels", "k-one").models
+        assert call(stub, "Tokenize", "k-one").ids
+        assert [c for c in call(stub, "Generate", "k-one") if c.WhichOneof("chunk")]
+        # health stays open: probes carry no secret
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
         registry = srv.server.metrics.registry
         missing = registry.get_sample_value("mmntp_auth_failures_total", {"reason": "missing"})
         invalid = registry.get_sample_value("mmntp_auth_failures_total", {"reason": "invalid"})
+        # the extra successful calls above are not counted as failures
         assert (missing, invalid) == (len(CALLS), 2 * len(CALLS))
     refusals = [r for r in caplog.records if "refused for authentication" in r.getMessage()]
     assert len(refusals) == 1  # twelve refusals within seconds: one line
