@@ -338,3 +338,40 @@ def test_the_linger_lasts_exactly_its_steps_and_its_seconds():
     assert sizes == [4] * LINGER_STEPS + [4]
     now[0] += 0.001
     assert len(step(s)) == 12
+
+
+# -- slots and admission order -------------------------------------------------------------
+
+
+def test_the_owner_holding_the_most_rows_gives_up_its_newest_for_one_below_its_share():
+    s = sched(contended_rows_per_step=4, max_num_seqs=4)
+    for i in range(3):
+        s.add_request(row(f"a{i}", owner="a"))
+    step(s)
+    s.add_request(row("z0", owner="z"))  # admitted after a's: the newest running unit
+    step(s)
+    s.add_request(row("z1", owner="z"))  # z holds 1 of a fair 2: a (3 rows) gives one
+    out = s.schedule()
+    assert out.preempted == ["a2"] and out.new_request_ids == ["z1"]
+    s.add_request(row("z2", owner="z"))  # z holds its fair 2 now: nobody gives up more
+    assert s.schedule().preempted == []
+
+
+def test_an_owner_never_served_goes_before_one_served_once():
+    s = sched(max_num_seqs=2)
+    s.add_request(row("x0", owner="x", arrival=0.0))
+    step(s)  # x's first admission
+    s.add_request(row("y0", owner="y", arrival=2.0))
+    s.add_request(row("x1", owner="x", arrival=1.0))
+    assert s.schedule().new_request_ids == ["y0"]
+
+
+def test_round_robin_follows_the_last_admission_not_the_arrival():
+    s = sched(max_num_seqs=3)
+    s.add_request(row("y0", owner="y", arrival=0.0))
+    step(s)
+    s.add_request(row("x0", owner="x", arrival=1.0))
+    step(s)  # y served before x
+    s.add_request(row("x1", owner="x", arrival=2.0))
+    s.add_request(row("y1", owner="y", arrival=3.0))
+    assert s.schedule().new_request_ids == ["y1"]
