@@ -30,13 +30,10 @@ def row(rid, owner="", prompt=3, out=50, arrival=0.0, guided=False, uncond=None,
     return req
 
 
-def step(s: Scheduler, tokens=None) -> list:
+def step(s: Scheduler, tokens: list[int] | None = None) -> list:
     out = s.schedule()
-    sampled = {
-        x.request.request_id: (tokens or 7, 0.0) if tokens is None else (tokens, [0.0] * 3)
-        for x in out.scheduled
-        if x.samples
-    }
+    one = (7, 0.0) if tokens is None else (tokens, [0.0] * len(tokens))  # a token or a frame
+    sampled = {x.request.request_id: one for x in out.scheduled if x.samples}
     s.update(out, sampled)
     return out.scheduled
 
