@@ -372,3 +372,16 @@ def test_round_robin_follows_the_last_admission_not_the_arrival():
     s.add_request(row("x1", owner="x", arrival=2.0))
     s.add_request(row("y1", owner="y", arrival=3.0))
     assert s.schedule().new_request_ids == ["y1"]
+
+
+def test_no_slot_is_taken_for_an_owner_already_at_its_share():
+    s = sched(contended_rows_per_step=5, max_num_seqs=5)
+    for i in range(3):
+        s.add_request(row(f"a{i}", owner="a"))
+    step(s)
+    for i in range(2):
+        s.add_request(row(f"z{i}", owner="z"))
+    step(s)  # a 3 rows, z 2 = its fair share of 5 slots (2)
+    s.add_request(row("z2", owner="z"))
+    out = s.schedule()
+    assert out.preempted == [] and "z2" not in out.new_request_ids

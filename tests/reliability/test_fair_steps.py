@@ -181,8 +181,9 @@ def test_the_step_stays_contended_a_few_steps_and_seconds_after_the_other_owner_
     assert owners(step(sched)) == {"a": 3, "b": 1}  # b samples its one token: done
     now[0] += LINGER_SECONDS + 0.01  # slow steps: the seconds run out first
     sizes = [len(step(sched)) for _ in range(LINGER_STEPS + 2)]
-    assert sizes[: LINGER_STEPS - 1] == [4] * (LINGER_STEPS - 1)
-    assert sizes[-1] == 12  # b gone long enough: a has the whole step again
+    # b had work in the step above: LINGER_STEPS more steps stay contended, then a has
+    # the whole step again
+    assert sizes == [4] * LINGER_STEPS + [12, 12]
 
 
 def test_the_linger_outlasts_its_steps_while_its_seconds_run():
@@ -214,6 +215,7 @@ def test_preemption_for_blocks_still_works_under_contention():
         sampled = {s.request.request_id: (7, 0.0) for s in out.scheduled if s.samples}
         sched.update(out, sampled)
     assert not sched.has_unfinished() and preempted  # all finished, some recomputed
+    assert set(preempted) <= {f"a-{i}" for i in range(6)} | {"b-0"}  # ids of real requests
 
 
 def test_the_engine_config_carries_the_knobs():
@@ -250,3 +252,15 @@ def test_a_new_owner_is_admitted_before_the_flood_s_waiting_rows():
     out = sched.schedule()
     assert "b-0" in out.new_request_ids
     assert len(out.scheduled) <= 4
+
+
+def test_an_owner_admits_no_more_rows_in_a_step_than_its_share():
+    sched = scheduler(rows=4, seqs=16)
+    for i in range(12):
+        sched.add_request(row(f"a-{i}", "a"))
+    step(sched)
+    for i in range(3):
+        sched.add_request(row(f"b-{i}", "b"))  # b asks 3 rows, its share is 2
+    out = sched.schedule()
+    assert out.new_request_ids == ["b-0", "b-1"]
+    assert owners([s.request.request_id for s in out.scheduled]) == {"a": 2, "b": 2}
