@@ -333,14 +333,11 @@ class CochlearTokenizer(DiscreteTokenizer):
         seed: int = 0,
         envelope: str = "rectified",
     ) -> None:
-        _check_sizes(locals())
+        sizes = {"sample_rate": sample_rate, "hop": hop, "channels": channels}
+        sizes.update(fir_length=fir_length, codebook_size=codebook_size, width=width)
+        _check_sizes({**sizes, "carriers": carriers, "seed": seed}, dilations)
         if not 0 < f_min < f_max < sample_rate / 2:
             raise ValueError(f"need 0 < f_min < f_max < sample_rate / 2, got {f_min}, {f_max}")
-        if channels < 2 or codebook_size < 2 or carriers < 1 or width < 1:
-            raise ValueError(
-                f"bad sizes: channels {channels}, codebook_size {codebook_size}, "
-                f"carriers {carriers}, width {width}"
-            )
         if not 0 < compression <= 1:
             raise ValueError(f"compression must be in (0, 1], got {compression}")
         self.sample_rate, self.hop, self.channels = int(sample_rate), int(hop), int(channels)
@@ -513,11 +510,10 @@ SIZE_LIMITS = {
 }
 
 
-def _check_sizes(args: dict[str, Any]) -> None:
+def _check_sizes(sizes: dict[str, Any], dilations: Any) -> None:
     """FieldError naming the first constructor size that is not an int in its range."""
     for name, (lo, hi) in SIZE_LIMITS.items():
-        check_int(name, args[name], lo, hi)
-    dilations = args["dilations"]
+        check_int(name, sizes[name], lo, hi)
     if not isinstance(dilations, (list, tuple)) or not 1 <= len(dilations) <= 16:
         raise FieldError("dilations", f"must be a list of 1 to 16 integers, got {dilations!r:.40}")
     for i, d in enumerate(dilations):
