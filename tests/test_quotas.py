@@ -176,3 +176,18 @@ def test_a_new_key_starts_with_a_full_bucket_at_the_time_it_is_first_seen():
     with pytest.raises(QuotaExceeded) as err:
         gate.admit(ID)
     assert err.value.retry_after == pytest.approx(0.5)
+
+
+def test_a_secret_used_as_a_key_name_is_refused_without_being_repeated(tmp_path):
+    with pytest.raises(ValueError) as err:
+        AdmissionConfig.from_dict({"keys": {"my-secret-key": {}}})
+    assert str(err.value) == (
+        "key policies: keys.my-s... is not a key id: name keys by key_id(KEY) "
+        "(k- and 16 hex digits), never by the key itself"
+    )
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"colour": 1}))
+    with pytest.raises(ValueError) as err:
+        AdmissionConfig.load(path)
+    assert str(err.value) == f"key policies {path}: unknown settings ['colour']"
+    assert AdmissionConfig.from_env({}) == AdmissionConfig()  # no file named: defaults
