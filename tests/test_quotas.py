@@ -191,3 +191,44 @@ def test_a_secret_used_as_a_key_name_is_refused_without_being_repeated(tmp_path)
         AdmissionConfig.load(path)
     assert str(err.value) == f"key policies {path}: unknown settings ['colour']"
     assert AdmissionConfig.from_env({}) == AdmissionConfig()  # no file named: defaults
+
+
+# -- moved from tests/reliability/test_admission.py (one home for the pure quota tests) --
+
+
+def test_concurrency_and_token_bucket_quotas():
+    now = [0.0]
+    config = AdmissionConfig(
+        keys={
+            key_id("a"): KeyPolicy(max_concurrent=2),
+            key_id("b"): KeyPolicy(rate=2.0, burst=2),
+        }
+    )
+    admission = Admission(config, clock=lambda: now[0])
+    a = key_id("a")
+    admission.admit(a), admission.admit(a)
+    with pytest.raises(QuotaExceeded, match="max_concurrent=2") as err:
+        admission.admit(a)
+    assert err.value.reason == "concurrency" and err.value.retry_after == 1.0
+    admission.release(a)
+    admission.admit(a)
+    b = key_id("b")
+    admission.admit(b), admission.admit(b)  # the burst
+    with pytest.raises(QuotaExceeded, match=r"rate=2/s") as err:
+        admission.admit(b)
+    assert err.value.retry_after == pytest.approx(0.5)
+    now[0] = 0.5  # one token refilled
+    admission.admit(b)
+    assert admission.in_flight(b) == 3  # the rate quota does not bound concurrency
+
+
+def test_policies_name_keys_by_id_never_by_secret(tmp_path):
+    path = tmp_path / "policies.json"
+    path.write_text(json.dumps({"keys": {"my-secret-key": {"priority": 1}}}))
+    with pytest.raises(ValueError, match="not a key id") as err:
+        AdmissionConfig.load(path)
+    assert "my-secret-key" not in str(err.value)
+    path.write_text(json.dumps({"default": {"max_concurrent": -1}}))
+    with pytest.raises(ValueError, match="max_concurrent"):
+        AdmissionConfig.load(path)
+    assert key_id("my-secret-key").startswith("k-") and "secret" not in key_id("my-secret-key")
