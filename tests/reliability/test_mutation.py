@@ -57,6 +57,7 @@ MODULES = {
         48,
     ),
     "mmntp/serve/auth.py": (["tests/reliability/test_auth.py"], 6),
+    "mmntp/serve/quotas.py": (["tests/test_quotas.py"], 1),
 }
 
 
