@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 # Debian packages: espeak-ng speaks the speech the audio tokenizers and tests use; g++
-# builds the kernels torch.compile makes for the engine's compile_decode.
+# builds the kernels torch.compile makes for the engine's compile_decode; chromium runs the
+# web playground's browser tests (tests/browser/, driven by Playwright).
 MISSING=""
 command -v espeak-ng >/dev/null 2>&1 || MISSING="$MISSING espeak-ng"
 command -v g++ >/dev/null 2>&1 || MISSING="$MISSING g++"
+command -v chromium >/dev/null 2>&1 || MISSING="$MISSING chromium"
 if [ -n "$MISSING" ]; then
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $MISSING >/dev/null

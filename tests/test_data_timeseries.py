@@ -3,13 +3,16 @@ import pytest
 
 from mmntp.data.timeseries import (
     HOLDOUT_WINDOWS,
+    SEASON_LENGTHS,
     Series,
     SeriesSampler,
     _sample_gp,
+    augment,
     bundled_series,
     evaluation_origins,
     holdout_length,
     kernel_synth,
+    seasonal_synth,
     train_part,
     ts_mixup,
 )
@@ -195,3 +198,75 @@ def test_sampler_validates_config():
         SeriesSampler([np.full(4, np.nan)], kernel_synth_prob=0.5)
     with pytest.raises(ValueError, match="lengths"):
         SeriesSampler([np.ones(4)], lengths=())
+
+
+def _harmonic_peak(x: np.ndarray, period: int) -> bool:
+    """Whether the periodogram's peak (a cubic trend removed, the 3 lowest bins left out)
+    sits on a harmonic of ``period``."""
+    t = np.arange(x.size)
+    power = np.abs(np.fft.rfft(x - np.polyval(np.polyfit(t, x, 3), t))) ** 2
+    power[:3] = 0.0
+    cycles = int(np.argmax(power)) * period / x.size  # cycles per season
+    return cycles >= 1 and abs(cycles - round(cycles)) < 1e-9
+
+
+@pytest.mark.parametrize("period", [4, 7, 12, 24, 52])
+def test_seasonal_synth_peaks_at_its_season(period):
+    length = 12 * period
+    hits = 0
+    for seed in range(20):
+        x, got = seasonal_synth(np.random.default_rng(seed), length, period)
+        assert got == period and x.shape == (length,) and np.isfinite(x).all()
+        hits += _harmonic_peak(x, period)
+    assert hits >= 18, hits  # a strong trend or noise may win now and then
+
+
+def test_seasonal_synth_draws_a_fitting_season_and_is_deterministic():
+    periods = {seasonal_synth(np.random.default_rng(s), 64)[1] for s in range(60)}
+    assert periods == {p for p in SEASON_LENGTHS if 2 * p <= 64}
+    a = seasonal_synth(np.random.default_rng(3), 100)
+    b = seasonal_synth(np.random.default_rng(3), 100)
+    assert a[1] == b[1] and np.array_equal(a[0], b[0])
+    with pytest.raises(ValueError, match="period"):
+        seasonal_synth(np.random.default_rng(0), 10, period=11)
+    with pytest.raises(ValueError, match="length"):
+        seasonal_synth(np.random.default_rng(0), 3)
+
+
+def test_augment_scales_and_shifts_but_keeps_shape_and_gaps():
+    x = np.sin(np.arange(48) * 2 * np.pi / 12)
+    x[5] = np.nan
+    y = augment(np.random.default_rng(1), x)
+    assert np.isnan(y[5]) and np.isfinite(np.delete(y, 5)).all()
+    # An affine map: the standardised series is unchanged up to sign (a negative scale
+    # never occurs, so exactly unchanged).
+    z = lambda v: (v - np.nanmean(v)) / np.nanstd(v)  # noqa: E731
+    assert np.allclose(z(y), z(x), equal_nan=True)
+    scales = [np.nanstd(augment(np.random.default_rng(s), x)) for s in range(50)]
+    assert min(scales) < 0.1 and max(scales) > 100  # log-uniform over 1e-2..1e3
+
+
+def test_sampler_shape_options_off_keep_the_old_stream():
+    pool = [np.arange(1.0, 60.0)]
+    plain = SeriesSampler(pool, kernel_synth_prob=0.5, lengths=(32,))
+    rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
+    for _ in range(6):
+        want = kernel_synth(rng_b, 32) if rng_b.random() < 0.5 else ts_mixup(rng_b, pool, 32)
+        assert np.array_equal(plain.sample(rng_a), want, equal_nan=True)
+
+
+def test_sampler_seasonal_and_augment_follow_the_generator():
+    sampler = SeriesSampler([], kernel_synth_prob=1.0, lengths=(48,), seasonal_prob=1.0)
+    rng_a, rng_b = np.random.default_rng(4), np.random.default_rng(4)
+    rng_b.random(), rng_b.random()  # the KernelSynth and the seasonal draws
+    assert np.array_equal(sampler.sample(rng_a), seasonal_synth(rng_b, 48)[0])
+    aug = SeriesSampler([], kernel_synth_prob=1.0, lengths=(48,), augment=True)
+    a = aug.sample(np.random.default_rng(5))
+    b = SeriesSampler([], kernel_synth_prob=1.0, lengths=(48,)).sample(np.random.default_rng(5))
+    assert not np.allclose(a, b) and np.corrcoef(a, b)[0, 1] == pytest.approx(1.0)
+    state = dict(vars(sampler))
+    for _ in range(20):  # streaming: sampling keeps nothing
+        sampler.sample(rng_a)
+    assert vars(sampler) == state
+    with pytest.raises(ValueError, match="seasonal_prob"):
+        SeriesSampler([], kernel_synth_prob=1.0, seasonal_prob=2.0)

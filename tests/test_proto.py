@@ -35,10 +35,25 @@ def test_stubs_are_fresh(tmp_path):
 
 def test_every_field_is_documented():
     """Every message field and rpc in the proto has a comment (the API's documentation)."""
-    text = (ROOT / "proto" / "mmntp" / "v1" / "generation.proto").read_text().splitlines()
     undocumented = []
-    for i, line in enumerate(text):
-        stripped = line.strip()
-        if stripped.startswith("rpc ") and not text[i - 1].strip().startswith("//"):
-            undocumented.append(stripped)
+    for proto in sorted((ROOT / "proto" / "mmntp" / "v1").glob("*.proto")):
+        text = proto.read_text().splitlines()
+        for i, line in enumerate(text):
+            stripped = line.strip()
+            if stripped.startswith("rpc ") and not text[i - 1].strip().startswith("//"):
+                undocumented.append(f"{proto.name}: {stripped}")
     assert not undocumented, undocumented
+
+
+def test_batch_service_is_in_the_stubs():
+    from mmntp.v1 import batch_pb2
+
+    service = batch_pb2.DESCRIPTOR.services_by_name["BatchService"]
+    assert service.full_name == "mmntp.v1.BatchService"
+    assert {m.name for m in service.methods} == {
+        "CreateBatch",
+        "GetBatch",
+        "ListBatches",
+        "CancelBatch",
+        "GetBatchResults",
+    }

@@ -101,6 +101,7 @@ def test_reflection_lists_every_service(server):
     names = {s.name for s in reply.list_services_response.service}
     assert names == {
         "mmntp.v1.GenerationService",
+        "mmntp.v1.BatchService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

@@ -26,9 +26,14 @@ class TokensOutput:
 
 @dataclass
 class TimeSeriesOutput:
+    """A forecast of `horizon` steps from `num_samples` sample paths, summarised at
+    `quantiles`; `head` "tokens" samples binned values one per forward, "patch" (models
+    that have it) samples 16 continuous values per forward from the next-patch head."""
+
     horizon: int
     num_samples: int | None = None  # None: DEFAULT_NUM_SAMPLES, capped by the service's limit
     quantiles: Sequence[float] = DEFAULT_QUANTILES
+    head: str | None = None  # None: the model's default, "tokens" where it has them
 
 
 @dataclass

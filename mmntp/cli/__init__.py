@@ -1,6 +1,6 @@
 """The `mmntp` command line: `main()` and the top-level parser; one module per group.
 
-generate (generate.py) | serve, health (serve.py) | bench (bench.py) | eval (eval.py) |
+generate (generate.py) | batch (batch.py) | serve, health (serve.py) | bench (bench.py) | eval (eval.py) |
 train (train.py) | inspect, import-hf (inspect.py) | train-tokenizer, tokenize,
 detokenize (tokenizer.py); shared options in options.py, output formats in writers.py.
 Every command takes --torch-threads (options.py says why its default is small).
@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from mmntp import __version__
+from mmntp.cli.batch import add_batch_parser
 from mmntp.cli.bench import add_bench_parsers
 from mmntp.cli.eval import add_eval_parser
 from mmntp.cli.generate import add_generate_parser
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mmntp {__version__}")
     sub = parser.add_subparsers(dest="command")
     add_generate_parser(sub)
+    add_batch_parser(sub)
     add_serve_parser(sub)
     add_health_parser(sub)
     add_bench_parsers(sub)

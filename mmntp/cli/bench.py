@@ -1,4 +1,5 @@
-"""`mmntp bench engine` (mmntp/bench registers it) and `mmntp bench serve` (registered here)."""
+"""`mmntp bench engine` (mmntp/bench registers it), `mmntp bench serve` and `mmntp bench
+batch` (registered here)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from mmntp.cli.options import (
 )
 
 DEFAULT_SERVE_OUT = "bench-results/serve.json"
+DEFAULT_BATCH_OUT = "bench-results/batch.json"
+BATCH_MODALITIES = ("timeseries", "image")
 BENCH_MODALITIES = ("text", "timeseries")
 
 
 def add_bench_parsers(sub) -> None:
     from mmntp.bench import add_bench_parser
 
-    add_bench_parser(sub, more=(add_bench_serve_parser,), common=add_torch_threads)
+    add_bench_parser(
+        sub, more=(add_bench_serve_parser, add_bench_batch_parser), common=add_torch_threads
+    )
 
 
 def add_bench_serve_parser(bench_subparsers) -> argparse.ArgumentParser:
@@ -84,12 +89,57 @@ def add_bench_serve_parser(bench_subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def add_bench_batch_parser(bench_subparsers) -> argparse.ArgumentParser:
+    """Add `batch` to `mmntp bench`'s subparsers."""
+    parser = bench_subparsers.add_parser(
+        "batch", help="mmntp batch run's throughput against the same requests one at a time"
+    )
+    parser.add_argument("--model", help="model or service folder (default: the bundled service)")
+    parser.add_argument(
+        "--forecasts", type=positive_int, default=24, help="forecast requests (default 24)"
+    )
+    parser.add_argument("--images", type=positive_int, default=24, help="images (default 24)")
+    parser.add_argument(
+        "--modalities",
+        type=lambda text: _pick(text, BATCH_MODALITIES),
+        default=BATCH_MODALITIES,
+        help=f"comma-separated (default {','.join(BATCH_MODALITIES)})",
+    )
+    parser.add_argument(
+        "--probes",
+        type=positive_int,
+        default=60,
+        help="interactive requests per phase for the server-batch rows (default 60)",
+    )
+    parser.add_argument(
+        "--no-interactive",
+        action="store_true",
+        help="skip the rows of interactive latency with a server batch running",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object per row")
+    parser.add_argument(
+        "--out", default=DEFAULT_BATCH_OUT, help=f"write JSON here (default {DEFAULT_BATCH_OUT})"
+    )
+    parser.set_defaults(func=cmd_bench_batch)
+    return parser
+
+
+def cmd_bench_batch(args: argparse.Namespace) -> int:
+    from mmntp.bench.batch import run
+
+    return run(args)
+
+
 def _modalities(text: str) -> tuple[str, ...]:
+    return _pick(text, BENCH_MODALITIES)
+
+
+def _pick(text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     picked = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    bad = [m for m in picked if m not in BENCH_MODALITIES]
+    bad = [m for m in picked if m not in allowed]
     if bad or not picked:
         raise argparse.ArgumentTypeError(
-            f"--modalities must pick from {','.join(BENCH_MODALITIES)}, got {text!r}"
+            f"--modalities must pick from {','.join(allowed)}, got {text!r}"
         )
     return picked
 

@@ -23,6 +23,25 @@ def add_eval_parser(sub) -> None:
     ts.add_argument(
         "--datasets", help="comma-separated datasets or series (default: all), e.g. nile,macrodata"
     )
+    ts.add_argument(
+        "--tables",
+        default="in_domain,zero_shot",
+        help="comma-separated tables: in_domain (held-out ends of training series), zero_shot "
+        "(series no training reads; needs the data extra); default both",
+    )
+    ts.add_argument("--plot", help="draw the zero-shot forecasts with their 80%% bands (PNG)")
+    ts.add_argument(
+        "--head",
+        choices=("tokens", "patch"),
+        help="forecast head: binned tokens, or the next-patch head where the model has one "
+        "(default: the model's own)",
+    )
+    ts.add_argument(
+        "--latency-runs",
+        type=int,
+        default=5,
+        help="timed 24-step, 20-path forecasts after the tables (default 5; 0: none)",
+    )
     add_torch_threads(ts)
     ts.set_defaults(func=cmd_eval)
     im = kinds.add_parser(
@@ -60,10 +79,12 @@ def add_eval_parser(sub) -> None:
 def cmd_eval(args) -> int:
     from mmntp.eval.timeseries import (
         EvalSettings,
+        check_dataset_names,
         evaluate,
         format_table,
-        select_series,
+        plot_zero_shot,
         stderr_progress,
+        to_json,
     )
     from mmntp.generation import Pipeline, default_service_dir
 
@@ -72,15 +93,30 @@ def cmd_eval(args) -> int:
         names = tuple(n.strip() for n in args.datasets.split(",") if n.strip())
         if not names:
             raise ValueError(f"--datasets names no dataset: {args.datasets!r}")
-    select_series(names)  # an unknown name fails before the model loads
-    settings = EvalSettings(num_samples=args.num_samples, seed=args.seed, datasets=names)
+    tables = tuple(t.strip().replace("-", "_") for t in args.tables.split(",") if t.strip())
+    settings = EvalSettings(
+        num_samples=args.num_samples,
+        seed=args.seed,
+        datasets=names,
+        tables=tables,
+        head=args.head,
+        latency_runs=args.latency_runs,
+    )
+    if names:
+        check_dataset_names(names, tables)  # an unknown name fails before the model loads
+    if args.plot and "zero_shot" not in tables:
+        raise ValueError("--plot draws the zero-shot forecasts: --tables must include zero_shot")
     pipe = Pipeline.from_pretrained(args.model)
     report = evaluate(pipe, settings, stderr_progress)
     report["model_path"] = str(args.model or default_service_dir())
-    write_json_report(args.out, report)
+    if args.plot:
+        plot_zero_shot(args.plot, report)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    printable = to_json(report)
+    write_json_report(args.out, printable)
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
-    print(json.dumps(report) if args.json else format_table(report))
+    print(json.dumps(printable) if args.json else format_table(report))
     return 0
 
 

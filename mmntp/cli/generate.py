@@ -47,7 +47,12 @@ def add_generate_parser(sub) -> None:
         help=f"forecast sample paths (default {DEFAULT_NUM_SAMPLES}, capped by the service)",
     )
     gen.add_argument("--max-tokens", type=int, default=128)
-    gen.add_argument("--head", choices=["vq", "flow", "diffusion"], default="vq", help="image head")
+    gen.add_argument(
+        "--head",
+        choices=["vq", "flow", "diffusion", "tokens", "patch"],
+        help="image: vq (default), flow, diffusion; timeseries: tokens or patch (the "
+        "next-patch head, where the model has one; default: the model's own)",
+    )
     gen.add_argument("--guidance", type=float, help="image/audio: classifier-free guidance scale")
     gen.add_argument("--seconds", type=float, default=1.0, help="audio: duration (default 1)")
     gen.add_argument("--steps", type=int, help="image: flow / diffusion sampling steps")
@@ -94,17 +99,6 @@ class Request:
     timestamps: list[str] | None = None  # forecast: the input's
 
 
-def sampling_from_args(args, **extra):
-    """SamplingParams from --temperature/--top-k/--top-p/--seed; an option not given stays
-    None: the modality's default, filled by the validation step."""
-    from mmntp.api import SamplingParams
-
-    top_p = 1.0 if args.top_p is None else args.top_p
-    return SamplingParams(
-        temperature=args.temperature, top_k=args.top_k, top_p=top_p, seed=args.seed, **extra
-    )
-
-
 def prompt_ids(args) -> list[int]:
     if not args.prompt_ids:
         raise ValueError("--prompt-ids is required for --modality tokens")
@@ -117,42 +111,51 @@ def prompt_ids(args) -> list[int]:
 
 
 def build_request(args, modality: str, target) -> Request:
-    from mmntp import api
+    """The options as api objects through the mapping batch lines share
+    (`mmntp.api.fields`); what only the command line can get wrong is checked here."""
+    from mmntp.api.fields import request_from_fields
 
-    sampling = sampling_from_args(args)
+    fields = {name: getattr(args, name) for name in _OPTION_FIELDS}
+    fields["modality"] = modality
+    values = stamps = None
     if modality == "tokens":
-        return Request(
-            modality,
-            api.TokenIdsPart(prompt_ids(args)),
-            api.TokensOutput(args.max_tokens),
-            sampling,
-        )
-    if modality == "timeseries":
+        fields["prompt_ids"] = prompt_ids(args)
+    elif modality == "timeseries":
         if not args.context:
             raise ValueError("--context FILE is required for --modality timeseries")
         values, stamps = read_context(args.context, args.column, args.timestamp_column)
-        output = api.TimeSeriesOutput(horizon=args.horizon, num_samples=args.num_samples)
-        return Request(modality, api.TimeSeriesPart(values), output, sampling, values, stamps)
-    if args.prompt is None:
+        fields["context"] = values
+    elif args.prompt is None:
         hint = {"image": " (the caption)", "audio": ' ("a sine tone at 440 Hz")'}.get(modality, "")
         what = "text generation" if modality == "text" else f"--modality {modality}{hint}"
         raise ValueError(f"--prompt is required for {what}")
-    if modality == "image":
-        if target is None:
-            raise ValueError("-o/--output FILE.png is required for --modality image")
-        guided = sampling_from_args(args, guidance_scale=args.guidance, num_steps=args.steps)
-        return Request(
-            modality, args.prompt, api.ImageOutput(args.width, args.height, args.head), guided
-        )
-    if modality == "audio":
-        if target is None:
-            raise ValueError("-o/--output FILE.wav is required for --modality audio")
-        guided = sampling_from_args(args, guidance_scale=args.guidance)
-        return Request(modality, args.prompt, api.AudioOutput(seconds=args.seconds), guided)
-    if args.server and args.json and args.logprobs:
+    if modality in ("image", "audio") and target is None:
+        ext = "png" if modality == "image" else "wav"
+        raise ValueError(f"-o/--output FILE.{ext} is required for --modality {modality}")
+    if modality == "text" and args.server and args.json and args.logprobs:
         # The API streams text as deltas only; ask for raw ids with --modality tokens.
         raise ValueError("--logprobs with text output is not available with --server")
-    return Request(modality, args.prompt, api.TextOutput(max_tokens=args.max_tokens), sampling)
+    req = request_from_fields(fields, strict=False)
+    return Request(modality, req.prompt, req.output, req.sampling, values, stamps)
+
+
+# The options that are request fields of the same name (mmntp.api.fields).
+_OPTION_FIELDS = (
+    "prompt",
+    "horizon",
+    "num_samples",
+    "max_tokens",
+    "head",
+    "guidance",
+    "seconds",
+    "steps",
+    "width",
+    "height",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+)
 
 
 # -- the backends: one stream of api chunks ------------------------------------------------

@@ -1,8 +1,9 @@
-"""`mmntp serve` (a service folder over gRPC) and `mmntp health` (ask a running server)."""
+"""`mmntp serve` (a service folder over gRPC, and HTTP) and `mmntp health` (ask a running server)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,10 +16,18 @@ from mmntp.cli.options import (
 
 
 def add_serve_parser(sub) -> None:
-    srv = sub.add_parser("serve", help="serve a service folder over gRPC")
+    srv = sub.add_parser(
+        "serve", help="serve a service folder over gRPC (and HTTP with --http-port)"
+    )
     srv.add_argument("service", nargs="?", help="service or model folder (default: bundled)")
     srv.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     srv.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
+    srv.add_argument(
+        "--http-port",
+        type=int,
+        help="also serve the HTTP API and playground on this port (0 picks a free one; "
+        "service.json server.http_port)",
+    )
     srv.add_argument("--api-keys-file", help="one API key per line (else $MMNTP_API_KEYS)")
     srv.add_argument(
         "--allow-unauthenticated",
@@ -36,6 +45,12 @@ def add_serve_parser(sub) -> None:
     srv.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     srv.add_argument("--grace", type=float, help="seconds in-flight calls get after SIGTERM")
     srv.add_argument("--no-warmup", action="store_true", help="report SERVING without warm-up")
+    srv.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where batch jobs are kept (service.json server.state_dir; default "
+        "$XDG_STATE_HOME/mmntp/<service name>, i.e. ~/.local/state/mmntp/<name>)",
+    )
     add_torch_threads(
         srv, "torch intra-op threads (service.json server.torch_threads, default 1; 0 = torch's)"
     )
@@ -60,10 +75,12 @@ def cmd_serve(args) -> int:
         args.service,
         host=args.host,
         port=args.port,
+        http_port=args.http_port,
         grace_seconds=args.grace,
         warmup=False if args.no_warmup else None,
         torch_threads=args.torch_threads,
         allow_unauthenticated=True if args.allow_unauthenticated else None,
+        state_dir=args.state_dir,
     )
     set_torch_threads(config.torch_threads or 0)
     keys = load_api_keys(args.api_keys_file, allow_empty=config.allow_unauthenticated)
@@ -76,8 +93,15 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def default_state_dir(service_name: str) -> Path:
+    """$XDG_STATE_HOME/mmntp/<service name> (XDG's default: ~/.local/state)."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "mmntp" / service_name
+
+
 async def _serve(args, config, keys, admission) -> None:
     import asyncio
+    import dataclasses
     import logging
 
     from mmntp.generation import Pipeline
@@ -97,6 +121,8 @@ async def _serve(args, config, keys, admission) -> None:
     except Interrupted:
         logging.getLogger("mmntp.serve").info("signal received while loading; stopped")
         return
+    if config.state_dir is None:
+        config = dataclasses.replace(config, state_dir=str(default_state_dir(pipe.name)))
     server = Server(pipe, config, keys, tls, args.metrics_port, admission)
     await serve_until_signal(server, stop)
 

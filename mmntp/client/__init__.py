@@ -35,6 +35,7 @@ from mmntp.api import *  # noqa: F403 - the API's types are the SDK's surface
 from mmntp.api import Chunk, ForecastResult, ModelInfo, SamplingParams, TextChunk, TextOutput
 from mmntp.api import __all__ as _API
 from mmntp.api.outputs import DEFAULT_QUANTILES
+from mmntp.client.batches import BatchJob, BatchResult, batch_job, batch_result, create_messages
 from mmntp.client.messages import (
     ForecastCollector,
     build_request,
@@ -49,12 +50,15 @@ from mmntp.client.save import (
     save_png,
     save_wav,
 )
+from mmntp.v1 import batch_pb2 as bpb
+from mmntp.v1 import batch_pb2_grpc, generation_pb2_grpc
 from mmntp.v1 import generation_pb2 as pb
-from mmntp.v1 import generation_pb2_grpc
 
 __all__ = [
     *_API,
     "AsyncClient",
+    "BatchJob",
+    "BatchResult",
     "Client",
     "ClientError",
     "build_request",
@@ -169,6 +173,7 @@ class Client(_Base):
         else:
             self._channel = grpc.secure_channel(target, self._creds, options=CHANNEL_OPTIONS)
         self._stub = generation_pb2_grpc.GenerationServiceStub(self._channel)
+        self._batches = batch_pb2_grpc.BatchServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -252,13 +257,15 @@ class Client(_Base):
         sampling: SamplingParams | None = None,
         timeout: float | None = None,
         return_samples: bool = False,
+        head: str | None = None,
     ) -> ForecastResult:
         """Forecast `horizon` steps after `values` (shaped (time_length,), NaN = missing).
 
-        `seed` alone keeps the server's forecasting sampling (temperature 1, top-k 50).
+        `seed` alone keeps the server's forecasting sampling (temperature 1, top-k 50);
+        `head` "tokens" or "patch" (None: the served model's default).
         """
         part, output, params = forecast_request(
-            values, horizon, num_samples, quantiles, seed, sampling
+            values, horizon, num_samples, quantiles, seed, sampling, head
         )
         collector = ForecastCollector()
         for chunk in self.generate(
@@ -289,6 +296,59 @@ class Client(_Base):
         response = self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
         return [model_info(m) for m in response.models]
 
+    # -- batch jobs (BatchService) ----------------------------------------------------
+
+    def submit_batch(
+        self,
+        source: str | Path | Sequence[str | bytes],
+        *,
+        name: str = "",
+        timeout: float | None = None,
+    ) -> BatchJob:
+        """Send a JSONL batch (a file's path or its lines); the server checks every line
+        before it keeps the batch. `name` makes a retry safe: the server answers a second
+        submission of the same name with the first one's batch. Not re-sent by itself."""
+        try:
+            message = self._batches.CreateBatch(
+                create_messages(source, name),
+                timeout=self._attempts(timeout).time_left(),
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as err:
+            raise _client_error(err) from None
+        return batch_job(message)
+
+    def get_batch(self, batch_id: str, *, timeout: float | None = None) -> BatchJob:
+        request = bpb.GetBatchRequest(id=batch_id)
+        return batch_job(self._unary(self._batches.GetBatch, request, timeout))
+
+    def list_batches(self, *, timeout: float | None = None) -> list[BatchJob]:
+        """The batches the server keeps, newest first."""
+        response = self._unary(self._batches.ListBatches, bpb.ListBatchesRequest(), timeout)
+        return [batch_job(b) for b in response.batches]
+
+    def cancel_batch(self, batch_id: str, *, timeout: float | None = None) -> BatchJob:
+        """Stop a batch; its requests without a result end with status "cancelled"."""
+        request = bpb.CancelBatchRequest(id=batch_id)
+        return batch_job(self._unary(self._batches.CancelBatch, request, timeout))
+
+    def batch_results(
+        self, batch_id: str, *, timeout: float | None = None
+    ) -> Iterator[BatchResult]:
+        """The results written so far (all of them once the batch has ended)."""
+        call = self._batches.GetBatchResults(
+            bpb.GetBatchResultsRequest(id=batch_id),
+            timeout=self._attempts(timeout).time_left(),
+            metadata=self._metadata,
+        )
+        try:
+            for message in call:
+                yield batch_result(message)
+        except grpc.RpcError as err:
+            raise _client_error(err) from None
+        finally:
+            call.cancel()
+
 
 class AsyncClient(_Base):
     """`Client` on grpc.aio: `generate` is an async iterator, the rest are coroutines.
@@ -309,6 +369,7 @@ class AsyncClient(_Base):
                     self.target, self._creds, options=CHANNEL_OPTIONS
                 )
             self._stub = generation_pb2_grpc.GenerationServiceStub(self._channel)
+            self._batches = batch_pb2_grpc.BatchServiceStub(self._channel)
             self._health = health_pb2_grpc.HealthStub(self._channel)
         return self._channel
 
@@ -396,10 +457,11 @@ class AsyncClient(_Base):
         sampling: SamplingParams | None = None,
         timeout: float | None = None,
         return_samples: bool = False,
+        head: str | None = None,
     ) -> ForecastResult:
         """Forecast `horizon` steps after `values` (see Client.forecast)."""
         part, output, params = forecast_request(
-            values, horizon, num_samples, quantiles, seed, sampling
+            values, horizon, num_samples, quantiles, seed, sampling, head
         )
         collector = ForecastCollector()
         async for chunk in self.generate(
@@ -434,3 +496,58 @@ class AsyncClient(_Base):
         self._open()
         response = await self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
         return [model_info(m) for m in response.models]
+
+    # -- batch jobs (BatchService; see Client) -----------------------------------------
+
+    async def submit_batch(
+        self,
+        source: str | Path | Sequence[str | bytes],
+        *,
+        name: str = "",
+        timeout: float | None = None,
+    ) -> BatchJob:
+        """Send a JSONL batch (a path or lines); see Client.submit_batch."""
+        self._open()
+        try:
+            message = await self._batches.CreateBatch(
+                create_messages(source, name),
+                timeout=self._attempts(timeout).time_left(),
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as err:
+            raise _client_error(err) from None
+        return batch_job(message)
+
+    async def get_batch(self, batch_id: str, *, timeout: float | None = None) -> BatchJob:
+        self._open()
+        request = bpb.GetBatchRequest(id=batch_id)
+        return batch_job(await self._unary(self._batches.GetBatch, request, timeout))
+
+    async def list_batches(self, *, timeout: float | None = None) -> list[BatchJob]:
+        self._open()
+        request = bpb.ListBatchesRequest()
+        response = await self._unary(self._batches.ListBatches, request, timeout)
+        return [batch_job(b) for b in response.batches]
+
+    async def cancel_batch(self, batch_id: str, *, timeout: float | None = None) -> BatchJob:
+        self._open()
+        request = bpb.CancelBatchRequest(id=batch_id)
+        return batch_job(await self._unary(self._batches.CancelBatch, request, timeout))
+
+    async def batch_results(
+        self, batch_id: str, *, timeout: float | None = None
+    ) -> AsyncIterator[BatchResult]:
+        """The results written so far (all of them once the batch has ended)."""
+        self._open()
+        call = self._batches.GetBatchResults(
+            bpb.GetBatchResultsRequest(id=batch_id),
+            timeout=self._attempts(timeout).time_left(),
+            metadata=self._metadata,
+        )
+        try:
+            async for message in call:
+                yield batch_result(message)
+        except grpc.RpcError as err:
+            raise _client_error(err) from None
+        finally:
+            call.cancel()

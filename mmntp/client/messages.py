@@ -125,6 +125,7 @@ def _output_spec(output: Any, return_samples: bool) -> pb.OutputSpec:
             num_samples=output.num_samples,
             quantiles=[float(q) for q in output.quantiles],
             return_samples=return_samples,
+            head=output.head or "",
         )
         return pb.OutputSpec(timeseries=spec)
     if isinstance(output, ImageOutput):
@@ -181,10 +182,11 @@ def forecast_request(
     quantiles: Sequence[float],
     seed: int | None,
     sampling: SamplingParams | None,
+    head: str | None = None,
 ) -> tuple[TimeSeriesPart, TimeSeriesOutput, SamplingParams | None]:
     if seed is not None:
         sampling = dataclasses.replace(sampling or SamplingParams(), seed=seed)
-    output = TimeSeriesOutput(horizon=horizon, num_samples=num_samples, quantiles=tuple(quantiles))
+    output = TimeSeriesOutput(horizon, num_samples, tuple(quantiles), head)
     return TimeSeriesPart(values), output, sampling
 
 

@@ -17,11 +17,14 @@ import numpy as np
 __all__ = [
     "HOLDOUT_WINDOWS",
     "Series",
+    "SEASON_LENGTHS",
     "SeriesSampler",
+    "augment",
     "bundled_series",
     "evaluation_origins",
     "holdout_length",
     "kernel_synth",
+    "seasonal_synth",
     "train_part",
     "ts_mixup",
 ]
@@ -299,6 +302,67 @@ def kernel_synth(rng: np.random.Generator, length: int, max_kernels: int = 5) ->
 
 
 # ---------------------------------------------------------------------------------------
+# Shape-teaching synthesis: a season on a trend, then scale / shift augmentation
+# ---------------------------------------------------------------------------------------
+
+# Season lengths in steps (quarterly 4, daily-of-week 7, monthly 12, hourly 24, weekly 52,
+# business week 5, half-hourly 48, hourly-of-week 168), each drawn equally often.
+SEASON_LENGTHS = (4, 7, 12, 24, 52, 5, 48, 168)
+
+
+def _trend_kernel(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
+    """A slow component's covariance, (L, L): linear, long RBF, or their sum or product."""
+    d = t[:, None] - t[None, :]
+    u = t - rng.uniform(0.0, 1.0)
+    linear = rng.uniform(0.0, 0.5) ** 2 + np.outer(u, u)  # dot product: a straight trend
+    rbf = np.exp(-0.5 * (d / rng.choice((0.2, 0.5, 1.0))) ** 2)  # a smooth level drift
+    choice = rng.integers(4)
+    return (linear, rbf, linear + rbf, linear * rbf)[choice]
+
+
+def seasonal_synth(
+    rng: np.random.Generator, length: int, period: int | None = None
+) -> tuple[np.ndarray, int]:
+    """A Gaussian-process path with a season of exactly ``period`` steps on a trend.
+
+    The covariance is ``trend + a * periodic`` or ``trend * periodic`` (multiplicative
+    seasons grow with the level) plus a little white noise; ``period`` defaults to a draw
+    from :data:`SEASON_LENGTHS` that fits twice in ``length``. Returns (float64 path shaped
+    (length,), the period); fully determined by ``rng``.
+    """
+    if length < 4:
+        raise ValueError(f"length must be >= 4, got {length}")
+    if period is None:
+        fits = [p for p in SEASON_LENGTHS if 2 * p <= length] or [2]
+        period = fits[int(rng.integers(len(fits)))]
+    if not 2 <= period <= length:
+        raise ValueError(f"period must be in [2, length={length}], got {period}")
+    t = np.arange(length) / length  # one step = 1 / length, so the period is exact in steps
+    d = np.abs(t[:, None] - t[None, :])
+    scale = rng.choice((0.5, 1.0, 2.0))  # smaller: sharper peaks within the season
+    periodic = np.exp(-2.0 * np.sin(np.pi * d * length / period) ** 2 / scale**2)
+    trend = _trend_kernel(rng, t)
+    if rng.random() < 0.7:
+        cov = trend + rng.uniform(0.3, 3.0) * periodic
+    else:
+        cov = (trend + rng.uniform(0.5, 2.0)) * periodic
+    cov = cov + rng.uniform(0.01, 0.1) ** 2 * np.eye(length)
+    return _sample_gp(rng, cov), period
+
+
+def augment(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    """``x`` scaled by a log-uniform factor (1e-2..1e3) and shifted by up to 3 of its spreads.
+
+    A shift moves the level against the variation, which the tokenizer's mean scaling
+    otherwise never shows (a GP path always hovers around 0).
+    """
+    observed = x[np.isfinite(x)]
+    spread = float(observed.std()) if observed.size else 0.0
+    shifted = x + rng.uniform(-3.0, 3.0) * (spread if spread > 0 else 1.0)
+    return shifted * 10.0 ** rng.uniform(-2.0, 3.0)
+
+
+# ---------------------------------------------------------------------------------------
 # TSMixup
 # ---------------------------------------------------------------------------------------
 
@@ -363,7 +427,10 @@ class SeriesSampler:
 
     ``pool`` holds real training arrays (already cut with :func:`train_part`, so held-out
     points never reach training). ``lengths`` are the lengths drawn from uniformly when
-    :meth:`sample` is called without one. Output is fully determined by the generator.
+    :meth:`sample` is called without one. A KernelSynth draw is a :func:`seasonal_synth`
+    path with probability ``seasonal_prob``; with ``augment`` every sample goes through
+    :func:`augment`. Nothing is kept between samples (memory does not grow with a run).
+    Output is fully determined by the generator.
     """
 
     pool: Sequence[np.ndarray]
@@ -371,10 +438,14 @@ class SeriesSampler:
     lengths: Sequence[int] = (512,)
     max_kernels: int = 5
     k_max: int = 3
+    seasonal_prob: float = 0.0
+    augment: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.kernel_synth_prob <= 1.0:
-            raise ValueError(f"kernel_synth_prob must be in [0, 1], got {self.kernel_synth_prob}")
+        for name in ("kernel_synth_prob", "seasonal_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
         self.pool = [np.asarray(x, dtype=np.float64).reshape(-1) for x in self.pool]
         self.pool = [x for x in self.pool if np.isfinite(x).any()]
         if not self.pool and self.kernel_synth_prob < 1.0:
@@ -391,5 +462,11 @@ class SeriesSampler:
         if length is None:
             length = self.lengths[int(rng.integers(len(self.lengths)))]
         if rng.random() < self.kernel_synth_prob:
-            return kernel_synth(rng, length, self.max_kernels)
-        return ts_mixup(rng, self.pool, length, self.k_max)
+            # The extra draw only when asked, so samplers without it keep their old streams.
+            if self.seasonal_prob > 0.0 and length >= 4 and rng.random() < self.seasonal_prob:
+                x = seasonal_synth(rng, length)[0]
+            else:
+                x = kernel_synth(rng, length, self.max_kernels)
+        else:
+            x = ts_mixup(rng, self.pool, length, self.k_max)
+        return augment(rng, x) if self.augment else x

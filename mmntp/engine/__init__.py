@@ -10,9 +10,16 @@ from mmntp.engine.plans import (
     free_plan,
     text_plan,
 )
-from mmntp.engine.request import PromptVector, QueueFullError, Request, RequestStatus
+from mmntp.engine.request import (
+    BACKGROUND_PRIORITY,
+    PromptVector,
+    QueueFullError,
+    Request,
+    RequestStatus,
+)
 
 __all__ = [
+    "BACKGROUND_PRIORITY",
     "AsyncEngine",
     "Engine",
     "EngineConfig",

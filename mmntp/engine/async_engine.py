@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from mmntp.engine.engine import Engine, RequestOutput
-from mmntp.engine.request import Request
+from mmntp.engine.request import BACKGROUND_PRIORITY, Request
 
 
 class EngineFailedError(RuntimeError):
@@ -70,6 +72,16 @@ class AsyncEngine:
         self.dead: BaseException | None = None  # set if a step raised: health should fail
         # Called once, on the event loop, with the cause when the engine dies.
         self.on_failure: list[Callable[[BaseException], None]] = []
+        # Foreground (interactive) requests in flight; background work (batch jobs)
+        # waits for `foreground_idle` before it queues more (see `wait_foreground_idle`).
+        self.num_foreground = 0
+        self._foreground_idle = asyncio.Event()
+        self._foreground_idle.set()
+        # Background rows do not step until this many seconds after the last foreground
+        # request ended: a burst of interactive requests, one after another, then never
+        # waits behind a batch step (0 = batch steps resume at once).
+        self.background_delay = 0.0
+        self._foreground_ended = -math.inf
 
     @property
     def stats(self):
@@ -82,6 +94,10 @@ class AsyncEngine:
                 "this AsyncEngine runs on another event loop (one pipeline per server)"
             )
         if self._task is None:
+            # Events belong to the loop that first waits on them: made anew per loop.
+            self._foreground_idle = asyncio.Event()
+            if not self.num_foreground:
+                self._foreground_idle.set()
             self._wakeup = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name="mmntp-engine-loop")
 
@@ -103,6 +119,10 @@ class AsyncEngine:
         if self.dead is not None:
             raise EngineFailedError(self.dead)
         await self.start()
+        foreground = request.priority < BACKGROUND_PRIORITY
+        if foreground:
+            self.num_foreground += 1
+            self._foreground_idle.clear()
         collector = _Collector()
         accepted = asyncio.get_running_loop().create_future()
         self._collectors[request.request_id] = collector
@@ -116,10 +136,22 @@ class AsyncEngine:
                 finished = out.finished
                 yield out
         finally:
+            if foreground:
+                self.num_foreground -= 1
+                if not self.num_foreground:
+                    self._foreground_ended = time.monotonic()
+                    self._foreground_idle.set()
             self._collectors.pop(request.request_id, None)
             if not finished and accepted.done() and accepted.exception() is None:
                 self._aborts.append(request.request_id)
                 self._wakeup.set()
+
+    async def wait_foreground_idle(self) -> None:
+        """Return once no foreground request is in flight. Background work calls it
+        before queueing a request, so that interactive requests find the queue short;
+        the scheduler keeps what is already queued out of their steps."""
+        await self.start()
+        await self._foreground_idle.wait()
 
     def abort(self, request_id: str) -> None:
         self._aborts.append(request_id)
@@ -131,7 +163,9 @@ class AsyncEngine:
     def _apply_pending(self) -> None:
         adds, self._adds = self._adds, []
         for request, accepted in adds:
-            if request.request_id not in self._collectors:  # consumer left before intake
+            # The consumer left before intake: its finally may not have run yet, but
+            # cancelling it cancelled `accepted` at once.
+            if accepted.done() or request.request_id not in self._collectors:
                 continue
             try:
                 self.engine.add_request(request)
@@ -160,11 +194,23 @@ class AsyncEngine:
                 if not self._adds and not self._aborts:
                     await self._wakeup.wait()
                 continue
+            hold = self._background_hold()
+            if hold > 0:  # only background work, and interactive work ended just now
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), hold)
+                continue
             outputs = await asyncio.to_thread(self.engine.step)
             for out in outputs:
                 collector = self._collectors.get(out.request_id)
                 if collector is not None:
                     collector.put(out)
+
+    def _background_hold(self) -> float:
+        """Seconds to keep the engine's (background-only) work parked; 0 to step now."""
+        if self.num_foreground or not self.background_delay:
+            return 0.0
+        return self._foreground_ended + self.background_delay - time.monotonic()
 
     def _die(self, cause: BaseException) -> None:
         """Fail every waiting and running request, then tell the supervisors."""

@@ -38,6 +38,9 @@ class EngineConfig:
     # is measured: docs/benchmarks.md ("Fairness between keys").
     contended_rows_per_step: int = 8
     contended_batched_tokens: int = 64
+    # A step of background work alone (a server's batch jobs) computes about this many
+    # rows (0 = no bound): an interactive request arriving mid-step waits for that step.
+    background_rows_per_step: int = 4
     # One-row decode steps through torch.compile (compiled_decode.py): ~1.3x faster
     # batch-1 decode than the eager engine on the bench's tiny model, after compiles of
     # 13-67 s (`warm_up`); needs a C++ compiler on CPU. Off by default so one-shot
@@ -47,7 +50,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "contended_rows_per_step":
+            if f.name in ("contended_rows_per_step", "background_rows_per_step"):
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise ValueError(f"engine.{f.name} must be 0 (off) or more, got {value!r}")
             elif f.type == "int" and (not isinstance(value, int) or value < 1):
@@ -71,6 +74,7 @@ class EngineConfig:
             max_waiting_tokens=self.max_waiting_tokens,
             contended_rows_per_step=self.contended_rows_per_step,
             contended_batched_tokens=self.contended_batched_tokens,
+            background_rows_per_step=self.background_rows_per_step,
         )
 
 

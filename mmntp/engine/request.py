@@ -19,6 +19,11 @@ from mmntp.api.sampling import neutral
 from mmntp.engine.plans import SegmentPlan
 from mmntp.model.guidance import guidance_scale
 
+# Requests at this priority or worse are background work (a server's batch jobs): the
+# scheduler runs them only in steps with no other work (scheduler.py, "background").
+# Key policies stop below it (serve/quotas.py: priorities fit in 32 bits).
+BACKGROUND_PRIORITY = 2**31
+
 
 class QueueFullError(RuntimeError):
     """The waiting queue is at its bound (requests or tokens): retry later (overload).

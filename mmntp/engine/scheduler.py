@@ -14,6 +14,13 @@ more owners have work, a step computes at most that many rows and tokens, each s
 max-min fairly between the owners (admissions count against the same shares), and each
 owner's running rows take turns (least recently scheduled first), so a flood of rows does
 not make every step of another owner's small request as slow as the whole flood.
+Background work (priority >= BACKGROUND_PRIORITY: a server's batch jobs) only fills
+idle steps: while any other unit waits or runs, running background units are preempted
+(their KV blocks freed; they recompute later, from the prefix cache when it still holds
+their blocks) and waiting ones are not admitted, so an interactive request never shares
+a step with batch rows. A step of background work alone computes about
+`background_rows_per_step` rows (taking turns), so that the step an arriving interactive
+request must wait for is short.
 The waiting queue is bounded in client requests (the rows of one `group`, e.g. a
 forecast's sample paths and guidance shadows, count once) and in prompt tokens.
 Plain Python over integer ids: no tensors.
@@ -28,7 +35,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mmntp.engine.kv_cache import KVCacheManager
-from mmntp.engine.request import QueueFullError, Request, RequestStatus
+from mmntp.engine.request import BACKGROUND_PRIORITY, QueueFullError, Request, RequestStatus
 
 _FINISH_STATUS = {"stop": RequestStatus.FINISHED_STOPPED, "length": RequestStatus.FINISHED_LENGTH}
 
@@ -45,6 +52,9 @@ class SchedulerConfig:
     contended_rows_per_step: int = 8
     # ... and at most this many tokens (bounds the prefill chunks of such a step).
     contended_batched_tokens: int = 64
+    # A step of background work alone (batch jobs) computes about this many rows; 0 = no
+    # bound. An interactive request arriving mid-step waits for that step to end.
+    background_rows_per_step: int = 4
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -55,7 +65,7 @@ class SchedulerConfig:
                 raise ValueError(f"{f.name} must be {what} integer, got {value!r}")
 
 
-_MAY_BE_ZERO = {"contended_rows_per_step"}
+_MAY_BE_ZERO = {"contended_rows_per_step", "background_rows_per_step"}
 # An owner whose work ended keeps the steps contended this many steps, and at least this
 # many seconds, longer: its next request (a client sending one after another) must not
 # find a whole full step in its way. Seconds too, because on a loaded machine the client's
@@ -63,6 +73,14 @@ _MAY_BE_ZERO = {"contended_rows_per_step"}
 # steps of the flood).
 LINGER_STEPS = 8
 LINGER_SECONDS = 0.5
+
+
+@dataclass
+class _Parked:
+    """Background rows kept out of one step: running ones (their KV kept) and waiting ones."""
+
+    running: dict[str, Request] = field(default_factory=dict)
+    waiting: dict[str, list[Request]] = field(default_factory=dict)
 
 
 @dataclass
@@ -168,17 +186,82 @@ class Scheduler:
         out = SchedulerOutput([], 0, [], finished_request_ids=self._finished_ids)
         self._finished_ids = []
         self._steps += 1
-        room = self._make_room()
-        shares = self._fair_shares()
-        left = None
-        if shares is None:
-            budget = self._schedule_running(self.config.max_num_batched_tokens, out)
-        else:
-            budget, left = self._schedule_running_fair(*shares, out)
-        if not out.preempted:
-            self._schedule_waiting(budget, out, left)
-        out.preempted[:0] = room
+        yielded, parked = self._yield_background()
+        try:
+            room = self._make_room()
+            shares = self._fair_shares()
+            left = None
+            if shares is None:
+                budget = self._schedule_running(self.config.max_num_batched_tokens, out)
+            else:
+                budget, left = self._schedule_running_fair(*shares, out)
+            if not out.preempted:
+                self._schedule_waiting(budget, out, left)
+        finally:
+            self._unpark(parked)
+        out.preempted[:0] = yielded + room
         return out
+
+    # -- background work (batch jobs) ---------------------------------------------------
+
+    def _yield_background(self) -> tuple[list[str], _Parked]:
+        """While foreground work waits or runs: preempt the running background units and
+        park the waiting background rows for this step. Without foreground work: bound
+        the step's background rows (`_cap_background`). Returns (preempted ids, what was
+        parked) for `_unpark`."""
+        running = [r for r in self._running.values() if not r.is_shadow]
+        parked = _Parked()
+        foreground = any(r.priority < BACKGROUND_PRIORITY for r in running) or any(
+            self._key(q[0])[0] < BACKGROUND_PRIORITY for q in self._queues.values()
+        )  # a queue is sorted by priority first: its head is its best row
+        if not foreground:
+            self._cap_background(running, parked)
+            return [], parked
+        yielded = []
+        for unit in running:
+            if unit.priority >= BACKGROUND_PRIORITY:
+                self._preempt(unit)
+                yielded.append(unit.request_id)
+        self._park_waiting(parked, keep=0)
+        return yielded, parked
+
+    def _cap_background(self, running: list[Request], parked: _Parked) -> None:
+        """A step of background work alone computes about `background_rows_per_step`
+        rows: the running units take turns (least recently run first; the rest keep
+        their KV and wait) and only the rows left under the cap may be admitted, so an
+        interactive request that arrives mid-step waits for a short step."""
+        cap = self.config.background_rows_per_step
+        if not cap:
+            return
+        running.sort(key=lambda u: (self._last_run.get(u.request_id, 0), self._key(u)))
+        used = 0
+        for unit in running:
+            rows = _rows(unit)
+            if used and used + len(rows) > cap:
+                for row in rows:
+                    parked.running[row.request_id] = self._running.pop(row.request_id)
+            else:
+                used += len(rows)
+        self._park_waiting(parked, keep=max(0, cap - used))
+
+    def _park_waiting(self, parked: _Parked, keep: int) -> None:
+        """Park each owner's waiting background rows but its first `keep`."""
+        for owner, queue in list(self._queues.items()):
+            cut = bisect.bisect_left(queue, BACKGROUND_PRIORITY, key=lambda r: self._key(r)[0])
+            cut = min(len(queue), cut + keep)
+            if cut < len(queue):
+                parked.waiting[owner] = queue[cut:]
+                del queue[cut:]
+                self._num_waiting -= len(parked.waiting[owner])
+                if not queue:
+                    del self._queues[owner]
+                    self._active.pop(owner, None)  # its idle rows must not make steps fair
+
+    def _unpark(self, parked: _Parked) -> None:
+        self._running.update(parked.running)
+        for owner, rows in parked.waiting.items():
+            self._queues.setdefault(owner, []).extend(rows)  # they rank after the rest
+            self._num_waiting += len(rows)
 
     def _schedule_running(self, budget: int, out: SchedulerOutput) -> int:
         # Shadows ride with their partner, so the queue holds one entry per unit.

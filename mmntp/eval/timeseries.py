@@ -1,8 +1,13 @@
-"""`mmntp eval timeseries`: rolling-origin evaluation on the bundled real series' held-out windows.
+"""`mmntp eval timeseries`: rolling-origin evaluation, in-domain and zero-shot, in two tables.
 
-Each bundled statsmodels series keeps its final ``HOLDOUT_WINDOWS`` windows of its
-frequency's horizon out of training (:func:`mmntp.data.evaluation_origins`); each window is
-forecast from everything before its origin by
+* **in-domain**: each bundled statsmodels series keeps its final ``HOLDOUT_WINDOWS``
+  windows of its frequency's horizon out of training
+  (:func:`mmntp.data.evaluation_origins`), but training saw the rest of the series;
+* **zero-shot**: the evaluation side of :mod:`mmntp.data.series_catalog`'s split by
+  series, which no training recipe reads, up to ``HOLDOUT_WINDOWS`` rolling windows at the
+  end of each series; a dataset is a data set (``fpp2/melsyd`` holds two series).
+
+Each window is forecast from everything before its origin by
 
 * ``mmntp``: the pipeline (``TimeSeriesOutput(horizon, num_samples)``, Chronos' sampling
   defaults with a per-window seed derived from ``--seed``); the windows' requests are put
@@ -17,7 +22,7 @@ forecast from everything before its origin by
 As in Chronos, a dataset (a statsmodels dataset: ``macrodata`` holds four series) gets MASE
 of the median averaged over its windows and WQL over levels 0.1..0.9 pooled over its
 windows; each model's scores are divided by seasonal naive's, and the relative scores are
-aggregated across datasets by geometric mean.
+aggregated across datasets by geometric mean, per frequency and overall.
 """
 
 from __future__ import annotations
@@ -38,6 +43,12 @@ import numpy as np
 
 from mmntp.api import DEFAULT_NUM_SAMPLES, DEFAULT_QUANTILES, TimeSeriesOutput, TimeSeriesPart
 from mmntp.api.sampling import defaults as sampling_defaults
+from mmntp.data.series_catalog import (
+    data_source,
+    default_split,
+    rolling_origins,
+    zero_shot_series,
+)
 from mmntp.data.timeseries import (
     HOLDOUT_WINDOWS,
     Series,
@@ -54,6 +65,8 @@ from mmntp.eval.metrics import (
 )
 
 MODELS = ("mmntp", "ets", "seasonal_naive")
+TABLES = ("in_domain", "zero_shot")
+FREQ_ORDER = ("Y", "Q", "M", "W", "D", "H")
 BASELINE = "seasonal_naive"
 Progress = Callable[[str], None]
 
@@ -102,6 +115,16 @@ class EvalSettings:
     datasets: tuple[str, ...] | None = None
     windows: int = HOLDOUT_WINDOWS
     levels: tuple[float, ...] = DEFAULT_QUANTILES
+    tables: tuple[str, ...] = TABLES
+    head: str | None = None  # "tokens" or "patch" (TimeSeriesOutput.head); None: the model's
+    latency_runs: int = 5  # timed 24-step, 20-path forecasts (0: none)
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tables if t not in TABLES]
+        if unknown or not self.tables:
+            raise ValueError(f"tables must be some of {list(TABLES)}, got {list(self.tables)}")
+        if self.latency_runs < 0:
+            raise ValueError(f"latency_runs must be >= 0, got {self.latency_runs}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +132,8 @@ class EvalSettings:
             "seed": self.seed,
             "datasets": list(self.datasets) if self.datasets else None,
             "windows_per_series": self.windows,
+            "tables": list(self.tables),
+            "head": self.head,
             "quantile_levels": list(self.levels),
             "sampling": {
                 "temperature": sampling_defaults("timeseries").temperature,
@@ -125,27 +150,74 @@ def dataset_of(series: Series) -> str:
     return series.name.split("/", 1)[0]
 
 
-def select_series(names: Sequence[str] | None = None) -> list[tuple[str, Series]]:
-    """(dataset label, series) pairs in bundled order for dataset or series ``names``.
+def _pick(
+    pool: Sequence[Series], label_of: Callable[[Series], str], names: Sequence[str] | None
+) -> list[tuple[str, Series]]:
+    """(dataset label, series) pairs of ``pool`` for dataset or series ``names`` (None: all).
 
-    A name is a dataset (``macrodata``: all its series, one dataset) or one series
-    (``macrodata/cpi``: a dataset of its own). None selects every dataset. Raises
-    ``ValueError`` naming an unknown name and listing the known ones.
+    A name is a dataset (all its series, one dataset) or one series (a dataset of its
+    own); names that match nothing here are ignored (the caller checks unknown names).
     """
-    bundled = bundled_series()
     if not names:
-        return [(dataset_of(s), s) for s in bundled]
-    known = {dataset_of(s) for s in bundled} | {s.name for s in bundled}
+        return [(label_of(s), s) for s in pool]
+    picked: dict[str, tuple[str, Series]] = {}
+    for name in names:
+        for s in pool:
+            if s.name == name or label_of(s) == name:
+                picked.setdefault(s.name, (name, s))
+    return [picked[s.name] for s in pool if s.name in picked]
+
+
+def _check_names(names: Sequence[str], pools: Sequence[tuple[Sequence[Series], Callable]]) -> None:
+    known = {n for pool, label_of in pools for s in pool for n in (s.name, label_of(s))}
     unknown = [n for n in names if n not in known]
     if unknown:
         choices = ", ".join(sorted(known))
         raise ValueError(f"unknown dataset {', '.join(map(repr, unknown))}; choose from {choices}")
-    picked: dict[str, tuple[str, Series]] = {}
-    for name in names:
-        for s in bundled:
-            if s.name == name or dataset_of(s) == name:
-                picked.setdefault(s.name, (name, s))
-    return [picked[s.name] for s in bundled if s.name in picked]
+
+
+def select_series(names: Sequence[str] | None = None) -> list[tuple[str, Series]]:
+    """In-domain (dataset label, series) pairs in bundled order for dataset or series ``names``.
+
+    A name is a statsmodels dataset (``macrodata``: all its series, one dataset) or one
+    series (``macrodata/cpi``: a dataset of its own). None selects every dataset. Raises
+    ``ValueError`` naming an unknown name and listing the known ones.
+    """
+    if names:
+        _check_names(names, [(bundled_series(), dataset_of)])
+    return _pick(bundled_series(), dataset_of, names)
+
+
+def select_zero_shot(names: Sequence[str] | None = None) -> list[tuple[str, Series]]:
+    """Zero-shot (dataset label, series) pairs; a dataset is a :func:`data_source`."""
+    return _pick(zero_shot_series(), lambda s: data_source(s.name), names)
+
+
+def check_dataset_names(names: Sequence[str], tables: Sequence[str] = TABLES) -> None:
+    """Raise ``ValueError`` for a name that no selected table knows, listing the known ones."""
+    pools = []
+    if "in_domain" in tables:
+        pools.append((bundled_series(), dataset_of))
+    if "zero_shot" in tables:
+        pools.append((zero_shot_series(), lambda s: data_source(s.name)))
+    _check_names(names, pools)
+
+
+def table_windows(settings: EvalSettings) -> dict[str, list[Window]]:
+    """Each selected table's windows; a table none of ``settings.datasets`` names is left out."""
+    names = settings.datasets
+    if names:
+        check_dataset_names(names, settings.tables)
+    out = {}
+    if "in_domain" in settings.tables:
+        windows = build_windows(_pick(bundled_series(), dataset_of, names), settings.windows)
+        if windows:
+            out["in_domain"] = windows
+    if "zero_shot" in settings.tables:
+        windows = build_zero_shot_windows(select_zero_shot(names), settings.windows)
+        if windows:
+            out["zero_shot"] = windows
+    return out
 
 
 def build_windows(selected: Sequence[tuple[str, Series]], windows: int) -> list[Window]:
@@ -154,6 +226,16 @@ def build_windows(selected: Sequence[tuple[str, Series]], windows: int) -> list[
     for label, s in selected:
         horizon = default_horizon(s)
         out.extend(Window(label, s, o, horizon) for o in evaluation_origins(s, horizon, windows))
+    return out
+
+
+def build_zero_shot_windows(selected: Sequence[tuple[str, Series]], windows: int) -> list[Window]:
+    """Up to ``windows`` rolling windows at the end of each zero-shot series
+    (:func:`mmntp.data.series_catalog.rolling_origins`); too-short series give none."""
+    out = []
+    for label, s in selected:
+        horizon = default_horizon(s)
+        out.extend(Window(label, s, o, horizon) for o in rolling_origins(s, horizon, windows))
     return out
 
 
@@ -173,6 +255,7 @@ def forecast_mmntp(
     seed: int,
     levels: Sequence[float] = DEFAULT_QUANTILES,
     progress: Progress = _quiet,
+    head: str | None = None,
 ) -> list[QuantileForecast]:
     """The pipeline's forecasts for ``windows``, their requests batched on its engine.
 
@@ -182,7 +265,7 @@ def forecast_mmntp(
     items = [
         (
             TimeSeriesPart(w.context),
-            TimeSeriesOutput(w.horizon, num_samples, tuple(levels)),
+            TimeSeriesOutput(w.horizon, num_samples, tuple(levels), head),
             replace(sampling_defaults("timeseries"), seed=window_seed(seed, w)),
         )
         for w in windows
@@ -397,15 +480,18 @@ def _dataset_entry(
     }
 
 
-def evaluate(pipe: Any, settings: EvalSettings, progress: Progress = _quiet) -> dict[str, Any]:
-    """Run the whole evaluation; returns the report (what ``--json`` prints)."""
-    started = time.perf_counter()
-    windows = build_windows(select_series(settings.datasets), settings.windows)
+def _table(
+    pipe: Any,
+    windows: list[Window],
+    settings: EvalSettings,
+    progress: Progress,
+) -> dict[str, Any]:
+    """One table: every model on ``windows``, scored per dataset, per frequency and overall."""
     labels = list(dict.fromkeys(w.dataset for w in windows))
     progress(f"{len(windows)} windows in {len(labels)} datasets: {', '.join(labels)}")
     t0 = time.perf_counter()  # mmntp first: a bad request fails before the baselines run
     mmntp = forecast_mmntp(
-        pipe, windows, settings.num_samples, settings.seed, settings.levels, progress
+        pipe, windows, settings.num_samples, settings.seed, settings.levels, progress, settings.head
     )
     mmntp_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -421,27 +507,98 @@ def evaluate(pipe: Any, settings: EvalSettings, progress: Progress = _quiet) -> 
         ets_notes = [notes[k] for k in idx]
         specs_here = [specs[k] for k in idx]
         datasets.append(_dataset_entry(label, picked, fcs, specs_here, ets_notes, settings.levels))
-    aggregate = {
+    freqs = [f for f in FREQ_ORDER if any(d["freq"] == f for d in datasets)]
+    return {
+        "windows": len(windows),
+        "seconds": {"mmntp": mmntp_s, "baselines": baseline_s},
+        "datasets": datasets,
+        "by_frequency": {f: _aggregate([d for d in datasets if d["freq"] == f]) for f in freqs},
+        "geometric_mean_relative": _aggregate(datasets),
+        "forecasts": [
+            {"dataset": w.dataset, "series": w.series.name, "origin": w.origin, "fc": mmntp[k]}
+            for k, w in enumerate(windows)
+        ],
+    }
+
+
+def _aggregate(datasets: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Geometric means of the datasets' relative scores, per model."""
+    return {
         m: {
             key: geometric_mean([d["relative"][m][key] for d in datasets])
             for key in ("mase", "wql")
         }
         for m in MODELS
     }
-    return {
+
+
+TABLE_DESCRIPTIONS = {
+    "in_domain": "in-domain: the final windows of series whose earlier part training saw",
+    "zero_shot": "zero-shot: series no training recipe reads (split by series)",
+}
+
+
+def evaluate(pipe: Any, settings: EvalSettings, progress: Progress = _quiet) -> dict[str, Any]:
+    """Run the evaluation; returns the report (what ``--json`` prints).
+
+    ``report["in_domain"]`` and ``report["zero_shot"]`` are the two tables (each present
+    when selected); the mmntp forecasts stay in memory under each table's ``forecasts``
+    for ``--plot`` and are dropped from the JSON by :func:`to_json`.
+    """
+    started = time.perf_counter()
+    if settings.head is None:  # report the head the model defaults to
+        settings = replace(settings, head=pipe.capabilities().series_heads[0])
+    report: dict[str, Any] = {
         "benchmark": "timeseries",
         "model": getattr(pipe, "name", None),
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "settings": settings.to_dict(),
         "machine": machine_info(),
-        "seconds": {
-            "total": time.perf_counter() - started,
-            "mmntp": mmntp_s,
-            "baselines": baseline_s,
-        },
         "models": list(MODELS),
-        "datasets": datasets,
-        "geometric_mean_relative": aggregate,
+    }
+    for name, windows in table_windows(settings).items():
+        progress(f"{name} table")
+        report[name] = {"description": TABLE_DESCRIPTIONS[name]} | _table(
+            pipe, windows, settings, progress
+        )
+    if "zero_shot" in report:
+        report["zero_shot"]["split_digest"] = default_split().digest()
+    if settings.latency_runs:
+        report["latency"] = forecast_latency(pipe, settings.head, settings.latency_runs)
+    report["seconds"] = {"total": time.perf_counter() - started}
+    return report
+
+
+LATENCY_HORIZON, LATENCY_SAMPLES = 24, 20
+
+
+def forecast_latency(pipe: Any, head: str, runs: int) -> dict[str, Any]:
+    """Wall time of one 24-step, 20-path forecast alone on the pipeline (the issue's
+    speed figure): one warm-up, then ``runs`` timed calls on elnino's last 512 values."""
+    context = next(s for s in bundled_series() if s.name == "elnino").values[-512:]
+    output = TimeSeriesOutput(LATENCY_HORIZON, LATENCY_SAMPLES, DEFAULT_QUANTILES, head)
+    params = replace(sampling_defaults("timeseries"), seed=0)
+    times = []
+    for k in range(runs + 1):
+        t0 = time.perf_counter()
+        pipe(TimeSeriesPart(context), output, params)
+        if k:  # the first call warms caches up
+            times.append(time.perf_counter() - t0)
+    return {
+        "head": head,
+        "horizon": LATENCY_HORIZON,
+        "num_samples": LATENCY_SAMPLES,
+        "context": int(context.size),
+        "runs_ms": [1000 * t for t in times],
+        "p50_ms": 1000 * float(np.median(times)),
+    }
+
+
+def to_json(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without the in-memory forecasts (what ``--json`` and ``--out`` write)."""
+    return {
+        k: ({kk: vv for kk, vv in v.items() if kk != "forecasts"} if k in TABLES else v)
+        for k, v in report.items()
     }
 
 
@@ -462,14 +619,13 @@ class _Table:
         )
 
 
-def format_table(report: dict[str, Any]) -> str:
-    """The report as a text table: relative MASE / WQL per dataset, then geometric means."""
+def _format_one(table_report: dict[str, Any]) -> list[str]:
     table = _Table()
     table.add(
         "dataset", "freq", "h", "windows", "mmntp MASE", "mmntp WQL", "ets MASE", "ets WQL",
         "naive MASE", "naive WQL",
     )  # fmt: skip
-    for d in report["datasets"]:
+    for d in table_report["datasets"]:
         rel, naive = d["relative"], d["scores"][BASELINE]
         table.add(
             d["name"], d["freq"], d["horizon"], d["windows"],
@@ -477,16 +633,66 @@ def format_table(report: dict[str, Any]) -> str:
             f"{rel['ets']['mase']:.3f}", f"{rel['ets']['wql']:.3f}",
             f"{naive['mase']:.3f}", f"{naive['wql']:.3f}",
         )  # fmt: skip
-    agg = report["geometric_mean_relative"]
-    table.add(
-        "geometric mean", "", "", sum(d["windows"] for d in report["datasets"]),
-        f"{agg['mmntp']['mase']:.3f}", f"{agg['mmntp']['wql']:.3f}",
-        f"{agg['ets']['mase']:.3f}", f"{agg['ets']['wql']:.3f}", "-", "-",
-    )  # fmt: skip
+    rows = [(f"geometric mean {f}", agg) for f, agg in table_report["by_frequency"].items()]
+    rows.append(("geometric mean", table_report["geometric_mean_relative"]))
+    for label, agg in rows:
+        n = sum(
+            d["windows"]
+            for d in table_report["datasets"]
+            if label == "geometric mean" or d["freq"] == label.rsplit(" ", 1)[1]
+        )
+        table.add(
+            label, "", "", n,
+            f"{agg['mmntp']['mase']:.3f}", f"{agg['mmntp']['wql']:.3f}",
+            f"{agg['ets']['mase']:.3f}", f"{agg['ets']['wql']:.3f}", "-", "-",
+        )  # fmt: skip
+    lines = [table.render()]
+    lines += [f"note: {n}" for d in table_report["datasets"] for n in d["notes"]]
+    return lines
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as text: the in-domain table, then the zero-shot table, each labelled."""
     lines = [
-        "Relative to seasonal naive (lower is better; < 1 beats it); naive columns are absolute.",
-        table.render(),
+        "Relative to seasonal naive (lower is better; < 1 beats it); naive columns are absolute."
     ]
-    lines += [f"note: {n}" for d in report["datasets"] for n in d["notes"]]
+    for name in TABLES:
+        if name in report:
+            lines += ["", f"== {report[name]['description']} =="]
+            lines += _format_one(report[name])
+    if "latency" in report:
+        lat = report["latency"]
+        lines.append(
+            f"latency ({lat['head']} head): {lat['horizon']} steps x {lat['num_samples']} paths "
+            f"from {lat['context']} values, p50 {lat['p50_ms']:.0f} ms over "
+            f"{len(lat['runs_ms'])} runs"
+        )
     lines.append(f"took {report['seconds']['total']:.1f}s on {report['machine']['nproc']} cores")
     return "\n".join(lines)
+
+
+def plot_zero_shot(path: str, report: dict[str, Any]) -> None:
+    """Draw each zero-shot series' last window: history, actual, median and 80 % band."""
+    from mmntp.eval.plot import ForecastPanel, plot_forecast_grid
+
+    if "zero_shot" not in report:
+        raise ValueError("the report has no zero-shot table to plot")
+    levels = report["settings"]["quantile_levels"]
+    last: dict[str, dict[str, Any]] = {}
+    for entry in report["zero_shot"]["forecasts"]:
+        last[entry["series"]] = entry  # windows ascend, so the last one wins
+    by_name = {s.name: s for s in zero_shot_series()}
+    panels = []
+    for name, entry in last.items():
+        s, fc, origin = by_name[name], entry["fc"], entry["origin"]
+        horizon = fc.median.size
+        panels.append(
+            ForecastPanel(
+                f"{name} ({s.freq}, h={horizon})",
+                s.values[:origin],
+                s.values[origin : origin + horizon],
+                fc.median,
+                {float(q): fc.quantiles[i] for i, q in enumerate(levels)},
+            )
+        )
+    plot_forecast_grid(path, panels)

@@ -68,6 +68,29 @@ def forecast_document(
     ]
 
 
+def patch_forecast_document(vocab: VocabLayout, patches: int) -> tuple[list[int], list[int]]:
+    """A training sequence of series patches: (ids, indices of its vector positions).
+
+    The forecast header, one LATENT_PLACEHOLDER position per patch (its vector is the
+    patch), then ``<end_timeseries> <eos>``."""
+    header = forecast_header(vocab)
+    ids = [
+        *header,
+        *[vocab.special(LATENT_PLACEHOLDER)] * patches,
+        vocab.special("<end_timeseries>"),
+        vocab.special("<eos>"),
+    ]
+    return ids, list(range(len(header), len(header) + patches))
+
+
+def patch_forecast_prompt(vocab: VocabLayout, patches: int) -> tuple[list[int], list[int]]:
+    """Prompt ids for a next-patch forecast after ``patches`` context patches, and the
+    indices of their vector positions."""
+    header = forecast_header(vocab)
+    ids = [*header, *[vocab.special(LATENT_PLACEHOLDER)] * patches]
+    return ids, list(range(len(header), len(ids)))
+
+
 def series_span(vocab: VocabLayout, tokenizer: DiscreteTokenizer) -> tuple[int, int]:
     """Global [lo, hi) ids a generator may sample for series values: the value bins only."""
     start = vocab.range("timeseries").start

@@ -14,6 +14,8 @@ from mmntp.generation.validate import Capabilities, check_ids
 from mmntp.model.vocab import VocabLayout
 
 LATENT_TOKENIZER = "image_latent"  # the model folder's key of its KL image tokenizer
+PATCH_HEAD = "patch"  # the continuous next-patch series head's name in a model
+PATCH_MODALITY = "timeseries"  # the continuous input its patches feed back through
 
 
 @dataclass
@@ -23,6 +25,7 @@ class ModelContext:
     heads: Mapping[str, Any]  # the model's output heads by name ("token", "flow", "audio")
     limits: Limits
     max_seq_len: int  # the model's context: a prompt and its output must fit in it
+    series_tokens: bool = True  # False: the token head never learnt series (patch-only)
 
     def tokenizer(self, modality: str):
         if modality not in self.tokenizers:
@@ -37,12 +40,24 @@ class ModelContext:
             heads += tuple(h for h in ("flow", "diffusion") if h in self.heads)
         return heads
 
+    def series_heads(self) -> tuple[str, ...]:
+        """Forecast heads, the default first: "tokens" with a series tokenizer the token head
+        was trained on, "patch" with a next-patch head."""
+        heads = ("tokens",) if "timeseries" in self.tokenizers and self.series_tokens else ()
+        return heads + ((PATCH_HEAD,) if PATCH_HEAD in self.heads else ())
+
+    def patch_width(self) -> int:
+        """Values per position of the next-patch head (0: none)."""
+        return self.heads[PATCH_HEAD].width if PATCH_HEAD in self.heads else 0
+
     def capabilities(self) -> Capabilities:
         return Capabilities(
             self.vocab.size,
             frozenset(m for m in self.tokenizers if m != LATENT_TOKENIZER),
             self.image_heads(),
             self.limits,
+            self.series_heads(),
+            self.patch_width(),
         )
 
     def latent_cells(self, head: str) -> int:

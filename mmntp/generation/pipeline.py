@@ -89,6 +89,7 @@ class Pipeline:
             self.bundle.model.heads,
             self.limits,
             self.bundle.model.config.max_seq_len,
+            series_tokens=_trained_series_tokens(self.bundle.meta),
         )
 
     def tokenizer(self, modality: str):
@@ -346,3 +347,13 @@ def default_service_dir() -> Path:
             f"no default service at {path}; pass a model folder or set MMNTP_SERVICE"
         )
     return path
+
+
+def _trained_series_tokens(meta: dict) -> bool:
+    """Whether the model's token head learnt series values: False only when its recipe
+    names series sources and all of them are patch sources (a patch-only forecaster)."""
+    mixture = meta.get("recipe", {}).get("data", {}).get("mixture")
+    if not isinstance(mixture, list):
+        return True
+    sources = {e.get("source") for e in mixture if isinstance(e, dict)}
+    return "timeseries" in sources or "timeseries_patch" not in sources

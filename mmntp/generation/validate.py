@@ -44,6 +44,7 @@ from mmntp.api.sampling import resolve
 from mmntp.generation import media
 
 IMAGE_HEADS = ("vq", "flow", "diffusion")
+SERIES_HEADS = ("tokens", "patch")
 MAX_REQUEST_ID_CHARS = 128
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 # The tokenizer each output needs (image: the head decides, checked on its own).
@@ -58,6 +59,9 @@ class Capabilities:
     tokenizers: frozenset[str]  # modalities with a tokenizer ("text", "image", ...)
     image_heads: tuple[str, ...]  # "vq" and/or "flow" / "diffusion"
     limits: Limits
+    # "tokens" and/or "patch" (width in patch_width), the model's default first
+    series_heads: tuple[str, ...] = ("tokens",)
+    patch_width: int = 0  # values per position of the "patch" head
 
     @property
     def output_modalities(self) -> list[str]:
@@ -94,6 +98,8 @@ def validate(
     parts = [check_part(p, f"prompt[{i}]", caps) for i, p in enumerate(parts)]
     output = _output(output, modality, caps)
     _prompt_fits_output(parts, modality, caps.limits)
+    if isinstance(output, TimeSeriesOutput) and output.head == "patch":
+        _fits_a_patch(parts[0], caps)
     try:
         sampling = resolve(sampling, modality)
     except FieldError as err:
@@ -280,7 +286,7 @@ def _check_spec(output: OutputSpec, caps: Capabilities) -> OutputSpec:
             _max_tokens(output.max_tokens, DEFAULT_RAW_TOKENS, limits), tuple(stops)
         )
     if isinstance(output, TimeSeriesOutput):
-        return _forecast_spec(output, limits)
+        return _forecast_spec(output, caps)
     if isinstance(output, ImageOutput):
         return _image_spec(output, caps)
     if isinstance(output, AudioOutput):
@@ -297,7 +303,32 @@ def _max_tokens(value: int | None, default: int, limits: Limits) -> int:
     return int_in("max_tokens", value, 1, limits.max_output_tokens)
 
 
-def _forecast_spec(spec: TimeSeriesOutput, limits: Limits) -> TimeSeriesOutput:
+def _fits_a_patch(part: TimeSeriesPart, caps: Capabilities) -> None:
+    """The patch head reads whole patches: the context must hold at least one."""
+    n = len(np.asarray(part.values)[-caps.limits.timeseries_context_length :])
+    if n < caps.patch_width:
+        raise FieldError(
+            "prompt[0].timeseries",
+            f"the patch head needs at least {caps.patch_width} context values, got {n}",
+        )
+
+
+def _series_head(head: str | None, caps: Capabilities) -> str:
+    if head is None and caps.series_heads:
+        return caps.series_heads[0]  # the model's default
+    if head not in SERIES_HEADS:
+        raise FieldError("head", f"must be tokens or patch, got {head!r}")
+    if head not in caps.series_heads:
+        raise FieldError(
+            "head",
+            f"{head!r} is not available on this model (heads: {', '.join(caps.series_heads)})",
+        )
+    return head
+
+
+def _forecast_spec(spec: TimeSeriesOutput, caps: Capabilities) -> TimeSeriesOutput:
+    limits = caps.limits
+    head = _series_head(spec.head, caps)
     horizon = int_in("horizon", spec.horizon, 1, limits.timeseries_max_horizon)
     num_samples = spec.num_samples
     if num_samples is None:
@@ -316,7 +347,7 @@ def _forecast_spec(spec: TimeSeriesOutput, limits: Limits) -> TimeSeriesOutput:
     if twice.size:
         j = int(order[twice[0] + 1])
         raise FieldError(f"quantiles[{j}]", f"level {quantiles[j]} is given twice")
-    return TimeSeriesOutput(horizon, num_samples, tuple(float(q) for q in levels))
+    return TimeSeriesOutput(horizon, num_samples, tuple(float(q) for q in levels), head)
 
 
 def _image_spec(spec: ImageOutput, caps: Capabilities) -> ImageOutput:

@@ -1,1 +1,2 @@
-"""The gRPC service: servicer, server, auth, metrics, proto conversion (`mmntp serve`)."""
+"""The service: gRPC and HTTP servers over one core (core.py), auth, metrics, proto
+conversion (`mmntp serve`)."""

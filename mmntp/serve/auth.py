@@ -10,7 +10,7 @@ is meant. With no key source at all the server only starts open on a loopback ad
 (`mmntp_auth_failures_total{reason}`) and logged at most once per `log_every` seconds,
 with their count and method, never the key that was sent.
 
-What is protected: every method of `mmntp.v1.GenerationService`. The health service
+What is protected: every method of `mmntp.v1.GenerationService` and `mmntp.v1.BatchService`. The health service
 stays open so that load balancers and orchestrators can probe without a secret, and
 reflection stays open too: it only describes the public API (which is in the repository
 anyway) and lets `grpcurl` discover it; it runs no model and reads no data.
@@ -30,7 +30,7 @@ import grpc
 log = logging.getLogger(__name__)
 
 ENV_VAR = "MMNTP_API_KEYS"
-PROTECTED_PREFIXES = ("/mmntp.v1.GenerationService/",)
+PROTECTED_PREFIXES = ("/mmntp.v1.GenerationService/", "/mmntp.v1.BatchService/")
 
 
 def load_api_keys(
@@ -102,23 +102,20 @@ class FailureLog:
         return True
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses protected methods with UNAUTHENTICATED unless a configured key is presented.
-
-    `on_failure(reason)` is called per refusal ("missing" or "invalid"), e.g. a metric.
-    """
+class KeyCheck:
+    """The configured keys and what a refusal does: `on_failure(reason)` (e.g. a metric;
+    reason "missing" or "invalid") and one rate-limited log. gRPC's interceptor and the
+    HTTP API share one, so both count and log refusals the same way."""
 
     def __init__(
         self,
         keys: Iterable[str],
-        protected: tuple[str, ...] = PROTECTED_PREFIXES,
         on_failure: Callable[[str], None] | None = None,
         log_every: float = 10.0,
     ):
         self._keys = [k.encode() for k in keys]
         if not self._keys:
             raise ValueError("ApiKeyInterceptor needs at least one key")
-        self._protected = protected
         self._on_failure = on_failure
         self.failures = FailureLog(log_every)
 
@@ -130,18 +127,47 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         matches = [hmac.compare_digest(given, key) for key in self._keys]
         return any(matches)
 
+    def refusal(self, token: str | None, method: str) -> str | None:
+        """None if `token` is a configured key; else count and log the refusal and return
+        the reason ("missing" or "invalid")."""
+        if self.is_valid(token):
+            return None
+        reason = "missing" if token is None else "invalid"
+        if self._on_failure is not None:
+            self._on_failure(reason)
+        self.failures.note(f"{reason} API key", method)
+        return reason
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses protected methods with UNAUTHENTICATED unless a configured key is presented.
+
+    `check` is the KeyCheck it shares with the HTTP API (made from `keys`, `on_failure`
+    and `log_every` when not given).
+    """
+
+    def __init__(
+        self,
+        keys: Iterable[str] = (),
+        protected: tuple[str, ...] = PROTECTED_PREFIXES,
+        on_failure: Callable[[str], None] | None = None,
+        log_every: float = 10.0,
+        check: KeyCheck | None = None,
+    ):
+        self.check = check or KeyCheck(keys, on_failure, log_every)
+        self._protected = protected
+        self.failures = self.check.failures
+        self.is_valid = self.check.is_valid
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or not method.startswith(self._protected):
             return handler
         token = bearer_token(handler_call_details.invocation_metadata)
-        if self.is_valid(token):
+        reason = self.check.refusal(token, method)
+        if reason is None:
             return handler
-        reason = "missing" if token is None else "invalid"
-        if self._on_failure is not None:
-            self._on_failure(reason)
-        self.failures.note(f"{reason} API key", method)
         return _refusal(handler, f"{reason} API key: send metadata 'authorization: Bearer KEY'")
 
 

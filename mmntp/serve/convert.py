@@ -147,7 +147,10 @@ def output_spec(spec: pb.OutputSpec) -> OutputSpec:
     if kind == "timeseries":
         ts = spec.timeseries
         return TimeSeriesOutput(
-            ts.horizon, ts.num_samples or None, tuple(ts.quantiles) or DEFAULT_QUANTILES
+            ts.horizon,
+            ts.num_samples or None,
+            tuple(ts.quantiles) or DEFAULT_QUANTILES,
+            ts.head or None,
         )
     if kind == "image":
         image = spec.image

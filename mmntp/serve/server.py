@@ -9,8 +9,12 @@ the CLI prints it and exits 1). SIGTERM (or SIGINT) during start-up stops at onc
 process exits 0; afterwards it marks health NOT_SERVING, stops taking calls, lets in-flight
 streams finish within the grace period, then returns so the process exits 0.
 
-Health (grpc.health.v1): readiness is "", "readiness" and "mmntp.v1.GenerationService"
-(SERVING only once warm and while the engine lives; gauge `mmntp_ready`); liveness is
+With `http_port` set, the HTTP API (serve/http_api.py: the same core, keys and limits) is
+served from the bind on, as a task of the same event loop, and stops with the gRPC server;
+its /healthz and /readyz answer what liveness and readiness say here.
+
+Health (grpc.health.v1): readiness is "", "readiness", "mmntp.v1.GenerationService" and
+"mmntp.v1.BatchService" (SERVING only once warm and while the engine lives; gauge `mmntp_ready`); liveness is
 "liveness" (SERVING from bind while the event loop answers; NOT_SERVING only on shutdown
 or once the engine is dead, which this process cannot recover from).
 
@@ -47,19 +51,25 @@ from grpc_reflection.v1alpha import reflection
 from mmntp.api import SamplingParams, TimeSeriesOutput, TimeSeriesPart, TokenIdsPart, TokensOutput
 from mmntp.engine.async_engine import EngineFailedError
 from mmntp.engine.compiled_decode import warm_up_prompts
-from mmntp.serve.auth import ApiKeyInterceptor, FailureLog
+from mmntp.serve.auth import ApiKeyInterceptor, FailureLog, KeyCheck
+from mmntp.serve.batch_servicer import BatchServicer
+from mmntp.serve.batches import BatchLimits, BatchManager
+from mmntp.serve.core import engine_failure
+from mmntp.serve.http_api import HttpServer
 from mmntp.serve.metrics import ServerHealthMetrics, ServiceMetrics
 from mmntp.serve.quotas import AdmissionConfig
 from mmntp.serve.servicer import GenerationServicer
+from mmntp.v1 import batch_pb2, batch_pb2_grpc, generation_pb2_grpc
 from mmntp.v1 import generation_pb2 as pb
-from mmntp.v1 import generation_pb2_grpc
 
 log = logging.getLogger("mmntp.serve")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+BATCH_SERVICE_NAME = batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-READINESS = ("", "readiness", SERVICE_NAME)  # health names that follow the engine
+# Health names that follow the engine.
+READINESS = ("", "readiness", SERVICE_NAME, BATCH_SERVICE_NAME)
 LIVENESS = "liveness"  # SERVING while the process is worth keeping
 FAILURE_GRACE_SECONDS = 5.0  # grace for other calls when the engine has died
 T = TypeVar("T")
@@ -94,13 +104,42 @@ class ServerConfig:
     # Serve without API keys on a non-loopback address, or with a blank key set
     # (`--allow-unauthenticated`); without it such a server refuses to start.
     allow_unauthenticated: bool = False
+    # Where BatchService keeps its batches (`--state-dir`; `mmntp serve` defaults to
+    # $XDG_STATE_HOME/mmntp/<service name>). None: BatchService answers
+    # FAILED_PRECONDITION. See docs/operations.md ("Batch jobs").
+    state_dir: str | None = None
+    batch_max_lines: int = 50_000  # request lines per batch
+    batch_max_line_bytes: int = 1 << 20  # bytes per JSONL line
+    max_batches: int = 100  # batches kept; creating one more evicts the oldest ended one
+    # Engine rows of batch work in flight, over all batches (a forecast takes one row per
+    # sample path; one request always goes, whatever its rows). An interactive request
+    # that arrives mid-step waits for that step, whose time grows with its rows.
+    batch_rows: int = 16
+    # Batch rows step only after this many seconds without an interactive request in
+    # flight, so requests sent one after another do not each wait for a batch step.
+    batch_idle_seconds: float = 0.2
+    # The HTTP API's port (serve/http_api.py; 0 picks a free one; None: no HTTP), served
+    # by the same process and event loop, on the same host.
+    http_port: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"server.port must be in [0, 65535], got {self.port}")
-        for name in ("max_message_bytes", "max_concurrent_rpcs"):
+        if self.http_port is not None and (
+            isinstance(self.http_port, bool)
+            or not isinstance(self.http_port, int)
+            or not 0 <= self.http_port <= 65535
+        ):
+            raise ValueError(f"server.http_port must be in [0, 65535], got {self.http_port!r}")
+        positive = ("max_message_bytes", "max_concurrent_rpcs", "batch_max_lines")
+        positive += ("batch_max_line_bytes", "max_batches", "batch_rows")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"server.{name} must be positive, got {getattr(self, name)}")
+        if not self.batch_idle_seconds >= 0:
+            raise ValueError(
+                f"server.batch_idle_seconds must be >= 0, got {self.batch_idle_seconds}"
+            )
         if self.grace_seconds < 0:
             raise ValueError(f"server.grace_seconds must be >= 0, got {self.grace_seconds}")
         if isinstance(self.torch_threads, bool) or not isinstance(self.torch_threads, int):
@@ -190,11 +229,11 @@ class Server:
         self.health_metrics = ServerHealthMetrics(self.metrics.registry)
         self.health = health.aio.HealthServicer()
         interceptors: list[grpc.aio.ServerInterceptor] = []
+        self.key_check: KeyCheck | None = None  # shared by gRPC and HTTP
         if self.api_keys:
             refused = self.health_metrics.auth_failures
-            interceptors.append(
-                ApiKeyInterceptor(self.api_keys, on_failure=lambda r: refused.labels(r).inc())
-            )
+            self.key_check = KeyCheck(self.api_keys, on_failure=lambda r: refused.labels(r).inc())
+            interceptors.append(ApiKeyInterceptor(check=self.key_check))
         # After auth: a refused call is refused before its bytes are judged.
         interceptors.append(_Guard(self.health_metrics))
         self.grpc = grpc.aio.server(
@@ -202,16 +241,29 @@ class Server:
             options=self.config.grpc_options(),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
-        generation_pb2_grpc.add_GenerationServiceServicer_to_server(
-            GenerationServicer(self.pipe, self.metrics, self.admission), self.grpc
-        )
+        self.servicer = GenerationServicer(self.pipe, self.metrics, self.admission)
+        generation_pb2_grpc.add_GenerationServiceServicer_to_server(self.servicer, self.grpc)
+        self.batches = None
+        if self.config.state_dir is not None:
+            self.batches = BatchManager(self.pipe, self.config.state_dir, self._batch_limits())
+            self.pipe.async_engine.background_delay = self.config.batch_idle_seconds
+        batch_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(self.batches), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        names = (SERVICE_NAME, BATCH_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.grpc)
         self.port: int | None = None
+        self.http_port: int | None = None
+        self.http: HttpServer | None = None
+        self.ready = self.live = False  # what the health service reports, for HTTP's probes
         self.failure: BaseException | None = None
         self.failed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+
+    def _batch_limits(self) -> BatchLimits:
+        cfg = self.config
+        return BatchLimits(
+            cfg.batch_max_lines, cfg.batch_max_line_bytes, cfg.max_batches, cfg.batch_rows
+        )
 
     def _check_auth(self) -> None:
         host, loopback = self.config.host, _is_loopback(self.config.host)
@@ -235,6 +287,9 @@ class Server:
         self.port = self._bind()
         await self.grpc.start()
         await self.health.set(LIVENESS, SERVING)
+        self.live = True
+        if self.config.http_port is not None:
+            await self._start_http(self.config.http_port)
         if self.metrics_port is not None:
             try:
                 bound = self.metrics.start_http(self.metrics_port, addr=self.config.host)
@@ -257,6 +312,11 @@ class Server:
                 raise self._fatal("warmup", err) from err
         if self.failure is not None:  # the engine died under the warm-up's last request
             raise ServeError(f"engine failed: {_reason(self.failure)}")
+        if self.batches is not None:  # after the warm-up: resumed batches are not first
+            try:
+                await self.batches.start()
+            except Exception as err:
+                raise self._fatal("batches", err, f"state dir {self.config.state_dir}") from err
         await self._set_ready(True)
         scheme = "grpcs" if self.tls else "grpc"
         auth = f"{len(self.api_keys)} API key(s)" if self.api_keys else "no authentication"
@@ -331,15 +391,40 @@ class Server:
             await self.health.set(name, SERVING if ready else NOT_SERVING)
         if not live:
             await self.health.set(LIVENESS, NOT_SERVING)
+        self.ready, self.live = ready, self.live and live
         self.health_metrics.ready.set(1 if ready else 0)
+
+    async def _start_http(self, port: int) -> None:
+        self.http = HttpServer(
+            self.servicer.core,
+            self.key_check,
+            live=lambda: self.live,
+            ready=lambda: self.ready,
+            config=self.config,
+            tls=None if self.tls is None else (self.tls.cert, self.tls.key),
+        )
+        try:
+            sock = _listening_socket(self.config.host, port)
+        except OSError:
+            why = _why_unbindable(self.config.host, port)
+            raise ServeError(f"cannot bind HTTP {self.config.host}:{port}: {why}") from None
+        self.http_port = await self.http.start(sock)
+        scheme = "https" if self.tls else "http"
+        log.info("HTTP API on %s://%s:%d", scheme, self.config.host, self.http_port)
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, refuse new calls, let in-flight ones finish within `grace` seconds."""
         grace = self.config.grace_seconds if grace is None else grace
         self.health_metrics.ready.set(0)
+        self.ready = self.live = False
         await self.health.enter_graceful_shutdown()
         log.info("shutting down: in-flight calls have %.0f s to finish", grace)
-        await self.grpc.stop(grace)
+        stopping = [self.grpc.stop(grace)]
+        if self.http is not None:
+            stopping.append(self.http.stop(grace))
+        await asyncio.gather(*stopping)
+        if self.batches is not None:  # stopped where they are: they resume on restart
+            await self.batches.stop()
         engine = self.pipe.async_engine
         if self._engine_failed in engine.on_failure:
             engine.on_failure.remove(self._engine_failed)
@@ -363,6 +448,23 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a host name: assume it is reachable from elsewhere
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to HOST:PORT for the HTTP API (uvicorn listens on it); OSError if
+    the port is taken. SO_REUSEADDR only: a second server on the port must still fail."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _why_unbindable(host: str, port: int) -> str:
@@ -473,19 +575,10 @@ class _EngineStatusContext:
         return getattr(self._context, name)
 
     async def abort(self, code, details: str = "", trailing_metadata=()):
-        failure = _engine_failure(sys.exc_info()[1])
+        failure = engine_failure(sys.exc_info()[1])
         if failure is not None:
             code, details = grpc.StatusCode.UNAVAILABLE, str(failure)
         await self._context.abort(code, details, trailing_metadata)
-
-
-def _engine_failure(err: BaseException | None) -> EngineFailedError | None:
-    seen = 0
-    while err is not None and seen < 8:
-        if isinstance(err, EngineFailedError):
-            return err
-        err, seen = err.__cause__ or err.__context__, seen + 1
-    return None
 
 
 async def warm_up(pipe: Any) -> None:

