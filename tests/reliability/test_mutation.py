@@ -44,6 +44,7 @@ MODULES = {
             "tests/test_scheduler.py",
             "tests/test_scheduler_contract.py",
             "tests/reliability/test_fair_steps.py",
+            "tests/test_scheduler_background.py",
         ],
         16,
     ),
