@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import math
+import multiprocessing
 import os
 import random
 from collections import Counter
@@ -276,40 +277,82 @@ def small_jobs(args: argparse.Namespace) -> list[Job]:
     ]
 
 
-async def fairness_load(args: argparse.Namespace) -> dict[str, list[Outcome]]:
-    """B idle, then B under A's flood (closed loop): B's outcomes both ways and A's."""
+def _client(args: argparse.Namespace, key: str | None) -> Any:
     from mmntp.client import AsyncClient
 
-    def client(key: str | None) -> Any:
-        return AsyncClient(
-            args.server, api_key=key, tls_ca=args.tls_ca, timeout=args.timeout, retries=0
-        )
+    return AsyncClient(
+        args.server, api_key=key, tls_ca=args.tls_ca, timeout=args.timeout, retries=0
+    )
 
-    small, heavy = small_jobs(args), make_jobs(args)
-    b = client(args.api_key or os.environ.get(API_KEY_ENV) or None)
-    a = client(args.flood_api_key)
-    async with a, b:
-        await check_server(b, min(args.timeout or 5.0, 5.0))
-        progress(f"key B idle: {len(small)} small requests one at a time")
-        idle = [await send(b, job, args.timeout) for job in small]
-        flood: list[Outcome] = []
-        stop = asyncio.Event()
 
-        async def flooder(k: int) -> None:
-            i = k
-            while not stop.is_set():
-                flood.append(await send(a, heavy[i % len(heavy)], args.timeout))
-                i += args.flood_concurrency
+async def _flood(args: argparse.Namespace, started: Any, stop: Any) -> list[Outcome]:
+    """Key A's closed loop: flood_concurrency requests in flight until `stop` is set
+    (asyncio or multiprocessing events: anything with set() and is_set())."""
+    heavy = make_jobs(args)
+    flood: list[Outcome] = []
 
-        workers = [asyncio.create_task(flooder(k)) for k in range(args.flood_concurrency)]
-        progress(f"key A floods with {args.flood_concurrency} in flight; key B sends again")
-        await asyncio.sleep(1.0)  # the flood fills the engine and its queue first
-        loaded = [await send(b, job, args.timeout) for job in small]
-        stop.set()
+    async def flooder(a: Any, k: int) -> None:
+        i = k
+        while not stop.is_set():
+            flood.append(await send(a, heavy[i % len(heavy)], args.timeout))
+            i += args.flood_concurrency
+
+    async with _client(args, args.flood_api_key) as a:
+        workers = [asyncio.create_task(flooder(a, k)) for k in range(args.flood_concurrency)]
+        started.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
         for w in workers:
             w.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+    return flood
+
+
+def _flood_process(args: argparse.Namespace, started: Any, stop: Any, results: Any) -> None:
+    """The flood in a process of its own (multiprocessing target): its outcomes back
+    through `results` (bench clock readings are system-wide: perf_counter is monotonic)."""
+    results.put(asyncio.run(_flood(args, started, stop)))
+
+
+async def fairness_load(args: argparse.Namespace) -> dict[str, list[Outcome]]:
+    """B idle, then B under A's flood (closed loop): B's outcomes both ways and A's.
+
+    A's flood runs in a child process, as another client would: B's client does not
+    share its event loop (and the GIL) with A's streams, so B's latency is the server's
+    doing. `--flood-in-process` puts both on one loop (the measurement before 2026-12-08).
+    """
+    small = small_jobs(args)
+    async with _client(args, args.api_key or os.environ.get(API_KEY_ENV) or None) as b:
+        await check_server(b, min(args.timeout or 5.0, 5.0))
+        progress(f"key B idle: {len(small)} small requests one at a time")
+        idle = [await send(b, job, args.timeout) for job in small]
+        progress(f"key A floods with {args.flood_concurrency} in flight; key B sends again")
+        if getattr(args, "flood_in_process", False):
+            started, stop = asyncio.Event(), asyncio.Event()
+            task = asyncio.create_task(_flood(args, started, stop))
+            loaded = await _measure_under(b, small, args, started)
+            stop.set()
+            flood = await task
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            started, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
+            child = ctx.Process(target=_flood_process, args=(args, started, stop, results))
+            child.start()
+            try:
+                await asyncio.to_thread(started.wait, 120)
+                loaded = await _measure_under(b, small, args, started)
+            finally:
+                stop.set()
+            flood = await asyncio.to_thread(results.get, True, 120)
+            child.join(30)
     return {"idle": idle, "loaded": loaded, "flood": flood}
+
+
+async def _measure_under(b: Any, small: list[Job], args: argparse.Namespace, started: Any):
+    while not started.is_set():
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(1.0)  # the flood fills the engine and its queue first
+    return [await send(b, job, args.timeout) for job in small]
 
 
 def fairness_summary(runs: dict[str, list[Outcome]]) -> dict[str, Any]:

@@ -74,6 +74,12 @@ def add_bench_serve_parser(bench_subparsers) -> argparse.ArgumentParser:
         default=32,
         help="--fairness: key A's requests in flight (default 32)",
     )
+    parser.add_argument(
+        "--flood-in-process",
+        action="store_true",
+        help="--fairness: run key A's flood on B's event loop instead of a process of its "
+        "own (B's latency then includes client-side work on A's streams)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--out", default=DEFAULT_SERVE_OUT, help=f"write JSON here (default {DEFAULT_SERVE_OUT})"

@@ -11,7 +11,7 @@ the next unit admitted is the best priority level's head of the owner served lon
 (round robin within a level), so one owner's flood cannot starve another's requests.
 The step is fair too (`contended_rows_per_step`, `contended_batched_tokens`): while two or
 more owners have work, a step computes at most that many rows and tokens, each split
-max-min fairly between the owners, and each
+max-min fairly between the owners (admissions count against the same shares), and each
 owner's running rows take turns (least recently scheduled first), so a flood of rows does
 not make every step of another owner's small request as slow as the whole flood.
 Background work (priority >= BACKGROUND_PRIORITY: a server's batch jobs) only fills
@@ -66,9 +66,13 @@ class SchedulerConfig:
 
 
 _MAY_BE_ZERO = {"contended_rows_per_step", "background_rows_per_step"}
-# An owner whose work ended keeps the steps contended this many steps longer, so that its
-# next request (a client sending one after another) does not wait for a whole full step.
+# An owner whose work ended keeps the steps contended this many steps, and at least this
+# many seconds, longer: its next request (a client sending one after another) must not
+# find a whole full step in its way. Seconds too, because on a loaded machine the client's
+# round trip outlasts 8 small steps (measured: B then waited 0.1-0.3 s behind 512-token
+# steps of the flood).
 LINGER_STEPS = 8
+LINGER_SECONDS = 0.5
 
 
 @dataclass
@@ -100,9 +104,10 @@ class SchedulerOutput:
 class Scheduler:
     """Decides, each step, which requests compute how many tokens."""
 
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, clock=time.monotonic) -> None:
         self.config = config
         self.kv = kv
+        self._clock = clock  # for the linger only
         self._queues: dict[str, list[Request]] = {}  # owner -> its waiting rows, by _order
         self._num_waiting = 0  # rows over all queues
         self._waiting_tokens = 0
@@ -117,7 +122,7 @@ class Scheduler:
         self._finished_ids: list[str] = []
         self._steps = 0  # schedule() calls
         self._last_run: dict[str, int] = {}  # unit (its first row's id) -> its last step
-        self._active: dict[str, int] = {}  # owner -> the last step it had work
+        self._active: dict[str, tuple[int, float]] = {}  # owner -> last step, time with work
 
     # -- intake ------------------------------------------------------------------------
 
@@ -185,12 +190,13 @@ class Scheduler:
         try:
             room = self._make_room()
             shares = self._fair_shares()
+            left = None
             if shares is None:
                 budget = self._schedule_running(self.config.max_num_batched_tokens, out)
             else:
-                budget = self._schedule_running_fair(*shares, out)
+                budget, left = self._schedule_running_fair(*shares, out)
             if not out.preempted:
-                self._schedule_waiting(budget, out)
+                self._schedule_waiting(budget, out, left)
         finally:
             self._unpark(parked)
         out.preempted[:0] = yielded + room
@@ -284,12 +290,13 @@ class Scheduler:
     # -- fair steps (contended_batched_tokens) ----------------------------------------
 
     def _fair_shares(self) -> tuple[int, dict[str, tuple[int, int]], dict] | None:
-        """The step's token budget, each owner's (rows, tokens) share and its running units
-        in turn order; None when the step is not contended (the knob is off, or one owner
-        has had work in the last LINGER_STEPS steps).
+        """The step's token budget, each owner's (rows, tokens) share (running units and
+        admissions alike) and its running units in turn order; None when the step is not
+        contended (the knob is off, or one owner has had work in the last LINGER_STEPS steps
+        and LINGER_SECONDS).
 
         An owner's demand is what its running units would compute this step, plus its
-        waiting head when a row could be admitted; rows and tokens are each split max-min
+        waiting units the free slots could take; rows and tokens are each split max-min
         fairly (no owner gets more than it asks; what one leaves goes to the others).
         """
         cfg = self.config
@@ -299,10 +306,15 @@ class Scheduler:
         for r in self._running.values():
             if not r.is_shadow:
                 units.setdefault(r.owner, []).append(r)
+        now = self._clock()
         for owner in units.keys() | self._queues.keys():
-            self._active[owner] = self._steps
-        recent = [o for o, step in self._active.items() if self._steps - step <= LINGER_STEPS]
-        self._active = {o: self._active[o] for o in recent}
+            self._active[owner] = (self._steps, now)
+        self._active = {
+            o: (step, at)
+            for o, (step, at) in self._active.items()
+            if self._steps - step <= LINGER_STEPS or now - at <= LINGER_SECONDS
+        }
+        recent = list(self._active)
         if len(recent) < 2:
             return None
         budget = min(cfg.contended_batched_tokens, cfg.max_num_batched_tokens)
@@ -311,17 +323,18 @@ class Scheduler:
             own.sort(key=lambda u: (self._last_run.get(u.request_id, 0), self._key(u)))
             rows[owner] = sum(len(_rows(u)) for u in own)
             tokens[owner] = sum(self._demand(u) for u in own)
-        if len(self._running) < cfg.max_num_seqs:
-            for owner, queue in self._queues.items():
-                head = queue[0].partner if queue[0].is_shadow else queue[0]
-                rows[owner] = rows.get(owner, 0) + len(_rows(head))
-                tokens[owner] = tokens.get(owner, 0) + self._demand(head)
+        free = cfg.max_num_seqs - len(self._running)
+        for owner, queue in self._queues.items() if free > 0 else ():
+            more_rows, more_tokens = self._waiting_demand(queue, free)
+            rows[owner] = rows.get(owner, 0) + more_rows
+            tokens[owner] = tokens.get(owner, 0) + more_tokens
         rows = _water_fill(rows, cfg.contended_rows_per_step, self._steps)
         tokens = _water_fill(tokens, budget, self._steps)
         shares = {}
-        for owner, own in units.items():
+        for owner in rows:
             # An owner always moves its next unit (a guided pair needs a token per row).
-            least = len(_rows(own[0]))
+            nxt = units[owner][0] if owner in units else self._queues[owner][0]
+            least = len(_rows(nxt.partner if nxt.is_shadow else nxt))
             shares[owner] = (max(rows[owner], least), max(tokens[owner], least))
         return budget, shares, units
 
@@ -359,6 +372,17 @@ class Scheduler:
             held[top] -= len(_rows(victim))
         return preempted
 
+    def _waiting_demand(self, queue: list[Request], free: int) -> tuple[int, int]:
+        """Rows and tokens of an owner's first waiting units that the free slots could take."""
+        rows = tokens = 0
+        for req in queue:
+            if rows >= free:
+                break
+            if not req.is_shadow:  # a shadow counts with its partner
+                rows += len(_rows(req))
+                tokens += self._demand(req)
+        return rows, tokens
+
     def _demand(self, unit: Request) -> int:
         return sum(
             min(r.num_tokens - r.num_computed_tokens, self.config.max_prefill_chunk)
@@ -371,11 +395,15 @@ class Scheduler:
         shares: dict[str, tuple[int, int]],
         units: dict[str, list[Request]],
         out: SchedulerOutput,
-    ) -> int:
+    ) -> tuple[int, dict[str, list[int]]]:
         """Schedule each owner's running units in turn order within its share; a unit left
-        out waits (its KV stays) and goes first next step. Returns what is left for
-        admissions. Out of KV blocks, the worst unit not yet allocated is preempted."""
+        out waits (its KV stays) and goes first next step. Returns the tokens left for
+        admissions and each owner's [rows, tokens] left of its share: admissions count
+        against the same shares, so a flooding owner's waiting rows do not swell a step
+        another owner's rows are in. Out of KV blocks, the worst unit not yet allocated is
+        preempted."""
         plan = []
+        left = {owner: list(share) for owner, share in shares.items()}
         for owner, own in units.items():
             rows_left, tokens_left = shares[owner]
             for unit in own:
@@ -387,6 +415,7 @@ class Scheduler:
                     plan.append((unit, chunks))
                     rows_left -= len(rows)
                     tokens_left -= sum(chunks)
+            left[owner] = [rows_left, tokens_left]
         pending = {u.request_id: u for own in units.values() for u in own}
         used = 0
         for unit, chunks in plan:
@@ -399,23 +428,33 @@ class Scheduler:
                 self._preempt(victim)
                 out.preempted.append(victim.request_id)
                 if victim is unit:
-                    return 0
+                    return 0, left
             del pending[unit.request_id]
             for row, n in zip(rows, chunks):
                 if n:
                     self._add_scheduled(out, row, n)
             used += sum(chunks)
-        return max(0, budget - used)
+        return max(0, budget - used), left
 
-    def _schedule_waiting(self, budget: int, out: SchedulerOutput) -> None:
+    def _schedule_waiting(
+        self, budget: int, out: SchedulerOutput, left: dict[str, list[int]] | None = None
+    ) -> None:
+        """Admit waiting units while the budget allows; under contention (`left`: each
+        owner's [rows, tokens] left of its share) only owners with room in their share."""
         while self._num_waiting and budget > 0:
-            head = self._next_waiting()
+            room = None if left is None else {o for o, (r, t) in left.items() if r > 0 < t}
+            if room is not None and not room & self._queues.keys():
+                return
+            head = self._next_waiting(room)
             rows = _rows(head.partner if head.is_shadow else head)
             if len(self._running) + len(rows) > self.config.max_num_seqs:
                 return
+            share = left[head.owner] if left is not None else None
+            if share is not None and len(rows) > share[0]:
+                return  # a guided pair with one row of share left: next step
             for row in rows:
                 row.num_computed_tokens = self.kv.get_computed_blocks(row)
-            chunks = self._chunks(rows, budget)
+            chunks = self._chunks(rows, budget if share is None else min(budget, share[1]))
             if not any(chunks) or not self._allocate(rows, chunks):
                 for row in rows:
                     self.kv.free(row.request_id)
@@ -433,12 +472,18 @@ class Scheduler:
             self._admissions += 1
             self._served[head.owner] = self._admissions
             budget -= sum(chunks)
+            if share is not None:
+                share[0] -= len(rows)
+                share[1] -= sum(chunks)
 
-    def _next_waiting(self) -> Request:
-        """The next unit to admit: best priority level first; within a level, the head of
-        the owner whose last admission is oldest (round robin), then arrival."""
+    def _next_waiting(self, owners: set[str] | None = None) -> Request:
+        """The next unit to admit (of `owners` only, if given): best priority level first;
+        within a level, the head of the owner whose last admission is oldest (round robin),
+        then arrival."""
         best, best_key = None, None
         for owner, queue in self._queues.items():
+            if owners is not None and owner not in owners:
+                continue
             priority, arrival, seq = self._order[queue[0].request_id]
             key = (priority, self._served.get(owner, 0), arrival, seq)
             if best_key is None or key < best_key:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from mmntp.api.errors import FieldError
+from mmntp.api.errors import FieldError, check_int
+from mmntp.api.errors import short_repr as _short
+from mmntp.api.errors import type_name as _type_name
 
 
 @dataclass
@@ -110,26 +112,6 @@ MAX_ROPE_ENTRIES = 1 << 28  # max_seq_len * head_dim: each RoPE table (cos, sin)
 MAX_ROPE_THETA = 1e12
 _OPTIONAL = ("n_kv_heads", "head_dim", "ffn_dim")  # null = derived
 _BOOLS = ("tie_embeddings", "qk_norm", "attention_bias")
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), "null" if value is None else type(value).__name__
-    )
-
-
-def _short(value: Any) -> str:
-    text = repr(value).replace("\n", " ")
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    """`value` if it is an int (not a bool) in [lo, hi], else FieldError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise FieldError(name, f"must be an integer, got {_type_name(value)} {_short(value)}")
-    if not lo <= value <= hi:
-        raise FieldError(name, f"must lie in [{lo}, {hi}], got {value}")
-    return value
 
 
 def _check_field(name: str, value: Any) -> None:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmntp.api.errors import FieldError, check_int
 from mmntp.tokenizers.base import (
     DiscreteTokenizer,
     Encoded,
@@ -61,8 +62,11 @@ def erb_number_to_hz(e: torch.Tensor) -> torch.Tensor:
 
 def erb_space(f_min: float, f_max: float, n: int) -> torch.Tensor:
     """`n` centre frequencies (float64, ascending) equally spaced on the ERB-rate scale."""
-    e = torch.linspace(float(hz_to_erb_number(f_min)), float(hz_to_erb_number(f_max)), n)
-    return erb_number_to_hz(e.double())
+    # The two ends are numbers, computed on the CPU even while a card is built on the
+    # meta device (its size check): a meta tensor has no value to read.
+    with torch.device("cpu"):
+        lo, hi = float(hz_to_erb_number(f_min)), float(hz_to_erb_number(f_max))
+    return erb_number_to_hz(torch.linspace(lo, hi, n).double())
 
 
 def gammatone_bank(
@@ -329,15 +333,11 @@ class CochlearTokenizer(DiscreteTokenizer):
         seed: int = 0,
         envelope: str = "rectified",
     ) -> None:
-        if sample_rate <= 0 or hop <= 0:
-            raise ValueError(f"bad sample_rate {sample_rate} / hop {hop}")
+        sizes = {"sample_rate": sample_rate, "hop": hop, "channels": channels}
+        sizes.update(fir_length=fir_length, codebook_size=codebook_size, width=width)
+        _check_sizes({**sizes, "carriers": carriers, "seed": seed}, dilations)
         if not 0 < f_min < f_max < sample_rate / 2:
             raise ValueError(f"need 0 < f_min < f_max < sample_rate / 2, got {f_min}, {f_max}")
-        if channels < 2 or codebook_size < 2 or carriers < 1 or width < 1:
-            raise ValueError(
-                f"bad sizes: channels {channels}, codebook_size {codebook_size}, "
-                f"carriers {carriers}, width {width}"
-            )
         if not 0 < compression <= 1:
             raise ValueError(f"compression must be in (0, 1], got {compression}")
         self.sample_rate, self.hop, self.channels = int(sample_rate), int(hop), int(channels)
@@ -494,6 +494,30 @@ class CochlearTokenizer(DiscreteTokenizer):
             {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         )
         return tok
+
+
+# Sizes a config may give: the front end allocates a channels x fir_length float64 bank
+# (and FFTs over it) that no tensor of the card bounds, so these are checked first.
+SIZE_LIMITS = {
+    "sample_rate": (1, 384_000),
+    "hop": (1, 1 << 16),
+    "channels": (2, 4096),
+    "fir_length": (1, 1 << 16),
+    "codebook_size": (2, 1 << 20),
+    "width": (1, 1 << 14),
+    "carriers": (1, 1 << 14),
+    "seed": (0, (1 << 63) - 1),
+}
+
+
+def _check_sizes(sizes: dict[str, Any], dilations: Any) -> None:
+    """FieldError naming the first constructor size that is not an int in its range."""
+    for name, (lo, hi) in SIZE_LIMITS.items():
+        check_int(name, sizes[name], lo, hi)
+    if not isinstance(dilations, (list, tuple)) or not 1 <= len(dilations) <= 16:
+        raise FieldError("dilations", f"must be a list of 1 to 16 integers, got {dilations!r:.40}")
+    for i, d in enumerate(dilations):
+        check_int(f"dilations[{i}]", d, 1, 1 << 12)
 
 
 # Constructor arguments that shape only the decoder (code_identity leaves them out).

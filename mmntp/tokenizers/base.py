@@ -22,6 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mmntp.api.errors import FieldError
+
 CONFIG_FILE = "config.json"
 TENSORS_FILE = "tokenizer.safetensors"
 CARD_FILE = "CARD.md"
@@ -333,6 +335,8 @@ def _from_config(
         return cls.from_config(config, tensors, directory)
     except ModelLoadError:
         raise
+    except FieldError as err:  # a config value the tokenizer checked: its key is the field
+        raise ModelLoadError(directory / CONFIG_FILE, err.field, err.problem) from None
     except (ValueError, TypeError, KeyError) as err:
         problem = " ".join(str(err).split())[:300]
         raise ModelLoadError(directory / CONFIG_FILE, "", problem) from None

@@ -27,7 +27,7 @@ from mmntp.engine.request import QueueFullError, Request, shadow_of
 from mmntp.engine.scheduler import Scheduler, SchedulerConfig
 from mmntp.generation import Pipeline
 from mmntp.serve.metrics import ServiceMetrics
-from mmntp.serve.quotas import Admission, AdmissionConfig, KeyPolicy, QuotaExceeded, key_id
+from mmntp.serve.quotas import AdmissionConfig, key_id
 from mmntp.serve.servicer import GenerationServicer
 from mmntp.v1 import generation_pb2 as pb
 from mmntp.v1 import generation_pb2_grpc
@@ -125,47 +125,6 @@ def test_a_guided_pair_is_one_unit_of_its_owner():
     assert sched.num_waiting == 4 and sched.num_waiting_requests == 3
     out = sched.schedule()
     assert out.new_request_ids == ["g", "g#uncond", "b"]  # then B, before A's second
-
-
-# -- quotas (pure Python) ------------------------------------------------------------------
-
-
-def test_concurrency_and_token_bucket_quotas():
-    now = [0.0]
-    config = AdmissionConfig(
-        keys={
-            key_id("a"): KeyPolicy(max_concurrent=2),
-            key_id("b"): KeyPolicy(rate=2.0, burst=2),
-        }
-    )
-    admission = Admission(config, clock=lambda: now[0])
-    a = key_id("a")
-    admission.admit(a), admission.admit(a)
-    with pytest.raises(QuotaExceeded, match="max_concurrent=2") as err:
-        admission.admit(a)
-    assert err.value.reason == "concurrency" and err.value.retry_after == 1.0
-    admission.release(a)
-    admission.admit(a)
-    b = key_id("b")
-    admission.admit(b), admission.admit(b)  # the burst
-    with pytest.raises(QuotaExceeded, match=r"rate=2/s") as err:
-        admission.admit(b)
-    assert err.value.retry_after == pytest.approx(0.5)
-    now[0] = 0.5  # one token refilled
-    admission.admit(b)
-    assert admission.in_flight(b) == 3  # the rate quota does not bound concurrency
-
-
-def test_policies_name_keys_by_id_never_by_secret(tmp_path):
-    path = tmp_path / "policies.json"
-    path.write_text(json.dumps({"keys": {"my-secret-key": {"priority": 1}}}))
-    with pytest.raises(ValueError, match="not a key id") as err:
-        AdmissionConfig.load(path)
-    assert "my-secret-key" not in str(err.value)
-    path.write_text(json.dumps({"default": {"max_concurrent": -1}}))
-    with pytest.raises(ValueError, match="max_concurrent"):
-        AdmissionConfig.load(path)
-    assert key_id("my-secret-key").startswith("k-") and "secret" not in key_id("my-secret-key")
 
 
 # -- the service -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import logging
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving import ServerThread
 
 from mmntp.cli import main
@@ -120,14 +121,28 @@ def test_every_generation_method_needs_a_key_and_refusals_are_counted(pipe, capl
                 with pytest.raises(grpc.RpcError) as err:
                     call(stub, name, key)
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, (name, key)
+                reason = "missing" if key is None else "invalid"
+                hint = f"{reason} API key: send metadata 'authorization: Bearer KEY'"
+                assert err.value.details() == hint, (name, key)
             assert call(stub, name, "k-one") is not None
+        # with the key, each method answers with content, not just without an error
+        assert call(stub, "ListModels", "k-one").models
+        assert call(stub, "Tokenize", "k-one").ids
+        assert [c for c in call(stub, "Generate", "k-one") if c.WhichOneof("chunk")]
+        # health stays open: probes carry no secret
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
         registry = srv.server.metrics.registry
         missing = registry.get_sample_value("mmntp_auth_failures_total", {"reason": "missing"})
         invalid = registry.get_sample_value("mmntp_auth_failures_total", {"reason": "invalid"})
+        # the extra successful calls above are not counted as failures
         assert (missing, invalid) == (len(CALLS), 2 * len(CALLS))
     refusals = [r for r in caplog.records if "refused for authentication" in r.getMessage()]
     assert len(refusals) == 1  # twelve refusals within seconds: one line
     assert refusals[0].levelno == logging.WARNING
+    latest = "(latest: missing API key, /mmntp.v1.GenerationService/ListModels)"
+    assert refusals[0].getMessage().endswith(latest)
     assert all(SECRET not in r.getMessage() for r in caplog.records)  # never the key
 
 
@@ -217,3 +232,106 @@ def test_serve_with_a_bad_certificate_is_one_line(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "mmntp serve: error: TLS key" in err and "does not match" in err
     assert "Failed to bind" not in err and "Traceback" not in err
+
+
+# -- the pieces, at their edges (mutation testing) ------------------------------------------
+
+
+def test_the_refusal_to_start_says_how_to_start_open():
+    with pytest.raises(ValueError) as err:
+        load_api_keys(env={"MMNTP_API_KEYS": " , "})
+    assert str(err.value).endswith(
+        "or pass --allow-unauthenticated to serve without authentication"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("k-one\nk two\n", 2), ("k-one\nk-2\nk\x07three\n", 3), ("bad\tkey\n", 1)],
+)
+def test_a_key_with_whitespace_or_unprintable_characters_is_refused(tmp_path, text, number):
+    path = tmp_path / "keys"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        load_api_keys(path)
+    assert str(err.value) == f"API key #{number} contains whitespace or unprintable characters"
+    assert load_api_keys(env={"MMNTP_API_KEYS": "a-1, b-2"}) == ["a-1", "b-2"]
+
+
+@pytest.mark.parametrize(
+    ("value", "token"),
+    [
+        ("Bearer k-one", "k-one"),
+        ("bearer  k-one ", "k-one"),  # scheme in any case, spaces around the token
+        (b"Bearer k-one", "k-one"),
+        (b"Bearer k-\xff", "k-\ufffd"),  # undecodable bytes: replaced, never an exception
+        ("Basic k-one", None),
+        ("Bearer ", None),
+        ("k-one", None),
+    ],
+)
+def test_bearer_token_reads_only_a_bearer_scheme(value, token):
+    from mmntp.serve.auth import bearer_token
+
+    assert bearer_token([("x-other", "Bearer no"), ("authorization", value)]) == token
+
+
+def test_refusals_are_logged_every_ten_seconds_by_default_with_reason_and_method(caplog):
+    from mmntp.serve.auth import ApiKeyInterceptor
+
+    now = [0.0]
+    failures = FailureLog(clock=lambda: now[0])
+    assert failures.note("invalid API key", "/svc/M")
+    now[0] = 9.9
+    assert not failures.note("invalid API key", "/svc/M")
+    now[0] = 10.0
+    assert failures.note("missing API key", "/svc/N")
+    assert caplog.records[-1].getMessage().endswith("(latest: missing API key, /svc/N)")
+    assert ApiKeyInterceptor(["k"]).failures.every == 10.0
+    with pytest.raises(ValueError, match="^ApiKeyInterceptor needs at least one key$"):
+        ApiKeyInterceptor([])
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    async def abort(self, code, message):
+        self.code, self.message = code, message
+        raise _Aborted
+
+
+@pytest.mark.parametrize("shape", [(False, False), (False, True), (True, False), (True, True)])
+def test_a_refusal_keeps_the_method_s_shape_and_aborts_unauthenticated(shape):
+    """Every gRPC method shape, client-streaming ones too (this service has none, an
+    interceptor protecting another service may): same shape, UNAUTHENTICATED with the hint."""
+    from mmntp.serve.auth import _refusal
+
+    async def behaviour(request, context):  # pragma: no cover - replaced by the refusal
+        raise AssertionError("the method ran")
+
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[shape]
+    refusal = _refusal(make(behaviour), "missing API key: send metadata")
+    assert (refusal.request_streaming, refusal.response_streaming) == shape
+    run = refusal.unary_unary or refusal.unary_stream or refusal.stream_unary
+    run = run or refusal.stream_stream
+    context = _Context()
+
+    async def call():
+        result = run(None, context)
+        if shape[1]:
+            async for _ in result:
+                pass
+        else:
+            await result
+
+    with pytest.raises(_Aborted):
+        asyncio.run(call())
+    assert context.code == grpc.StatusCode.UNAUTHENTICATED
+    assert context.message == "missing API key: send metadata"

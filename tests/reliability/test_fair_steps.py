@@ -15,10 +15,10 @@ from mmntp.engine import EngineConfig
 from mmntp.engine.kv_cache import KVCacheManager
 from mmntp.engine.plans import free_plan
 from mmntp.engine.request import Request, shadow_of
-from mmntp.engine.scheduler import LINGER_STEPS, Scheduler, SchedulerConfig
+from mmntp.engine.scheduler import LINGER_SECONDS, LINGER_STEPS, Scheduler, SchedulerConfig
 
 
-def scheduler(rows=4, tokens=64, seqs=16, blocks=256, **kw) -> Scheduler:
+def scheduler(rows=4, tokens=64, seqs=16, blocks=256, clock=lambda: 0.0, **kw) -> Scheduler:
     cfg = SchedulerConfig(
         max_num_batched_tokens=512,
         max_num_seqs=seqs,
@@ -27,7 +27,8 @@ def scheduler(rows=4, tokens=64, seqs=16, blocks=256, **kw) -> Scheduler:
         contended_batched_tokens=tokens,
         **kw,
     )
-    return Scheduler(cfg, KVCacheManager(blocks, 4, False))  # no prefix hits: plain counts
+    # no prefix hits (plain counts); a clock that stands still unless a test moves it
+    return Scheduler(cfg, KVCacheManager(blocks, 4, False), clock=clock)
 
 
 def row(rid, owner, prompt=3, out=50, priority=0, guided=False) -> Request:
@@ -170,16 +171,33 @@ def test_no_slot_is_taken_from_a_better_priority_level():
     assert out.preempted == [] and "b-0" not in out.new_request_ids
 
 
-def test_the_step_stays_contended_a_few_steps_after_the_other_owner_ends():
-    sched = scheduler(rows=4)
+def test_the_step_stays_contended_a_few_steps_and_seconds_after_the_other_owner_ends():
+    now = [0.0]
+    sched = scheduler(rows=4, clock=lambda: now[0])
     for i in range(12):
         sched.add_request(row(f"a-{i}", "a", out=200))
     step(sched)
     sched.add_request(row("b-0", "b", out=1))
     assert owners(step(sched)) == {"a": 3, "b": 1}  # b samples its one token: done
+    now[0] += LINGER_SECONDS + 0.01  # slow steps: the seconds run out first
     sizes = [len(step(sched)) for _ in range(LINGER_STEPS + 2)]
-    assert sizes[: LINGER_STEPS - 1] == [4] * (LINGER_STEPS - 1)
-    assert sizes[-1] == 12  # b gone long enough: a has the whole step again
+    # b had work in the step above: LINGER_STEPS more steps stay contended, then a has
+    # the whole step again
+    assert sizes == [4] * LINGER_STEPS + [12, 12]
+
+
+def test_the_linger_outlasts_its_steps_while_its_seconds_run():
+    now = [0.0]
+    sched = scheduler(rows=4, clock=lambda: now[0])
+    for i in range(12):
+        sched.add_request(row(f"a-{i}", "a", out=200))
+    step(sched)
+    sched.add_request(row("b-0", "b", out=1))
+    step(sched)  # b done
+    sizes = [len(step(sched)) for _ in range(3 * LINGER_STEPS)]  # fast steps, no time
+    assert sizes == [4] * (3 * LINGER_STEPS)  # b's next request would find a small step
+    now[0] += LINGER_SECONDS + 0.01
+    assert len(step(sched)) == 12
 
 
 def test_preemption_for_blocks_still_works_under_contention():
@@ -197,6 +215,7 @@ def test_preemption_for_blocks_still_works_under_contention():
         sampled = {s.request.request_id: (7, 0.0) for s in out.scheduled if s.samples}
         sched.update(out, sampled)
     assert not sched.has_unfinished() and preempted  # all finished, some recomputed
+    assert set(preempted) <= {f"a-{i}" for i in range(6)} | {"b-0"}  # ids of real requests
 
 
 def test_the_engine_config_carries_the_knobs():
@@ -208,3 +227,40 @@ def test_the_engine_config_carries_the_knobs():
         EngineConfig(contended_rows_per_step=-1)
     with pytest.raises(ValueError, match="contended_batched_tokens"):
         SchedulerConfig(contended_batched_tokens=0)
+
+
+def test_admissions_count_against_the_rows_of_a_contended_step():
+    sched = scheduler(rows=4, seqs=16)
+    for i in range(4):
+        sched.add_request(row(f"a-{i}", "a"))
+    step(sched)  # a alone: its 4 rows run
+    for i in range(4, 12):
+        sched.add_request(row(f"a-{i}", "a"))  # a's flood keeps coming
+    sched.add_request(row("b-0", "b"))
+    for _ in range(6):
+        assert owners(step(sched)) == {"a": 3, "b": 1}  # never a's waiting rows on top
+    assert sched.num_waiting > 0  # a's newest wait for their turn in a step
+
+
+def test_a_new_owner_is_admitted_before_the_flood_s_waiting_rows():
+    sched = scheduler(rows=4, seqs=16)
+    for i in range(3):
+        sched.add_request(row(f"a-{i}", "a"))
+    step(sched)
+    sched.add_request(row("a-3", "a"))  # queued before b's, from an owner served long ago
+    sched.add_request(row("b-0", "b"))
+    out = sched.schedule()
+    assert "b-0" in out.new_request_ids
+    assert len(out.scheduled) <= 4
+
+
+def test_an_owner_admits_no_more_rows_in_a_step_than_its_share():
+    sched = scheduler(rows=4, seqs=16)
+    for i in range(12):
+        sched.add_request(row(f"a-{i}", "a"))
+    step(sched)
+    for i in range(3):
+        sched.add_request(row(f"b-{i}", "b"))  # b asks 3 rows, its share is 2
+    out = sched.schedule()
+    assert out.new_request_ids == ["b-0", "b-1"]
+    assert owners([s.request.request_id for s in out.scheduled]) == {"a": 2, "b": 2}

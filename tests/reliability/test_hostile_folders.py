@@ -404,6 +404,35 @@ def test_a_card_config_with_huge_sizes_is_refused_before_building(tmp_path):
     assert "but the config implies [1000000000, 8]" in err.problem
 
 
+@pytest.mark.parametrize(
+    ("patch", "field", "words"),
+    [
+        ({"codebook_size": 1 << 20}, "codebook", "but the config implies [1048576, 64]"),
+        ({"codebook_size": 10**9}, "codebook_size", "must lie in [2, 1048576], got 1000000000"),
+        ({"width": 1 << 14}, "decoder.inp.conv.weight", "but the config implies [16384, 64, 3]"),
+        ({"fir_length": 10**9}, "fir_length", "must lie in [1, 65536], got 1000000000"),
+        ({"hop": "80"}, "hop", "must be an integer, got a string '80'"),
+        ({"dilations": [1, 2, 0]}, "dilations[2]", "must lie in [1, 4096], got 0"),
+    ],
+)
+def test_the_audio_cochlear_card_is_size_checked_before_building(tmp_path, patch, field, words):
+    """The cochlear card too (its front end used to need real tensors, so it skipped the
+    meta-device check): sizes its tensors imply are compared with the header, and those
+    no tensor bounds (the filter bank's fir_length) are range-checked, naming the key."""
+    card = tmp_path / "audio"
+    shutil.copytree(DEFAULT_MODEL / "tokenizers" / "audio", card)
+    config = json.loads((card / "config.json").read_text())
+    assert config["type"] == "audio_cochlear"
+    (card / "config.json").write_text(json.dumps({**config, **patch}))
+    with pytest.raises(ModelLoadError) as info:
+        load_tokenizer(card)
+    err = info.value
+    assert (err.field, err.problem.startswith(("shape", "must"))) == (field, True)
+    assert words in err.problem and "\n" not in str(err)
+    where = "tokenizer.safetensors" if "implies" in words else "config.json"
+    assert err.path == str(card / where)
+
+
 def test_a_service_json_names_its_model_through_one_check(tmp_path):
     """Pipeline.from_pretrained and `mmntp inspect` read service.json through one function:
     a model path that is not a string is one clear line."""
