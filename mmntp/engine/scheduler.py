@@ -48,8 +48,9 @@ class SchedulerConfig:
     max_waiting_requests: int = 256  # bound of the waiting queue (requests)
     max_waiting_tokens: int = 1 << 20  # bound of the waiting queue (sum of prompt tokens)
     # While >= 2 owners have work (rows running or waiting), a step computes at most this
-    # many rows, shared fairly between them; 0 = off. One owner: no effect.
-    contended_rows_per_step: int = 8
+    # many rows, shared fairly between them; 0 = off. One owner: no effect. (The default is
+    # EngineConfig's, measured there.)
+    contended_rows_per_step: int = 6
     # ... and at most this many tokens (bounds the prefill chunks of such a step).
     contended_batched_tokens: int = 64
     # A step of background work alone (batch jobs) computes about this many rows; 0 = no
