@@ -152,20 +152,56 @@ def batch_rows(engine, batch_id):
 
 
 def test_cancel_stops_the_batch_within_one_engine_step(server, pipe):
-    long_text = [long_line(f"t{i}", 400) for i in range(8)]
-    engine = pipe.engine
+    """Counted in steps, not time: the steps done when the cancel reaches the server (its
+    BatchManager.cancel) against the batch rows each later step computed. The cancel's
+    status write is made to outlast two steps, so work left to stop after it would show."""
+    engine, manager = pipe.engine, server.server.batches
+    computed = []  # per step: (its number, batch rows it computed)
+    arrived = []  # engine steps done when the cancel arrived
+    schedule, cancel = engine.scheduler.schedule, manager.cancel
+
+    def logged():
+        out = schedule()
+        rows = sum(s.request.owner.startswith("batch:") for s in out.scheduled)
+        computed.append((engine.stats.steps + 1, rows))
+        return out
+
+    async def noted(batch_id):
+        arrived.append(engine.stats.steps)
+        return await cancel(batch_id)
+
+    async def slow_disk(batch, *args):  # the status write outlasts two engine steps
+        start = engine.stats.steps
+        await set_status(batch, *args)  # first: the writes keep their order
+        while engine.stats.steps < start + 3 and engine.has_unfinished():
+            await asyncio.sleep(0.005)
+
+    set_status = manager._set_status
+    engine.scheduler.schedule, manager.cancel, manager._set_status = logged, noted, slow_disk
+    try:
+        long_text = [long_line(f"t{i}", 400) for i in range(8)]
+        with Client(server.target, timeout=60) as client:
+            job = client.submit_batch(long_text)
+            wait_until(lambda: batch_rows(engine, job.id), 30, "batch rows in the engine")
+            job = client.cancel_batch(job.id)
+            wait_until(lambda: not engine.has_unfinished(), 10, "the engine idle")
+            done = engine.stats.steps
+    finally:
+        engine.scheduler.schedule, manager.cancel, manager._set_status = (
+            schedule,
+            cancel,
+            set_status,
+        )
+    (at,) = arrived
+    assert any(rows for step, rows in computed if step <= at + 1), "the batch never ran"
+    # Only the step running when the cancel arrived may compute batch rows; the next one
+    # only hands the aborted rows their last output.
+    assert [(step, rows) for step, rows in computed if step > at + 1 and rows] == []
+    assert done <= at + 2
+    assert batch_rows(engine, job.id) == []
+    assert job.status == "cancelled" and job.cancelled >= 1
+    assert job.done + job.failed + job.cancelled == job.total == 8
     with Client(server.target, timeout=60) as client:
-        job = client.submit_batch(long_text)
-        wait_until(lambda: batch_rows(engine, job.id), 30, "batch rows in the engine")
-        job = client.cancel_batch(job.id)
-        steps = engine.stats.steps
-        assert job.status == "cancelled" and job.cancelled >= 1
-        assert job.done + job.failed + job.cancelled == job.total == 8
-        # The aborts are applied before the next step: after it the engine holds no row
-        # of the batch and computes nothing more for it.
-        wait_until(lambda: not engine.has_unfinished(), 10, "the engine idle")
-        assert engine.stats.steps <= steps + 1
-        assert batch_rows(engine, job.id) == []
         results = list(client.batch_results(job.id))
         assert sorted(r.custom_id for r in results) == sorted(f"t{i}" for i in range(8))
         cancelled = [json.loads(r.line) for r in results if r.status == "cancelled"]

@@ -266,11 +266,15 @@ class BatchManager:
             if batch.task is not None:
                 await asyncio.shield(batch.task)
             return batch.info
+        # Nothing awaited before the aborts: the engine steps on meanwhile (a status
+        # write took 2-3 steps), and the batch's rows must not compute past the step
+        # running now. The row tasks are cancelled so that they record no result.
         batch.cancel_requested = True
         batch.cancel_event.set()
-        await self._set_status(batch, "cancelling")
         for task in list(batch.inflight):
-            task.cancel()  # closing a stream aborts its engine rows before the next step
+            task.cancel()
+        self.pipe.async_engine.abort_owner(_owner(batch_id))
+        await self._set_status(batch, "cancelling")
         if batch.task is not None:
             await asyncio.shield(batch.task)
         return batch.info
@@ -342,7 +346,7 @@ class BatchManager:
         """Queue each pending line as a background request while the row budget allows."""
         finished = await self._io(store.finished_ids)
         engine = self.pipe.async_engine
-        backend = _BackgroundBackend(self.pipe, f"batch:{batch.info.id}")
+        backend = _BackgroundBackend(self.pipe, _owner(batch.info.id))
         failure: list[BaseException] = []
         for line in read_lines(batch.directory / INPUT_FILE):
             if line.custom_id in finished:
@@ -423,6 +427,11 @@ def _id_for(name: str) -> str:
     if name:
         return "b-" + hashlib.sha256(f"mmntp-batch-name:{name}".encode()).hexdigest()[:16]
     return "b-" + uuid.uuid4().hex[:16]
+
+
+def _owner(batch_id: str) -> str:
+    """The engine owner of a batch's requests."""
+    return f"batch:{batch_id}"
 
 
 def _check_line(number: int, size: int, limits: BatchLimits) -> None:
