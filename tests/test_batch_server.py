@@ -138,6 +138,54 @@ def test_every_batch_method_needs_an_api_key(pipe, tmp_path):
             assert client.list_batches() == []
 
 
+def test_a_key_sees_reads_and_cancels_only_its_own_batches(pipe, tmp_path):
+    config = ServerConfig(port=0, warmup=False, state_dir=str(tmp_path))
+    keys = ["alice-key", "bob-key"]
+    long = [long_line(f"t{i}", 300) for i in range(2)]
+
+    def list_or_value(got):
+        return got if hasattr(got, "id") else list(got)  # results stream: read it
+
+    def refused(call):
+        with pytest.raises(ClientError) as err:
+            call()
+        return err.value.code, err.value.details
+
+    with (
+        ServerThread(pipe, config, api_keys=keys) as srv,
+        Client(srv.target, api_key="alice-key", timeout=60) as alice,
+        Client(srv.target, api_key="bob-key", timeout=60) as bob,
+    ):
+        done = finish(alice, alice.submit_batch([forecast("a")], name="nightly").id)
+        running = alice.submit_batch(long)
+        theirs = bob.submit_batch([forecast("b")], name="nightly")  # same name, own batch
+        assert theirs.id not in (done.id, running.id)
+        assert [b.id for b in bob.list_batches()] == [theirs.id]
+        assert {b.id for b in alice.list_batches()} == {done.id, running.id}
+        unknown = refused(lambda: bob.get_batch("b-0000000000000000"))
+        for batch_id in (done.id, running.id):  # answered exactly as an unknown id
+            for method in (bob.get_batch, bob.cancel_batch, bob.batch_results):
+                code, details = refused(lambda m=method, b=batch_id: list_or_value(m(b)))
+                assert code == unknown[0] == grpc.StatusCode.NOT_FOUND
+                assert details == unknown[1].replace("b-0000000000000000", batch_id)
+        assert alice.get_batch(running.id).status == "in_progress"  # bob's cancel did nothing
+        assert [r.custom_id for r in alice.batch_results(done.id)] == ["a"]
+        assert alice.cancel_batch(running.id).status == "cancelled"
+    # The owner is kept in the batch's store: a restarted server still tells them apart.
+    with (
+        ServerThread(pipe, config, api_keys=keys) as srv,
+        Client(srv.target, api_key="alice-key", timeout=60) as alice,
+        Client(srv.target, api_key="bob-key", timeout=60) as bob,
+    ):
+        assert {b.id for b in alice.list_batches()} == {done.id, running.id}
+        assert [b.id for b in bob.list_batches()] == [theirs.id]
+        assert refused(lambda: bob.get_batch(done.id))[0] == grpc.StatusCode.NOT_FOUND
+    # A server without keys keeps no owners apart: every caller sees every batch.
+    with ServerThread(pipe, config) as srv, Client(srv.target, timeout=60) as anyone:
+        assert {b.id for b in anyone.list_batches()} == {done.id, running.id, theirs.id}
+        assert anyone.get_batch(theirs.id).total == 1
+
+
 def test_without_a_state_dir_batches_are_a_failed_precondition(pipe):
     with ServerThread(pipe) as srv, Client(srv.target, timeout=30) as client:
         with pytest.raises(ClientError) as err:
@@ -166,9 +214,9 @@ def test_cancel_stops_the_batch_within_one_engine_step(server, pipe):
         computed.append((engine.stats.steps + 1, rows))
         return out
 
-    async def noted(batch_id):
+    async def noted(*args):
         arrived.append(engine.stats.steps)
-        return await cancel(batch_id)
+        return await cancel(*args)
 
     async def slow_disk(batch, *args):  # the status write outlasts two engine steps
         start = engine.stats.steps
