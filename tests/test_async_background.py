@@ -95,3 +95,37 @@ def test_a_consumer_cancelled_before_intake_is_skipped_not_fatal(model):
         await engine.stop()
 
     asyncio.run(main())
+
+
+def test_abort_owner_stops_that_owners_requests_before_the_next_step(model):
+    async def main():
+        engine = engine_for(model)
+
+        async def run(request):
+            ids, reason = [], None
+            async for out in engine.generate(request):
+                ids.extend(out.new_token_ids)
+                reason = out.finish_reason
+            return ids, reason
+
+        def owned(rid, owner, max_tokens=40):
+            request = background(rid, max_tokens)
+            request.owner = owner
+            return request
+
+        gone = [asyncio.create_task(run(owned(f"a{i}", "batch:a"))) for i in range(2)]
+        kept = asyncio.create_task(run(owned("b0", "batch:b", 12)))
+        while engine.stats.steps < 2:
+            await asyncio.sleep(0.001)
+        queued = asyncio.create_task(run(owned("a2", "batch:a")))
+        while not engine._adds:  # queued, not yet taken in: added and aborted in one pass
+            await asyncio.sleep(0)
+        steps = engine.stats.steps
+        assert engine.abort_owner("batch:a") == 3
+        assert engine.abort_owner("batch:none") == 0
+        for ids, reason in await asyncio.gather(*gone, queued):
+            assert reason == "abort" and len(ids) <= steps + 1
+        assert (await kept)[1] == "length" and len(kept.result()[0]) == 12
+        await engine.stop()
+
+    asyncio.run(main())

@@ -138,6 +138,54 @@ def test_every_batch_method_needs_an_api_key(pipe, tmp_path):
             assert client.list_batches() == []
 
 
+def test_a_key_sees_reads_and_cancels_only_its_own_batches(pipe, tmp_path):
+    config = ServerConfig(port=0, warmup=False, state_dir=str(tmp_path))
+    keys = ["alice-key", "bob-key"]
+    long = [long_line(f"t{i}", 300) for i in range(2)]
+
+    def list_or_value(got):
+        return got if hasattr(got, "id") else list(got)  # results stream: read it
+
+    def refused(call):
+        with pytest.raises(ClientError) as err:
+            call()
+        return err.value.code, err.value.details
+
+    with (
+        ServerThread(pipe, config, api_keys=keys) as srv,
+        Client(srv.target, api_key="alice-key", timeout=60) as alice,
+        Client(srv.target, api_key="bob-key", timeout=60) as bob,
+    ):
+        done = finish(alice, alice.submit_batch([forecast("a")], name="nightly").id)
+        running = alice.submit_batch(long)
+        theirs = bob.submit_batch([forecast("b")], name="nightly")  # same name, own batch
+        assert theirs.id not in (done.id, running.id)
+        assert [b.id for b in bob.list_batches()] == [theirs.id]
+        assert {b.id for b in alice.list_batches()} == {done.id, running.id}
+        unknown = refused(lambda: bob.get_batch("b-0000000000000000"))
+        for batch_id in (done.id, running.id):  # answered exactly as an unknown id
+            for method in (bob.get_batch, bob.cancel_batch, bob.batch_results):
+                code, details = refused(lambda m=method, b=batch_id: list_or_value(m(b)))
+                assert code == unknown[0] == grpc.StatusCode.NOT_FOUND
+                assert details == unknown[1].replace("b-0000000000000000", batch_id)
+        assert alice.get_batch(running.id).status == "in_progress"  # bob's cancel did nothing
+        assert [r.custom_id for r in alice.batch_results(done.id)] == ["a"]
+        assert alice.cancel_batch(running.id).status == "cancelled"
+    # The owner is kept in the batch's store: a restarted server still tells them apart.
+    with (
+        ServerThread(pipe, config, api_keys=keys) as srv,
+        Client(srv.target, api_key="alice-key", timeout=60) as alice,
+        Client(srv.target, api_key="bob-key", timeout=60) as bob,
+    ):
+        assert {b.id for b in alice.list_batches()} == {done.id, running.id}
+        assert [b.id for b in bob.list_batches()] == [theirs.id]
+        assert refused(lambda: bob.get_batch(done.id))[0] == grpc.StatusCode.NOT_FOUND
+    # A server without keys keeps no owners apart: every caller sees every batch.
+    with ServerThread(pipe, config) as srv, Client(srv.target, timeout=60) as anyone:
+        assert {b.id for b in anyone.list_batches()} == {done.id, running.id, theirs.id}
+        assert anyone.get_batch(theirs.id).total == 1
+
+
 def test_without_a_state_dir_batches_are_a_failed_precondition(pipe):
     with ServerThread(pipe) as srv, Client(srv.target, timeout=30) as client:
         with pytest.raises(ClientError) as err:
@@ -152,20 +200,56 @@ def batch_rows(engine, batch_id):
 
 
 def test_cancel_stops_the_batch_within_one_engine_step(server, pipe):
-    long_text = [long_line(f"t{i}", 400) for i in range(8)]
-    engine = pipe.engine
+    """Counted in steps, not time: the steps done when the cancel reaches the server (its
+    BatchManager.cancel) against the batch rows each later step computed. The cancel's
+    status write is made to outlast two steps, so work left to stop after it would show."""
+    engine, manager = pipe.engine, server.server.batches
+    computed = []  # per step: (its number, batch rows it computed)
+    arrived = []  # engine steps done when the cancel arrived
+    schedule, cancel = engine.scheduler.schedule, manager.cancel
+
+    def logged():
+        out = schedule()
+        rows = sum(s.request.owner.startswith("batch:") for s in out.scheduled)
+        computed.append((engine.stats.steps + 1, rows))
+        return out
+
+    async def noted(*args):
+        arrived.append(engine.stats.steps)
+        return await cancel(*args)
+
+    async def slow_disk(batch, *args):  # the status write outlasts two engine steps
+        start = engine.stats.steps
+        await set_status(batch, *args)  # first: the writes keep their order
+        while engine.stats.steps < start + 3 and engine.has_unfinished():
+            await asyncio.sleep(0.005)
+
+    set_status = manager._set_status
+    engine.scheduler.schedule, manager.cancel, manager._set_status = logged, noted, slow_disk
+    try:
+        long_text = [long_line(f"t{i}", 400) for i in range(8)]
+        with Client(server.target, timeout=60) as client:
+            job = client.submit_batch(long_text)
+            wait_until(lambda: batch_rows(engine, job.id), 30, "batch rows in the engine")
+            job = client.cancel_batch(job.id)
+            wait_until(lambda: not engine.has_unfinished(), 10, "the engine idle")
+            done = engine.stats.steps
+    finally:
+        engine.scheduler.schedule, manager.cancel, manager._set_status = (
+            schedule,
+            cancel,
+            set_status,
+        )
+    (at,) = arrived
+    assert any(rows for step, rows in computed if step <= at + 1), "the batch never ran"
+    # Only the step running when the cancel arrived may compute batch rows; the next one
+    # only hands the aborted rows their last output.
+    assert [(step, rows) for step, rows in computed if step > at + 1 and rows] == []
+    assert done <= at + 2
+    assert batch_rows(engine, job.id) == []
+    assert job.status == "cancelled" and job.cancelled >= 1
+    assert job.done + job.failed + job.cancelled == job.total == 8
     with Client(server.target, timeout=60) as client:
-        job = client.submit_batch(long_text)
-        wait_until(lambda: batch_rows(engine, job.id), 30, "batch rows in the engine")
-        job = client.cancel_batch(job.id)
-        steps = engine.stats.steps
-        assert job.status == "cancelled" and job.cancelled >= 1
-        assert job.done + job.failed + job.cancelled == job.total == 8
-        # The aborts are applied before the next step: after it the engine holds no row
-        # of the batch and computes nothing more for it.
-        wait_until(lambda: not engine.has_unfinished(), 10, "the engine idle")
-        assert engine.stats.steps <= steps + 1
-        assert batch_rows(engine, job.id) == []
         results = list(client.batch_results(job.id))
         assert sorted(r.custom_id for r in results) == sorted(f"t{i}" for i in range(8))
         cancelled = [json.loads(r.line) for r in results if r.status == "cancelled"]

@@ -118,7 +118,7 @@ def test_the_cap_lets_running_units_take_turns_keeping_their_cache():
 
 
 def test_cap_zero_is_off():
-    sched = new(num_blocks=256, background_rows_per_step=0)
+    sched = new(num_blocks=256, background_rows_per_step=0, background_batched_tokens=0)
     for i in range(10):
         sched.add_request(make(f"b{i}", 6, 5, priority=BG, base=i, owner="batch:x"))
     assert len(step(sched).scheduled) == 10
@@ -130,3 +130,41 @@ def test_the_cap_is_an_engine_setting():
     assert EngineConfig(background_rows_per_step=2).scheduler_config().background_rows_per_step == 2
     with pytest.raises(ValueError, match="engine.background_rows_per_step must be 0"):
         EngineConfig(background_rows_per_step=-1)
+
+
+def test_background_steps_compute_at_most_the_token_budget():
+    sched = new(num_blocks=256, background_batched_tokens=16)
+    batch = [make(f"b{i}", 40, 3, priority=BG, base=i, owner="batch:x") for i in range(2)]
+    for r in batch:
+        sched.add_request(r)
+    steps = []
+    while sched.has_unfinished():
+        out = step(sched)
+        steps.append(out.num_batched_tokens)
+    assert max(steps) <= 16  # 40-token prompts prefilled in chunks, not one long step
+    assert sum(steps) >= 2 * 40 and len(steps) >= 5
+    assert [r.output_ids for r in batch] == [reference_output(40, 3, base=i) for i in range(2)]
+
+
+def test_the_token_budget_leaves_interactive_steps_alone():
+    sched = new(num_blocks=256, background_batched_tokens=16)
+    sched.add_request(make("b0", 40, 8, priority=BG, owner="batch:x"))
+    step(sched)
+    sched.add_request(make("live", 100, 2, base=50, owner="k-a"))
+    out = step(sched)  # the batch yields and the interactive prompt goes in whole
+    assert scheduled_ids(out) == {"live"} and out.num_batched_tokens == 100
+
+
+def test_token_budget_zero_is_off():
+    sched = new(num_blocks=256, background_batched_tokens=0)
+    sched.add_request(make("b0", 100, 2, priority=BG, owner="batch:x"))
+    assert step(sched).num_batched_tokens == 100
+
+
+def test_the_token_budget_is_an_engine_setting():
+    from mmntp.engine import EngineConfig
+
+    config = EngineConfig(background_batched_tokens=8).scheduler_config()
+    assert config.background_batched_tokens == 8
+    with pytest.raises(ValueError, match="engine.background_batched_tokens must be 0"):
+        EngineConfig(background_batched_tokens=-1)

@@ -38,6 +38,7 @@ class EngineFailedError(RuntimeError):
 class _Collector:
     """One slot per request: a slow consumer gets merged deltas, never an unbounded queue."""
 
+    owner: str = ""  # the request's owner, for `abort_owner`
     slot: RequestOutput | None = None
     error: BaseException | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -123,7 +124,7 @@ class AsyncEngine:
         if foreground:
             self.num_foreground += 1
             self._foreground_idle.clear()
-        collector = _Collector()
+        collector = _Collector(request.owner)
         accepted = asyncio.get_running_loop().create_future()
         self._collectors[request.request_id] = collector
         self._adds.append((request, accepted))
@@ -157,6 +158,17 @@ class AsyncEngine:
         self._aborts.append(request_id)
         if self._wakeup is not None:
             self._wakeup.set()
+
+    def abort_owner(self, owner: str) -> int:
+        """Abort every request of `owner`, queued or running, before the next step ->
+        how many. A batch's cancel calls it first thing: closing each stream also aborts,
+        but only once its consumer task has been cancelled and run again (several
+        event-loop turns, pumps included), while the engine keeps stepping."""
+        ids = [rid for rid, c in self._collectors.items() if c.owner == owner]
+        self._aborts.extend(ids)  # a queued add is applied, then aborted, in one pass
+        if ids and self._wakeup is not None:
+            self._wakeup.set()
+        return len(ids)
 
     # -- the loop -------------------------------------------------------------------
 

@@ -56,6 +56,9 @@ class SchedulerConfig:
     # A step of background work alone (batch jobs) computes about this many rows; 0 = no
     # bound. An interactive request arriving mid-step waits for that step to end.
     background_rows_per_step: int = 4
+    # ... and at most this many tokens (0 = max_num_batched_tokens): a batch request's
+    # prompt is prefilled in chunks this long, not in one long step.
+    background_batched_tokens: int = 32
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -66,7 +69,11 @@ class SchedulerConfig:
                 raise ValueError(f"{f.name} must be {what} integer, got {value!r}")
 
 
-_MAY_BE_ZERO = {"contended_rows_per_step", "background_rows_per_step"}
+_MAY_BE_ZERO = {
+    "contended_rows_per_step",
+    "background_rows_per_step",
+    "background_batched_tokens",
+}
 # An owner whose work ended keeps the steps contended this many steps, and at least this
 # many seconds, longer: its next request (a client sending one after another) must not
 # find a whole full step in its way. Seconds too, because on a loaded machine the client's
@@ -187,13 +194,13 @@ class Scheduler:
         out = SchedulerOutput([], 0, [], finished_request_ids=self._finished_ids)
         self._finished_ids = []
         self._steps += 1
-        yielded, parked = self._yield_background()
+        yielded, parked, budget = self._yield_background()
         try:
             room = self._make_room()
             shares = self._fair_shares()
             left = None
             if shares is None:
-                budget = self._schedule_running(self.config.max_num_batched_tokens, out)
+                budget = self._schedule_running(budget, out)
             else:
                 budget, left = self._schedule_running_fair(*shares, out)
             if not out.preempted:
@@ -205,26 +212,29 @@ class Scheduler:
 
     # -- background work (batch jobs) ---------------------------------------------------
 
-    def _yield_background(self) -> tuple[list[str], _Parked]:
+    def _yield_background(self) -> tuple[list[str], _Parked, int]:
         """While foreground work waits or runs: preempt the running background units and
         park the waiting background rows for this step. Without foreground work: bound
-        the step's background rows (`_cap_background`). Returns (preempted ids, what was
-        parked) for `_unpark`."""
+        the step's background rows (`_cap_background`) and tokens. Returns (preempted ids,
+        what was parked for `_unpark`, the step's token budget)."""
         running = [r for r in self._running.values() if not r.is_shadow]
         parked = _Parked()
         foreground = any(r.priority < BACKGROUND_PRIORITY for r in running) or any(
             self._key(q[0])[0] < BACKGROUND_PRIORITY for q in self._queues.values()
         )  # a queue is sorted by priority first: its head is its best row
+        budget = self.config.max_num_batched_tokens
         if not foreground:
             self._cap_background(running, parked)
-            return [], parked
+            if running or self._num_waiting:  # a step of background work alone
+                budget = min(budget, self.config.background_batched_tokens or budget)
+            return [], parked, budget
         yielded = []
         for unit in running:
             if unit.priority >= BACKGROUND_PRIORITY:
                 self._preempt(unit)
                 yielded.append(unit.request_id)
         self._park_waiting(parked, keep=0)
-        return yielded, parked
+        return yielded, parked, budget
 
     def _cap_background(self, running: list[Request], parked: _Parked) -> None:
         """A step of background work alone computes about `background_rows_per_step`

@@ -2,7 +2,8 @@
 
 Status codes: INVALID_ARGUMENT for a batch refused before any work (the message names the
 line: not JSON, no custom_id, a repeated custom_id, past max_lines or max_line_bytes),
-NOT_FOUND for an unknown batch id, RESOURCE_EXHAUSTED when max_batches batches are kept
+NOT_FOUND for an unknown batch id (and for another key's batch: on a server with API keys
+each key sees, reads and cancels only the batches it made, by its key_id), RESOURCE_EXHAUSTED when max_batches batches are kept
 and none has ended, FAILED_PRECONDITION when the server has no state folder. Auth is the
 server's interceptor (serve/auth.py protects every BatchService method).
 """
@@ -14,7 +15,9 @@ from collections.abc import AsyncIterator
 import grpc
 
 from mmntp.batch.lines import BatchRefused
+from mmntp.serve.auth import bearer_token
 from mmntp.serve.batches import BatchInfo, BatchManager, BatchNotFound, TooManyBatches
+from mmntp.serve.quotas import key_id
 from mmntp.v1 import batch_pb2 as bpb
 from mmntp.v1 import batch_pb2_grpc
 
@@ -25,8 +28,16 @@ NO_STATE_DIR = (
 
 
 class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
-    def __init__(self, manager: BatchManager | None) -> None:
-        self.manager = manager
+    def __init__(self, manager: BatchManager | None, keyed: bool = False) -> None:
+        """`keyed`: the server checks API keys, so batches belong to the caller's key."""
+        self.manager, self.keyed = manager, keyed
+
+    def _owner(self, context) -> str | None:
+        """The caller's key_id (the interceptor has checked the key); None when the
+        server has no keys, where every caller sees every batch."""
+        if not self.keyed:
+            return None
+        return key_id(bearer_token(context.invocation_metadata()))
 
     async def _manager(self, context) -> BatchManager:
         if self.manager is None:
@@ -39,7 +50,9 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         if first is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lines: the batch is empty")
         try:
-            info = await manager.create(first.name, _lines(first, request_iterator))
+            info = await manager.create(
+                first.name, _lines(first, request_iterator), self._owner(context)
+            )
         except BatchRefused as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         except TooManyBatches as err:
@@ -49,28 +62,30 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     async def GetBatch(self, request, context) -> bpb.Batch:
         manager = await self._manager(context)
         try:
-            return batch_message(manager.get(request.id))
+            return batch_message(manager.get(request.id, self._owner(context)))
         except BatchNotFound as err:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
 
     async def ListBatches(self, request, context) -> bpb.ListBatchesResponse:
         manager = await self._manager(context)
-        return bpb.ListBatchesResponse(batches=[batch_message(i) for i in manager.list()])
+        infos = manager.list(self._owner(context))
+        return bpb.ListBatchesResponse(batches=[batch_message(i) for i in infos])
 
     async def CancelBatch(self, request, context) -> bpb.Batch:
         manager = await self._manager(context)
         try:
-            return batch_message(await manager.cancel(request.id))
+            return batch_message(await manager.cancel(request.id, self._owner(context)))
         except BatchNotFound as err:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
 
     async def GetBatchResults(self, request, context):
         manager = await self._manager(context)
+        owner = self._owner(context)
         try:
-            manager.get(request.id)
+            manager.get(request.id, owner)
         except BatchNotFound as err:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
-        async for record, line, files in manager.results(request.id):
+        async for record, line, files in manager.results(request.id, owner):
             yield bpb.BatchResult(
                 custom_id=record.get("custom_id", ""),
                 status=record.get("status", ""),

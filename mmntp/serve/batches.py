@@ -21,6 +21,12 @@ most `server.batch_rows` engine rows of batch work in flight (over all batches),
 AsyncEngine steps batch rows only `server.batch_idle_seconds` after the last interactive
 request ended.
 
+Ownership: a batch made on a server with API keys belongs to the key that made it (its
+`key_id`, never the key, kept in the store's meta table so it survives restarts). The
+methods take the caller's owner: a batch of another owner is answered exactly like an
+unknown id (BatchNotFound), so ids cannot be probed; owner None (a server without keys)
+sees every batch. A batch name is an idempotency key per owner.
+
 All SQLite and file work runs in one IO thread (a store connection belongs to the thread
 that made it), so the event loop only routes.
 """
@@ -93,6 +99,7 @@ class BatchInfo:
     created_at: float = 0.0
     finished_at: float = 0.0
     error: str = ""
+    owner: str = ""  # the key_id of the key that made it; "" on a server without keys
 
 
 @dataclass
@@ -169,10 +176,14 @@ class BatchManager:
 
     # -- create -----------------------------------------------------------------------
 
-    async def create(self, name: str, chunks: AsyncIterator[bytes]) -> BatchInfo:
-        """Receive a batch's JSONL bytes, check and store them, start it. BatchRefused
-        (naming the line) refuses it; TooManyBatches when none can be evicted."""
-        batch_id = _id_for(name)
+    async def create(
+        self, name: str, chunks: AsyncIterator[bytes], owner: str | None = None
+    ) -> BatchInfo:
+        """Receive a batch's JSONL bytes, check and store them, start it, as `owner`'s
+        (None: nobody's). BatchRefused (naming the line) refuses it; TooManyBatches when
+        none can be evicted."""
+        owner = owner or ""
+        batch_id = _id_for(name, owner)
         async with self._create_lock:
             existing = self._batches.get(batch_id)
         if existing is not None:  # the same name again: the batch it made
@@ -188,7 +199,12 @@ class BatchManager:
                     return self._batches[batch_id].info
                 await self._make_room()
                 info = BatchInfo(
-                    batch_id, name, "in_progress", len(check.ids), created_at=time.time()
+                    batch_id,
+                    name,
+                    "in_progress",
+                    len(check.ids),
+                    created_at=time.time(),
+                    owner=owner,
                 )
                 await self._io(
                     _store_new, incoming, info, Fingerprint(INPUT_FILE, check.sha256), check.ids
@@ -246,31 +262,39 @@ class BatchManager:
 
     # -- inspect and cancel -------------------------------------------------------------
 
-    def get(self, batch_id: str) -> BatchInfo:
+    def _find(self, batch_id: str, owner: str | None) -> _Batch:
+        """The batch, if `owner` may see it (None sees all); another owner's batch is
+        not found, in the same words as an unknown id."""
         batch = self._batches.get(batch_id)
-        if batch is None:
+        if batch is None or not _visible(batch.info, owner):
             raise BatchNotFound(f"no batch {batch_id!r} on this server")
-        return batch.info
+        return batch
 
-    def list(self) -> list[BatchInfo]:
-        """Every kept batch, newest first."""
-        return sorted((b.info for b in self._batches.values()), key=lambda i: -i.created_at)
+    def get(self, batch_id: str, owner: str | None = None) -> BatchInfo:
+        return self._find(batch_id, owner).info
 
-    async def cancel(self, batch_id: str) -> BatchInfo:
+    def list(self, owner: str | None = None) -> list[BatchInfo]:
+        """Every kept batch `owner` may see, newest first."""
+        infos = (b.info for b in self._batches.values() if _visible(b.info, owner))
+        return sorted(infos, key=lambda i: -i.created_at)
+
+    async def cancel(self, batch_id: str, owner: str | None = None) -> BatchInfo:
         """Abort the batch's engine requests (within one step) and give every custom_id
         without a result the status "cancelled"; an ended batch is left as it is."""
-        batch = self._batches.get(batch_id)
-        if batch is None:
-            raise BatchNotFound(f"no batch {batch_id!r} on this server")
+        batch = self._find(batch_id, owner)
         if batch.info.status in ENDED or batch.cancel_requested:
             if batch.task is not None:
                 await asyncio.shield(batch.task)
             return batch.info
+        # Nothing awaited before the aborts: the engine steps on meanwhile (a status
+        # write took 2-3 steps), and the batch's rows must not compute past the step
+        # running now. The row tasks are cancelled so that they record no result.
         batch.cancel_requested = True
         batch.cancel_event.set()
-        await self._set_status(batch, "cancelling")
         for task in list(batch.inflight):
-            task.cancel()  # closing a stream aborts its engine rows before the next step
+            task.cancel()
+        self.pipe.async_engine.abort_owner(_owner(batch_id))
+        await self._set_status(batch, "cancelling")
         if batch.task is not None:
             await asyncio.shield(batch.task)
         return batch.info
@@ -286,12 +310,10 @@ class BatchManager:
     # -- results ------------------------------------------------------------------------
 
     async def results(
-        self, batch_id: str
+        self, batch_id: str, owner: str | None = None
     ) -> AsyncIterator[tuple[dict, str, list[tuple[str, bytes]]]]:
         """(result, its line, [(file path, bytes)]) for each line in results.jsonl now."""
-        batch = self._batches.get(batch_id)
-        if batch is None:
-            raise BatchNotFound(f"no batch {batch_id!r} on this server")
+        batch = self._find(batch_id, owner)
         offset = 0
         while True:
             block, offset = await self._io(_read_results, batch.directory, offset)
@@ -342,7 +364,7 @@ class BatchManager:
         """Queue each pending line as a background request while the row budget allows."""
         finished = await self._io(store.finished_ids)
         engine = self.pipe.async_engine
-        backend = _BackgroundBackend(self.pipe, f"batch:{batch.info.id}")
+        backend = _BackgroundBackend(self.pipe, _owner(batch.info.id))
         failure: list[BaseException] = []
         for line in read_lines(batch.directory / INPUT_FILE):
             if line.custom_id in finished:
@@ -418,11 +440,24 @@ class BatchManager:
 # -- IO-thread helpers -------------------------------------------------------------------
 
 
-def _id_for(name: str) -> str:
-    """A named batch's id follows from its name (the idempotency key); else random."""
+def _id_for(name: str, owner: str) -> str:
+    """A named batch's id follows from its owner and name (the idempotency key: two keys
+    using one name get two batches); else random. Unowned: the name alone, as before."""
     if name:
-        return "b-" + hashlib.sha256(f"mmntp-batch-name:{name}".encode()).hexdigest()[:16]
+        key = f"mmntp-batch-name:{owner}:{name}" if owner else f"mmntp-batch-name:{name}"
+        return "b-" + hashlib.sha256(key.encode()).hexdigest()[:16]
     return "b-" + uuid.uuid4().hex[:16]
+
+
+def _visible(info: BatchInfo, owner: str | None) -> bool:
+    """A keyed caller sees its own batches only (not those made while the server had no
+    keys either: they have no owner to match)."""
+    return owner is None or info.owner == owner
+
+
+def _owner(batch_id: str) -> str:
+    """The engine owner of a batch's requests."""
+    return f"batch:{batch_id}"
 
 
 def _check_line(number: int, size: int, limits: BatchLimits) -> None:
@@ -439,6 +474,7 @@ def _store_new(directory: Path, info: BatchInfo, fingerprint: Fingerprint, ids) 
     try:
         with store.transaction():
             store.set_meta("name", info.name)
+            store.set_meta("owner", info.owner)
             store.set_meta("created_at", repr(info.created_at))
             store.set_meta("status", info.status)
     finally:
@@ -466,6 +502,7 @@ def _read_info(batch_id: str, store: BatchStore) -> BatchInfo:
         float(store.get_meta("created_at") or 0.0),
         float(store.get_meta("finished_at") or 0.0),
         store.get_meta("error") or "",
+        store.get_meta("owner") or "",
     )
 
 

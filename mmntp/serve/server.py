@@ -247,7 +247,9 @@ class Server:
         if self.config.state_dir is not None:
             self.batches = BatchManager(self.pipe, self.config.state_dir, self._batch_limits())
             self.pipe.async_engine.background_delay = self.config.batch_idle_seconds
-        batch_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(self.batches), self.grpc)
+        batch_pb2_grpc.add_BatchServiceServicer_to_server(
+            BatchServicer(self.batches, keyed=bool(self.api_keys)), self.grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = (SERVICE_NAME, BATCH_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.grpc)
