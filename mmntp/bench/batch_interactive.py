@@ -102,7 +102,18 @@ def measure(pipe: Any, settings: InteractiveSettings) -> dict[str, list[float]]:
                 if client.cancel_batch(job.id).status != "cancelled":
                     progress("warning: the batch ended before the busy phase did")
                 found["batch_done"].append(client.get_batch(job.id).done)
+                _wait_drained(pipe)  # the next idle phase must find the engine empty
     return found
+
+
+def _wait_drained(pipe: Any, timeout: float = 60.0) -> None:
+    """Until the cancelled batch's aborted rows have left the engine (the aborts apply
+    before the next step, and that step still has to run)."""
+    end = time.monotonic() + timeout
+    while pipe.engine.has_unfinished():
+        if time.monotonic() > end:
+            raise RuntimeError("the engine kept a cancelled batch's rows")
+        time.sleep(0.01)
 
 
 def _wait_running(client: Any, batch_id: str, pipe: Any, timeout: float = 60.0) -> None:
