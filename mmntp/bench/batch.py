@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mmntp.bench.common import Row, format_table, now, progress, write_results
+from mmntp.bench.common import Row, now, progress, report_rows
 
 MODALITIES = ("timeseries", "image")
 _COLOURS = ("red", "green", "blue", "yellow", "white", "black", "orange", "purple")
@@ -139,19 +139,13 @@ def run(args: argparse.Namespace) -> int:
         rows = measure(args, Path(tmp))
     if not getattr(args, "no_interactive", False):
         rows += _interactive(args)
-    if args.json:
-        for row in rows:
-            print(json.dumps(row.to_dict()), flush=True)
-    else:
-        print(format_table(rows))
     meta = {
         "benchmark": "batch",
         "baseline": "the same requests one at a time through the SDK to an in-process server",
         "model": args.model or "services/default",
         "modalities": list(args.modalities),
     }
-    path = write_results(args.out, rows, meta)
-    progress(f"wrote {path}")
+    report_rows(rows, meta, args.out, args.json)
     return 0
 
 

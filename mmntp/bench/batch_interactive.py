@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m mmntp.bench.batch_interactive [--model DIR] [--probes N] [--json]`."""
     import argparse
 
-    from mmntp.bench.common import format_table, write_results
+    from mmntp.bench.common import report_rows
     from mmntp.generation import Pipeline
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -174,13 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pipe = Pipeline.from_pretrained(args.model)
     rows = interactive_rows(pipe, InteractiveSettings(probes=args.probes))
-    if args.json:
-        for row in rows:
-            print(json.dumps(row.to_dict()), flush=True)
-    else:
-        print(format_table(rows))
     meta = {"benchmark": "batch_interactive", "model": args.model or "services/default"}
-    progress(f"wrote {write_results(args.out, rows, meta)}")
+    report_rows(rows, meta, args.out, args.json)
     return 0
 
 

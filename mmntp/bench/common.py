@@ -135,6 +135,19 @@ def write_results(path: str | Path, rows: list[Row], meta: dict[str, Any]) -> Pa
     return path
 
 
+def report_rows(rows: list[Row], meta: dict[str, Any], out: str | Path, as_json: bool) -> Path:
+    """Print the rows (one JSON object a line, or the table), write them with `meta` to
+    `out` and say where: what every row-based bench ends with."""
+    if as_json:
+        for row in rows:
+            print(json.dumps(row.to_dict()), flush=True)
+    else:
+        print(format_table(rows))
+    path = write_results(out, rows, meta)
+    progress(f"wrote {path}")
+    return path
+
+
 def format_table(rows: list[Row]) -> str:
     """A plain-text table: scenario, mmntp, baseline, ratio, unit."""
     header = ("scenario", "mmntp", "baseline", "ratio", "unit")

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from mmntp.bench import add_engine_arguments
-from mmntp.bench.common import Row, format_table, progress, write_results
+from mmntp.bench.common import Row, progress, report_rows
 from mmntp.bench.engine_decode import bench_decode
 from mmntp.bench.engine_load import bench_load
 from mmntp.bench.engine_pair import Pair, Settings, build_pair
@@ -73,25 +73,18 @@ def run_scenarios(scenarios: tuple[int, ...], s: Settings, workdir: Path) -> lis
 
 def run(args: argparse.Namespace) -> int:
     """Run the picked scenarios, print rows (table or JSON lines), write --out."""
-    import json
 
     s = Settings.quick() if args.quick else Settings()
     progress(f"torch threads: {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory(prefix="mmntp-bench-") as tmp:
         rows = run_scenarios(tuple(args.scenarios), s, Path(tmp))
-    if args.json:
-        for row in rows:
-            print(json.dumps(row.to_dict()), flush=True)
-    else:
-        print(format_table(rows))
     meta = {
         "benchmark": "engine",
         "quick": bool(args.quick),
         "scenarios": list(args.scenarios),
         "settings": _settings_dict(s),
     }
-    path = write_results(args.out, rows, meta)
-    progress(f"wrote {path}")
+    report_rows(rows, meta, args.out, args.json)
     return 0
 
 
